@@ -1,0 +1,5 @@
+//! Isolated, precisely measured execution of untrusted programs.
+
+mod language;
+
+pub use language::{Language, UnknownLanguage};
