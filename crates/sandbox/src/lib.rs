@@ -1,5 +1,32 @@
 //! Isolated, precisely measured execution of untrusted programs.
+//!
+//! Build a [`Program`] once with [`Sandbox::build`] (compiled languages compile here, inside the
+//! sandbox), then [`Sandbox::run`] it on any number of inputs. Every run happens in fresh PID,
+//! mount, network, IPC and UTS namespaces, as an unprivileged user, with a read-only view of the
+//! system, a private size-capped `/tmp`, a seccomp filter and (where the kernel has it) Landlock;
+//! limits come from a per-run cgroup. The result is a [`RunResult`] whose [`Measurement`] holds
+//! wall and CPU time, peak resident memory of the process tree and its time integral, sampled at
+//! 10 kHz or more by the supervisor.
+//!
+//! This crate knows nothing of datasets, test cases, LLMs or HTTP.
 
+mod cgroup;
+mod error;
+mod jail;
+mod landlock;
 mod language;
+mod limits;
+mod measurement;
+mod monitor;
+mod sandbox;
+mod seccomp;
+mod toolchain;
 
+pub use error::SandboxError;
 pub use language::{Language, UnknownLanguage};
+pub use limits::Limits;
+pub use measurement::{
+    Dispersion, Measurement, MemorySample, RepeatSummary, RunResult, Status,
+    coefficient_of_variation, median,
+};
+pub use sandbox::{Capabilities, Compilation, Program, RunRequest, Sandbox, SandboxConfig};

@@ -1,0 +1,499 @@
+//! Control groups: per-run memory, process-count and CPU accounting, v1 or v2.
+//!
+//! One cgroup is made per run under the supervisor's own cgroup (so outer limits still apply),
+//! and removed when the run ends. Detection happens once per [`crate::Sandbox`].
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::{Limits, SandboxError};
+
+/// Where per-run cgroups are created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Hierarchy {
+    /// Separate v1 hierarchies for the controllers we use.
+    V1 {
+        memory: PathBuf,
+        pids: PathBuf,
+        cpuacct: PathBuf,
+    },
+    /// One unified v2 directory with `memory` and `pids` enabled for its children.
+    V2 { parent: PathBuf },
+}
+
+/// The machine's cgroup support, detected once.
+#[derive(Debug)]
+pub(crate) struct Cgroups {
+    hierarchy: Option<Hierarchy>,
+    /// Why cgroups are not used, when they are not.
+    pub(crate) unavailable_reason: Option<String>,
+    counter: AtomicU64,
+}
+
+/// A v1 or v2 mount of the cgroup file system, from `/proc/self/mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CgroupMount {
+    pub(crate) mount_point: PathBuf,
+    pub(crate) root: String,
+    pub(crate) version: u8,
+    pub(crate) controllers: Vec<String>,
+}
+
+/// Parses the cgroup mounts out of a `mountinfo` text.
+pub(crate) fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let left: Vec<&str> = left.split(' ').collect();
+        let right: Vec<&str> = right.split(' ').collect();
+        if left.len() < 5 || right.len() < 3 {
+            continue;
+        }
+        let version = match right[0] {
+            "cgroup" => 1,
+            "cgroup2" => 2,
+            _ => continue,
+        };
+        let controllers = if version == 1 {
+            right[2]
+                .split(',')
+                .filter(|o| !matches!(*o, "rw" | "ro") && !o.contains('='))
+                .map(str::to_string)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        out.push(CgroupMount {
+            mount_point: PathBuf::from(unescape_mount_path(left[4])),
+            root: unescape_mount_path(left[3]),
+            version,
+            controllers,
+        });
+    }
+    out
+}
+
+fn unescape_mount_path(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// Parses `/proc/self/cgroup` into `(controllers, path)` pairs; v2 has empty controllers.
+pub(crate) fn parse_proc_cgroup(text: &str) -> Vec<(Vec<String>, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let _id = parts.next()?;
+            let ctrls = parts.next()?;
+            let path = parts.next()?;
+            let ctrls = if ctrls.is_empty() {
+                Vec::new()
+            } else {
+                ctrls.split(',').map(str::to_string).collect()
+            };
+            Some((ctrls, path.to_string()))
+        })
+        .collect()
+}
+
+/// The directory of our own cgroup inside `mount`, given our path in that hierarchy.
+fn own_dir(mount: &CgroupMount, path: &str) -> PathBuf {
+    let rel = if mount.root != "/" && path.starts_with(&mount.root) {
+        &path[mount.root.len()..]
+    } else {
+        path
+    };
+    mount.mount_point.join(rel.trim_start_matches('/'))
+}
+
+fn write_file(path: &Path, value: &str) -> Result<(), SandboxError> {
+    fs::write(path, value).map_err(|e| SandboxError::io("write cgroup file", path, e))
+}
+
+fn make_dir(path: &Path) -> Result<(), SandboxError> {
+    match fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(SandboxError::io("create cgroup", path, e)),
+    }
+}
+
+impl Cgroups {
+    /// Detects the cgroup version and prepares the parent directory for per-run cgroups.
+    ///
+    /// `AFTERBURNER_CGROUP=none` forces the rlimit fallback (used by tests of that path).
+    pub(crate) fn detect() -> Cgroups {
+        let forced = std::env::var("AFTERBURNER_CGROUP").ok();
+        let result = if forced.as_deref() == Some("none") {
+            Err("disabled by AFTERBURNER_CGROUP=none".to_string())
+        } else {
+            Self::find_hierarchy(forced.as_deref())
+        };
+        match result {
+            Ok(h) => Cgroups {
+                hierarchy: Some(h),
+                unavailable_reason: None,
+                counter: AtomicU64::new(0),
+            },
+            Err(reason) => Cgroups {
+                hierarchy: None,
+                unavailable_reason: Some(reason),
+                counter: AtomicU64::new(0),
+            },
+        }
+    }
+
+    fn find_hierarchy(forced: Option<&str>) -> Result<Hierarchy, String> {
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not running as root, cgroups are not writable".into());
+        }
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+        let own = fs::read_to_string("/proc/self/cgroup")
+            .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
+        let mounts = parse_mountinfo(&mountinfo);
+        let own = parse_proc_cgroup(&own);
+        let v1 = || -> Result<Hierarchy, String> {
+            let dir_for = |ctrl: &str| -> Result<PathBuf, String> {
+                let mount = mounts
+                    .iter()
+                    .find(|m| m.version == 1 && m.controllers.iter().any(|c| c == ctrl))
+                    .ok_or_else(|| format!("no cgroup v1 `{ctrl}` controller mounted"))?;
+                let path = own
+                    .iter()
+                    .find(|(c, _)| c.iter().any(|c| c == ctrl))
+                    .map(|(_, p)| p.as_str())
+                    .unwrap_or("/");
+                let parent = own_dir(mount, path).join("afterburner");
+                make_dir(&parent).map_err(|e| e.to_string())?;
+                Ok(parent)
+            };
+            Ok(Hierarchy::V1 {
+                memory: dir_for("memory")?,
+                pids: dir_for("pids")?,
+                cpuacct: dir_for("cpuacct")?,
+            })
+        };
+        let v2 = || -> Result<Hierarchy, String> {
+            let mount = mounts
+                .iter()
+                .find(|m| m.version == 2)
+                .ok_or("no cgroup v2 mounted")?;
+            let path = own
+                .iter()
+                .find(|(c, _)| c.is_empty())
+                .map(|(_, p)| p.as_str())
+                .unwrap_or("/");
+            let ours = own_dir(mount, path);
+            let available = fs::read_to_string(ours.join("cgroup.controllers")).unwrap_or_default();
+            for needed in ["memory", "pids"] {
+                if !available.split_whitespace().any(|c| c == needed) {
+                    return Err(format!(
+                        "cgroup v2 at {} does not offer the `{needed}` controller",
+                        ours.display()
+                    ));
+                }
+            }
+            fs::write(ours.join("cgroup.subtree_control"), "+memory +pids").map_err(|e| {
+                format!(
+                    "cannot enable memory and pids controllers below {} ({e}); run under a \
+                     delegated cgroup, e.g. `systemd-run --user --scope -p Delegate=yes`",
+                    ours.display()
+                )
+            })?;
+            let parent = ours.join("afterburner");
+            make_dir(&parent).map_err(|e| e.to_string())?;
+            fs::write(parent.join("cgroup.subtree_control"), "+memory +pids")
+                .map_err(|e| format!("cannot enable controllers in {}: {e}", parent.display()))?;
+            Ok(Hierarchy::V2 { parent })
+        };
+        let pure_v2 = mounts
+            .iter()
+            .any(|m| m.version == 2 && m.mount_point == Path::new("/sys/fs/cgroup"));
+        match forced {
+            Some("v1") => v1(),
+            Some("v2") => v2(),
+            _ if pure_v2 => v2(),
+            _ => v1().or_else(|e1| v2().map_err(|e2| format!("{e1}; {e2}"))),
+        }
+    }
+
+    /// Which cgroup version is in use, if any.
+    pub(crate) fn version(&self) -> Option<u8> {
+        match self.hierarchy {
+            Some(Hierarchy::V1 { .. }) => Some(1),
+            Some(Hierarchy::V2 { .. }) => Some(2),
+            None => None,
+        }
+    }
+
+    /// Creates the cgroup of one run, with its limits applied.
+    pub(crate) fn create(&self, limits: &Limits) -> Result<Option<RunCgroup>, SandboxError> {
+        let Some(h) = &self.hierarchy else {
+            return Ok(None);
+        };
+        let name = format!(
+            "run-{}-{}",
+            std::process::id(),
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        );
+        let mem = limits.memory_bytes.to_string();
+        let cg = match h {
+            Hierarchy::V1 {
+                memory,
+                pids,
+                cpuacct,
+            } => {
+                let cg = RunCgroup {
+                    dirs: vec![memory.join(&name), pids.join(&name), cpuacct.join(&name)],
+                    version: 1,
+                };
+                for d in &cg.dirs {
+                    make_dir(d)?;
+                }
+                let m = &cg.dirs[0];
+                write_file(&m.join("memory.limit_in_bytes"), &mem)?;
+                let memsw = m.join("memory.memsw.limit_in_bytes");
+                if memsw.exists() {
+                    write_file(&memsw, &mem)?;
+                }
+                let _ = fs::write(m.join("memory.swappiness"), "0");
+                write_file(
+                    &cg.dirs[1].join("pids.max"),
+                    &limits.max_processes.to_string(),
+                )?;
+                cg
+            }
+            Hierarchy::V2 { parent } => {
+                let cg = RunCgroup {
+                    dirs: vec![parent.join(&name)],
+                    version: 2,
+                };
+                make_dir(&cg.dirs[0])?;
+                write_file(&cg.dirs[0].join("memory.max"), &mem)?;
+                let _ = fs::write(cg.dirs[0].join("memory.swap.max"), "0");
+                write_file(
+                    &cg.dirs[0].join("pids.max"),
+                    &limits.max_processes.to_string(),
+                )?;
+                cg
+            }
+        };
+        Ok(Some(cg))
+    }
+}
+
+/// The cgroup(s) of one run; removed on drop.
+#[derive(Debug)]
+pub(crate) struct RunCgroup {
+    dirs: Vec<PathBuf>,
+    version: u8,
+}
+
+impl RunCgroup {
+    /// Opens the `cgroup.procs` files a child writes `0` to in order to join.
+    pub(crate) fn open_procs(&self) -> Result<Vec<OwnedFd>, SandboxError> {
+        self.dirs
+            .iter()
+            .map(|d| {
+                let p = d.join("cgroup.procs");
+                let c = CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+                    SandboxError::io("open", &p, io::ErrorKind::InvalidInput.into())
+                })?;
+                let fd = unsafe { libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+                if fd < 0 {
+                    return Err(SandboxError::io("open", &p, io::Error::last_os_error()));
+                }
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            })
+            .collect()
+    }
+
+    fn memory_dir(&self) -> &Path {
+        &self.dirs[0]
+    }
+
+    /// The file listing the member processes (opened once by the sampler).
+    pub(crate) fn procs_path(&self) -> PathBuf {
+        self.memory_dir().join("cgroup.procs")
+    }
+
+    /// CPU time of every process that was ever in the cgroup, in nanoseconds.
+    pub(crate) fn cpu_ns(&self) -> Option<u64> {
+        if self.version == 1 {
+            fs::read_to_string(self.dirs[2].join("cpuacct.usage"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        } else {
+            let stat = fs::read_to_string(self.dirs[0].join("cpu.stat")).ok()?;
+            keyed_value(&stat, "usage_usec").map(|us| us * 1000)
+        }
+    }
+
+    /// Opens the CPU usage file for cheap repeated reads.
+    pub(crate) fn open_cpu(&self) -> Option<fs::File> {
+        let p = if self.version == 1 {
+            self.dirs[2].join("cpuacct.usage")
+        } else {
+            self.dirs[0].join("cpu.stat")
+        };
+        fs::File::open(p).ok()
+    }
+
+    /// Parses the content of the file opened by [`RunCgroup::open_cpu`] into nanoseconds.
+    pub(crate) fn parse_cpu(&self, text: &str) -> Option<u64> {
+        if self.version == 1 {
+            text.trim().parse().ok()
+        } else {
+            keyed_value(text, "usage_usec").map(|us| us * 1000)
+        }
+    }
+
+    /// How many processes the kernel OOM-killed in this cgroup.
+    pub(crate) fn oom_kills(&self) -> u64 {
+        let file = if self.version == 1 {
+            "memory.oom_control"
+        } else {
+            "memory.events"
+        };
+        fs::read_to_string(self.memory_dir().join(file))
+            .ok()
+            .and_then(|t| keyed_value(&t, "oom_kill"))
+            .unwrap_or(0)
+    }
+
+    /// How many times a fork was refused because of the process limit.
+    pub(crate) fn pids_refused(&self) -> u64 {
+        let dir = if self.version == 1 {
+            &self.dirs[1]
+        } else {
+            &self.dirs[0]
+        };
+        fs::read_to_string(dir.join("pids.events"))
+            .ok()
+            .and_then(|t| keyed_value(&t, "max"))
+            .unwrap_or(0)
+    }
+
+    /// The pids in the cgroup.
+    pub(crate) fn pids(&self) -> Vec<i32> {
+        fs::read_to_string(self.procs_path())
+            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Kills every process in the cgroup and waits (bounded) until it is empty.
+    pub(crate) fn kill_all(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        if self.version == 2 {
+            let _ = fs::write(self.dirs[0].join("cgroup.kill"), "1");
+        }
+        loop {
+            let pids = self.pids();
+            if pids.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            for p in pids {
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+impl Drop for RunCgroup {
+    fn drop(&mut self) {
+        self.kill_all();
+        for d in &self.dirs {
+            for attempt in 0..200 {
+                match fs::remove_dir(d) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(e) => {
+                        if attempt == 199 {
+                            tracing::warn!("cannot remove cgroup {}: {e}", d.display());
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads `key value` lines (as in `memory.events`, `cpu.stat`, `oom_control`).
+pub(crate) fn keyed_value(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let mut it = l.split_whitespace();
+        (it.next()? == key).then(|| it.next()?.parse().ok())?
+    })
+}
+
+/// Reads a whole small file through an open descriptor with `pread` at offset 0.
+pub(crate) fn pread_to_string(file: &fs::File, buf: &mut [u8]) -> Option<usize> {
+    let n = unsafe { libc::pread(file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    (n >= 0).then_some(n as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+30 24 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+35 30 0:31 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+36 30 0:32 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+37 30 0:33 /outer /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+";
+
+    #[test]
+    fn mountinfo_yields_v1_controllers_and_v2_mounts() {
+        let m = parse_mountinfo(MOUNTINFO);
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[0].version, 2);
+        assert_eq!(m[1].controllers, vec!["memory"]);
+        assert_eq!(m[2].controllers, vec!["cpu", "cpuacct"]);
+        assert_eq!(m[3].root, "/outer");
+    }
+
+    #[test]
+    fn own_dir_strips_the_mount_root() {
+        let m = parse_mountinfo(MOUNTINFO);
+        assert_eq!(
+            own_dir(&m[3], "/outer/job"),
+            PathBuf::from("/sys/fs/cgroup/pids/job")
+        );
+        assert_eq!(
+            own_dir(&m[1], "/a/b"),
+            PathBuf::from("/sys/fs/cgroup/memory/a/b")
+        );
+    }
+
+    #[test]
+    fn proc_cgroup_lines_parse_for_both_versions() {
+        let p = parse_proc_cgroup("4:memory:/process_api/x\n0::/user.slice\n");
+        assert_eq!(p[0], (vec!["memory".to_string()], "/process_api/x".into()));
+        assert_eq!(p[1], (vec![], "/user.slice".into()));
+    }
+
+    #[test]
+    fn keyed_values_are_found() {
+        let t = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
+        assert_eq!(keyed_value(t, "oom_kill"), Some(3));
+        assert_eq!(keyed_value("usage_usec 1500\n", "usage_usec"), Some(1500));
+        assert_eq!(keyed_value(t, "missing"), None);
+    }
+}

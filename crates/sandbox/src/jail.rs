@@ -1,0 +1,746 @@
+//! Starting a program inside its own namespaces, file system view, cgroup and privileges.
+//!
+//! The supervisor `clone`s a child into new PID, mount, network, IPC and UTS namespaces. That
+//! child is PID 1 of its namespace (the *init*): it builds the file system view, forks the
+//! *program* process, reaps everything, and when the program exits it reports the exit status and
+//! exits itself, which makes the kernel kill every process left in the namespace. Nothing outlives
+//! a run.
+//!
+//! Between `clone` and `execve` the children are copies of a multithreaded process, so they only
+//! make raw system calls on data prepared before the `clone` (no allocation, no locks).
+
+use std::ffi::{CString, c_char};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::SandboxError;
+
+/// A host path made visible inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BindMount {
+    /// Path on the host.
+    pub(crate) source: PathBuf,
+    /// Absolute path inside the sandbox.
+    pub(crate) target: PathBuf,
+    /// Whether the program may write through it.
+    pub(crate) writable: bool,
+}
+
+/// Everything needed to start one sandboxed process.
+pub(crate) struct JailSpec<'a> {
+    pub(crate) root: &'a Path,
+    pub(crate) binds: &'a [BindMount],
+    pub(crate) scratch_bytes: u64,
+    pub(crate) argv: &'a [String],
+    pub(crate) env: &'a [String],
+    pub(crate) cwd: &'a str,
+    pub(crate) stdin: Option<&'a [u8]>,
+    pub(crate) cgroup_procs: Vec<OwnedFd>,
+    pub(crate) cpu: Option<usize>,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    pub(crate) seccomp: &'a [libc::sock_filter],
+    pub(crate) landlock_abi: i64,
+}
+
+/// A started sandbox: the init's host PID and the supervisor's ends of the pipes.
+pub(crate) struct Jail {
+    pub(crate) init_pid: libc::pid_t,
+    pub(crate) program_pid: libc::pid_t,
+    pub(crate) stdout: OwnedFd,
+    pub(crate) stderr: OwnedFd,
+    pub(crate) report: OwnedFd,
+    go: Option<OwnedFd>,
+    reaped: bool,
+}
+
+/// A message from the init or program process to the supervisor (16 bytes, written atomically).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub(crate) struct Report {
+    pub(crate) tag: u32,
+    pub(crate) step: u32,
+    pub(crate) value: u64,
+}
+
+/// The program process is set up and waits for the go signal.
+pub(crate) const TAG_READY: u32 = 1;
+/// The program process is about to `execve`; value = CLOCK_MONOTONIC ns.
+pub(crate) const TAG_EXEC_AT: u32 = 2;
+/// A setup step failed; step = which, value = errno | (index << 32).
+pub(crate) const TAG_FAIL: u32 = 3;
+/// The program exited; step = wait status, value = CLOCK_MONOTONIC ns at reaping.
+pub(crate) const TAG_DONE: u32 = 4;
+/// CPU time of the program and its reaped descendants, microseconds.
+pub(crate) const TAG_RUSAGE: u32 = 5;
+
+const STEPS: &[&str] = &[
+    "none",
+    "prctl(PR_SET_PDEATHSIG)",
+    "make mounts private",
+    "bind the new root",
+    "bind mount",
+    "remount read-only",
+    "mount tmpfs",
+    "mount /proc",
+    "pivot_root",
+    "detach old root",
+    "remount root read-only",
+    "sethostname",
+    "fork program process",
+    "join cgroup",
+    "sched_setaffinity",
+    "redirect stdio",
+    "chdir",
+    "setrlimit",
+    "wait for go",
+    "setgroups",
+    "setgid",
+    "setuid",
+    "prctl(PR_SET_NO_NEW_PRIVS)",
+    "landlock",
+    "seccomp",
+    "execve",
+    "close descriptors",
+];
+
+const S_PDEATHSIG: u32 = 1;
+const S_PRIVATE: u32 = 2;
+const S_ROOT_BIND: u32 = 3;
+const S_BIND: u32 = 4;
+const S_REMOUNT: u32 = 5;
+const S_TMPFS: u32 = 6;
+const S_PROC: u32 = 7;
+const S_PIVOT: u32 = 8;
+const S_UMOUNT_OLD: u32 = 9;
+const S_ROOT_RO: u32 = 10;
+const S_HOSTNAME: u32 = 11;
+const S_FORK: u32 = 12;
+const S_CGROUP: u32 = 13;
+const S_AFFINITY: u32 = 14;
+const S_DUP: u32 = 15;
+const S_CHDIR: u32 = 16;
+const S_RLIMIT: u32 = 17;
+const S_GO: u32 = 18;
+const S_SETGROUPS: u32 = 19;
+const S_SETGID: u32 = 20;
+const S_SETUID: u32 = 21;
+const S_NNP: u32 = 22;
+const S_LANDLOCK: u32 = 23;
+const S_SECCOMP: u32 = 24;
+const S_EXEC: u32 = 25;
+const S_CLOSE: u32 = 26;
+
+/// Turns a failure report into a [`SandboxError`], naming the bind mount where relevant.
+pub(crate) fn setup_error(report: Report, binds: &[BindMount]) -> SandboxError {
+    let errno = (report.value & 0xffff_ffff) as i32;
+    let index = (report.value >> 32) as usize;
+    let mut step = STEPS
+        .get(report.step as usize)
+        .copied()
+        .unwrap_or("unknown")
+        .to_string();
+    if matches!(report.step, S_BIND | S_REMOUNT) {
+        if let Some(b) = binds.get(index) {
+            step = format!("{step} {} -> {}", b.source.display(), b.target.display());
+        }
+    }
+    SandboxError::Setup {
+        step,
+        source: io::Error::from_raw_os_error(errno),
+    }
+}
+
+fn cstring(bytes: &[u8]) -> Result<CString, SandboxError> {
+    CString::new(bytes).map_err(|_| SandboxError::Sys {
+        call: "prepare path",
+        source: io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "NUL byte in a path or argument",
+        ),
+    })
+}
+
+fn cpath(p: &Path) -> Result<CString, SandboxError> {
+    cstring(p.as_os_str().as_bytes())
+}
+
+/// Creates a pipe whose both ends are close-on-exec.
+pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
+    let mut fds = [0 as RawFd; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(SandboxError::last_os("pipe2"));
+    }
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// An anonymous in-memory file holding the program's standard input.
+fn stdin_file(data: Option<&[u8]>) -> Result<OwnedFd, SandboxError> {
+    let fd = unsafe { libc::memfd_create(c"stdin".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(SandboxError::last_os("memfd_create"));
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut rest = data.unwrap_or_default();
+    while !rest.is_empty() {
+        let n = unsafe { libc::write(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(SandboxError::Sys {
+                call: "write stdin",
+                source: e,
+            });
+        }
+        rest = &rest[n as usize..];
+    }
+    if unsafe { libc::lseek(fd.as_raw_fd(), 0, libc::SEEK_SET) } < 0 {
+        return Err(SandboxError::last_os("lseek stdin"));
+    }
+    Ok(fd)
+}
+
+/// A mount prepared as C strings.
+struct PreparedBind {
+    source: CString,
+    target: CString,
+    writable: bool,
+    device: bool,
+}
+
+/// Data the children use, all allocated before `clone`.
+struct Prepared {
+    root: CString,
+    binds: Vec<PreparedBind>,
+    tmp_target: CString,
+    tmp_options: CString,
+    proc_target: CString,
+    exe: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const c_char>,
+    _env: Vec<CString>,
+    env_ptrs: Vec<*const c_char>,
+    cwd: CString,
+}
+
+impl Prepared {
+    fn new(spec: &JailSpec<'_>) -> Result<Prepared, SandboxError> {
+        let inside = |p: &Path| spec.root.join(p.strip_prefix("/").unwrap_or(p));
+        let binds = spec
+            .binds
+            .iter()
+            .map(|b| {
+                Ok(PreparedBind {
+                    source: cpath(&b.source)?,
+                    target: cpath(&inside(&b.target))?,
+                    writable: b.writable,
+                    device: b.target.starts_with("/dev"),
+                })
+            })
+            .collect::<Result<Vec<_>, SandboxError>>()?;
+        let argv = spec
+            .argv
+            .iter()
+            .map(|a| cstring(a.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let env = spec
+            .env
+            .iter()
+            .map(|a| cstring(a.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let exe = argv.first().cloned().ok_or_else(|| SandboxError::Sys {
+            call: "prepare argv",
+            source: io::Error::new(io::ErrorKind::InvalidInput, "empty command"),
+        })?;
+        let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut env_ptrs: Vec<*const c_char> = env.iter().map(|a| a.as_ptr()).collect();
+        env_ptrs.push(std::ptr::null());
+        Ok(Prepared {
+            root: cpath(spec.root)?,
+            binds,
+            tmp_target: cpath(&spec.root.join("tmp"))?,
+            tmp_options: cstring(format!("size={},mode=1777", spec.scratch_bytes).as_bytes())?,
+            proc_target: cpath(&spec.root.join("proc"))?,
+            exe,
+            _argv: argv,
+            argv_ptrs,
+            _env: env,
+            env_ptrs,
+            cwd: cstring(spec.cwd.as_bytes())?,
+        })
+    }
+}
+
+/// Everything the children need besides [`Prepared`]: raw descriptors and numbers.
+struct ChildFds {
+    stdin: RawFd,
+    stdout_w: RawFd,
+    stderr_w: RawFd,
+    report_w: RawFd,
+    go_r: RawFd,
+    cgroup_procs: [RawFd; 4],
+    cgroup_count: usize,
+}
+
+impl Jail {
+    /// Starts the init and program processes; the program waits for [`Jail::go`] before exec.
+    pub(crate) fn start(spec: JailSpec<'_>) -> Result<Jail, SandboxError> {
+        let prepared = Prepared::new(&spec)?;
+        let stdin = stdin_file(spec.stdin)?;
+        let (stdout_r, stdout_w) = pipe()?;
+        let (stderr_r, stderr_w) = pipe()?;
+        let (report_r, report_w) = pipe()?;
+        let (go_r, go_w) = pipe()?;
+        if spec.cgroup_procs.len() > 4 {
+            return Err(SandboxError::Unsupported(
+                "more than 4 cgroup hierarchies".into(),
+            ));
+        }
+        let mut cgroup_procs = [-1; 4];
+        for (i, fd) in spec.cgroup_procs.iter().enumerate() {
+            cgroup_procs[i] = fd.as_raw_fd();
+        }
+        let fds = ChildFds {
+            stdin: stdin.as_raw_fd(),
+            stdout_w: stdout_w.as_raw_fd(),
+            stderr_w: stderr_w.as_raw_fd(),
+            report_w: report_w.as_raw_fd(),
+            go_r: go_r.as_raw_fd(),
+            cgroup_procs,
+            cgroup_count: spec.cgroup_procs.len(),
+        };
+        let mut cpu_set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        if let Some(cpu) = spec.cpu {
+            unsafe { libc::CPU_SET(cpu, &mut cpu_set) };
+        }
+        let rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)> = spec
+            .rlimits
+            .iter()
+            .map(|&(r, v)| {
+                (
+                    r,
+                    libc::rlimit {
+                        rlim_cur: v,
+                        rlim_max: v,
+                    },
+                )
+            })
+            .collect();
+        let flags = libc::CLONE_NEWPID
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | libc::SIGCHLD;
+        let child = ChildContext {
+            p: &prepared,
+            fds: &fds,
+            cpu: spec.cpu.map(|_| &cpu_set),
+            rlimits: &rlimits,
+            uid: spec.uid,
+            gid: spec.gid,
+            seccomp: spec.seccomp,
+            landlock_abi: spec.landlock_abi,
+        };
+        // SAFETY: the child branch only calls async-signal-safe code on prepared data and never
+        // returns (it execs or exits).
+        let pid = unsafe { raw_fork(flags as libc::c_ulong) };
+        if pid < 0 {
+            return Err(SandboxError::last_os(
+                "clone (new PID, mount, network, IPC and UTS namespaces)",
+            ));
+        }
+        if pid == 0 {
+            unsafe { child.init() }
+        }
+        drop((stdin, stdout_w, stderr_w, report_w, go_r, spec.cgroup_procs));
+        let mut jail = Jail {
+            init_pid: pid,
+            program_pid: 0,
+            stdout: stdout_r,
+            stderr: stderr_r,
+            report: report_r,
+            go: Some(go_w),
+            reaped: false,
+        };
+        match jail.read_report(10_000)? {
+            Some(r) if r.tag == TAG_READY => {}
+            Some(r) if r.tag == TAG_FAIL => return Err(setup_error(r, spec.binds)),
+            other => {
+                return Err(SandboxError::Setup {
+                    step: "start".into(),
+                    source: io::Error::other(format!(
+                        "sandbox init sent {other:?} instead of ready"
+                    )),
+                });
+            }
+        }
+        jail.program_pid = first_child(pid).ok_or_else(|| SandboxError::Setup {
+            step: "find program process".into(),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        })?;
+        Ok(jail)
+    }
+
+    /// Lets the program process drop privileges and exec.
+    pub(crate) fn go(&mut self) -> Result<(), SandboxError> {
+        let Some(go) = self.go.take() else {
+            return Ok(());
+        };
+        let b = [1u8];
+        let n = unsafe { libc::write(go.as_raw_fd(), b.as_ptr().cast(), 1) };
+        if n != 1 {
+            return Err(SandboxError::last_os("write go"));
+        }
+        Ok(())
+    }
+
+    /// Reads one report, waiting at most `timeout_ms`; `None` at end of stream.
+    pub(crate) fn read_report(&self, timeout_ms: i32) -> Result<Option<Report>, SandboxError> {
+        let mut pfd = libc::pollfd {
+            fd: self.report.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        loop {
+            let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+            if r < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(SandboxError::last_os("poll report pipe"));
+            }
+            if r == 0 {
+                return Err(SandboxError::Setup {
+                    step: "wait for sandbox init".into(),
+                    source: io::Error::from(io::ErrorKind::TimedOut),
+                });
+            }
+            return read_report_now(self.report.as_raw_fd());
+        }
+    }
+
+    /// Kills the whole namespace (by killing its init) and reaps the init.
+    pub(crate) fn kill_and_reap(&mut self) {
+        if self.reaped {
+            return;
+        }
+        unsafe {
+            libc::kill(self.init_pid, libc::SIGKILL);
+            let mut st = 0;
+            while libc::waitpid(self.init_pid, &mut st, 0) < 0
+                && *libc::__errno_location() == libc::EINTR
+            {}
+        }
+        self.reaped = true;
+    }
+}
+
+impl Drop for Jail {
+    fn drop(&mut self) {
+        self.kill_and_reap();
+    }
+}
+
+/// Reads one 16-byte report from a readable pipe; `None` at end of stream.
+pub(crate) fn read_report_now(fd: RawFd) -> Result<Option<Report>, SandboxError> {
+    let mut buf = [0u8; 16];
+    let mut got = 0;
+    while got < 16 {
+        let n = unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), 16 - got) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(SandboxError::Sys {
+                call: "read report pipe",
+                source: e,
+            });
+        }
+        if n == 0 {
+            return Ok(None);
+        }
+        got += n as usize;
+    }
+    let word = |i: usize| u32::from_ne_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&buf[8..16]);
+    Ok(Some(Report {
+        tag: word(0),
+        step: word(4),
+        value: u64::from_ne_bytes(v),
+    }))
+}
+
+/// The first child of `pid` (the program process of an init).
+fn first_child(pid: libc::pid_t) -> Option<libc::pid_t> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// `fork` with extra clone flags, without running `atfork` handlers.
+///
+/// # Safety
+/// In the child only async-signal-safe code may run.
+unsafe fn raw_fork(flags: libc::c_ulong) -> libc::pid_t {
+    unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_void>(),
+            0usize,
+        ) as libc::pid_t
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// What the child processes read; borrowed from the supervisor's stack before `clone`.
+struct ChildContext<'a> {
+    p: &'a Prepared,
+    fds: &'a ChildFds,
+    cpu: Option<&'a libc::cpu_set_t>,
+    rlimits: &'a [(libc::__rlimit_resource_t, libc::rlimit)],
+    uid: u32,
+    gid: u32,
+    seccomp: &'a [libc::sock_filter],
+    landlock_abi: i64,
+}
+
+const LANDLOCK_WRITABLE: [&[u8]; 2] = [b"/tmp\0", b"/dev\0"];
+
+impl ChildContext<'_> {
+    fn report(&self, tag: u32, step: u32, value: u64) {
+        let mut buf = [0u8; 16];
+        buf[0..4].copy_from_slice(&tag.to_ne_bytes());
+        buf[4..8].copy_from_slice(&step.to_ne_bytes());
+        buf[8..16].copy_from_slice(&value.to_ne_bytes());
+        unsafe { libc::write(self.fds.report_w, buf.as_ptr().cast(), 16) };
+    }
+
+    fn fail(&self, step: u32, index: usize) -> ! {
+        let errno = unsafe { *libc::__errno_location() } as u32 as u64;
+        self.report(TAG_FAIL, step, errno | ((index as u64) << 32));
+        unsafe { libc::_exit(127) }
+    }
+
+    fn check(&self, r: libc::c_int, step: u32) {
+        if r < 0 {
+            self.fail(step, 0);
+        }
+    }
+
+    /// PID 1 of the new namespaces: builds the file system view, forks the program, reaps.
+    unsafe fn init(&self) -> ! {
+        unsafe {
+            use libc::*;
+            let p = self.p;
+            self.check(
+                prctl(PR_SET_PDEATHSIG, SIGKILL as c_ulong, 0, 0, 0),
+                S_PDEATHSIG,
+            );
+            let none = c"none".as_ptr();
+            self.check(
+                mount(
+                    none,
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    MS_REC | MS_PRIVATE,
+                    std::ptr::null(),
+                ),
+                S_PRIVATE,
+            );
+            self.check(
+                mount(
+                    p.root.as_ptr(),
+                    p.root.as_ptr(),
+                    std::ptr::null(),
+                    MS_BIND | MS_REC,
+                    std::ptr::null(),
+                ),
+                S_ROOT_BIND,
+            );
+            for (i, b) in p.binds.iter().enumerate() {
+                if mount(
+                    b.source.as_ptr(),
+                    b.target.as_ptr(),
+                    std::ptr::null(),
+                    MS_BIND,
+                    std::ptr::null(),
+                ) < 0
+                {
+                    self.fail(S_BIND, i);
+                }
+                let mut flags = MS_BIND | MS_REMOUNT | MS_NOSUID;
+                if !b.device {
+                    flags |= MS_NODEV;
+                }
+                if !b.writable {
+                    flags |= MS_RDONLY;
+                }
+                if mount(
+                    none,
+                    b.target.as_ptr(),
+                    std::ptr::null(),
+                    flags,
+                    std::ptr::null(),
+                ) < 0
+                {
+                    self.fail(S_REMOUNT, i);
+                }
+            }
+            self.check(
+                mount(
+                    c"tmpfs".as_ptr(),
+                    p.tmp_target.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    MS_NOSUID | MS_NODEV,
+                    p.tmp_options.as_ptr().cast(),
+                ),
+                S_TMPFS,
+            );
+            self.check(
+                mount(
+                    c"proc".as_ptr(),
+                    p.proc_target.as_ptr(),
+                    c"proc".as_ptr(),
+                    MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                    std::ptr::null(),
+                ),
+                S_PROC,
+            );
+            self.check(chdir(p.root.as_ptr()), S_PIVOT);
+            self.check(
+                syscall(SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as c_int,
+                S_PIVOT,
+            );
+            self.check(umount2(c".".as_ptr(), MNT_DETACH), S_UMOUNT_OLD);
+            self.check(chdir(c"/".as_ptr()), S_PIVOT);
+            self.check(
+                mount(
+                    none,
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
+                    std::ptr::null(),
+                ),
+                S_ROOT_RO,
+            );
+            self.check(sethostname(c"sandbox".as_ptr(), 7), S_HOSTNAME);
+
+            let program = raw_fork(SIGCHLD as c_ulong);
+            if program < 0 {
+                self.fail(S_FORK, 0);
+            }
+            if program == 0 {
+                self.program();
+            }
+            // Init: keep only the report pipe, then reap until the program exits.
+            let keep = self.fds.report_w as c_uint;
+            if keep > 0 {
+                syscall(SYS_close_range, 0u32, keep - 1, 0u32);
+            }
+            syscall(SYS_close_range, keep + 1, c_uint::MAX, 0u32);
+            loop {
+                let mut status: c_int = 0;
+                let mut usage: rusage = std::mem::zeroed();
+                let r = wait4(-1, &mut status, 0, &mut usage);
+                if r == program {
+                    let now = monotonic_ns();
+                    let cpu_us = (usage.ru_utime.tv_sec as u64 * 1_000_000
+                        + usage.ru_utime.tv_usec as u64)
+                        + (usage.ru_stime.tv_sec as u64 * 1_000_000
+                            + usage.ru_stime.tv_usec as u64);
+                    self.report(TAG_RUSAGE, 0, cpu_us);
+                    self.report(TAG_DONE, status as u32, now);
+                    _exit(0);
+                }
+                if r < 0 && *__errno_location() != EINTR {
+                    _exit(1);
+                }
+            }
+        }
+    }
+
+    /// The program process: joins the cgroup, applies limits, waits for go, drops privileges, execs.
+    unsafe fn program(&self) -> ! {
+        unsafe {
+            use libc::*;
+            let f = self.fds;
+            for &fd in &f.cgroup_procs[..f.cgroup_count] {
+                if write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    self.fail(S_CGROUP, 0);
+                }
+            }
+            if let Some(set) = self.cpu {
+                self.check(
+                    sched_setaffinity(0, std::mem::size_of::<cpu_set_t>(), set),
+                    S_AFFINITY,
+                );
+            }
+            self.check(dup2(f.stdin, 0), S_DUP);
+            self.check(dup2(f.stdout_w, 1), S_DUP);
+            self.check(dup2(f.stderr_w, 2), S_DUP);
+            self.check(chdir(self.p.cwd.as_ptr()), S_CHDIR);
+            for (res, lim) in self.rlimits {
+                self.check(setrlimit(*res, lim), S_RLIMIT);
+            }
+            // Keep 0-2 and the two pipes to the supervisor (both close-on-exec).
+            let (a, b) = if f.report_w < f.go_r {
+                (f.report_w as c_uint, f.go_r as c_uint)
+            } else {
+                (f.go_r as c_uint, f.report_w as c_uint)
+            };
+            let ranges = [
+                (3, a.saturating_sub(1)),
+                (a + 1, b - 1),
+                (b + 1, c_uint::MAX),
+            ];
+            for (lo, hi) in ranges {
+                if lo <= hi && syscall(SYS_close_range, lo, hi, 0u32) < 0 {
+                    self.fail(S_CLOSE, 0);
+                }
+            }
+            self.report(TAG_READY, 0, 0);
+            let mut byte = 0u8;
+            if read(f.go_r, (&mut byte as *mut u8).cast(), 1) != 1 {
+                self.fail(S_GO, 0);
+            }
+            self.check(setgroups(0, std::ptr::null()), S_SETGROUPS);
+            self.check(setresgid(self.gid, self.gid, self.gid), S_SETGID);
+            self.check(setresuid(self.uid, self.uid, self.uid), S_SETUID);
+            self.check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), S_NNP);
+            let r = crate::landlock::restrict(self.landlock_abi, &LANDLOCK_WRITABLE);
+            if r < 0 {
+                *__errno_location() = -r;
+                self.fail(S_LANDLOCK, 0);
+            }
+            if crate::seccomp::install(self.seccomp) < 0 {
+                self.fail(S_SECCOMP, 0);
+            }
+            self.report(TAG_EXEC_AT, 0, monotonic_ns());
+            execve(
+                self.p.exe.as_ptr(),
+                self.p.argv_ptrs.as_ptr(),
+                self.p.env_ptrs.as_ptr(),
+            );
+            self.fail(S_EXEC, 0)
+        }
+    }
+}

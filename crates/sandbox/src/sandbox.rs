@@ -1,0 +1,548 @@
+//! The public entry point: build a program once, then run it on inputs, isolated and measured.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::Cgroups;
+use crate::jail::{BindMount, Jail, JailSpec};
+use crate::monitor::{Supervision, supervise};
+use crate::toolchain::{BOX, SYSTEM_DIRS, Toolchain};
+use crate::{Language, Limits, Measurement, RunResult, SandboxError, Status};
+
+/// The unprivileged user and group programs run as (`nobody`).
+const NOBODY: u32 = 65534;
+
+/// Settings of a [`Sandbox`].
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Directory for the sandbox's root template and programs (a fresh temporary one if `None`).
+    pub state_dir: Option<PathBuf>,
+    /// Time between two memory samples.
+    pub sample_interval: Duration,
+    /// Core the supervisor (sampler) thread is pinned to; `None` picks the first allowed core
+    /// when there are at least two.
+    pub supervisor_cpu: Option<usize>,
+    /// Whether to read hardware instruction counters where they exist.
+    pub count_instructions: bool,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            state_dir: None,
+            sample_interval: Duration::from_micros(50),
+            supervisor_cpu: None,
+            count_instructions: true,
+        }
+    }
+}
+
+/// What the sandbox can do on this machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// cgroup version used for limits and accounting (1 or 2), or `None` for the rlimit fallback.
+    pub cgroup_version: Option<u8>,
+    /// Landlock ABI version (0: absent).
+    pub landlock_abi: i64,
+    /// Cores programs may be pinned to.
+    pub cpus: Vec<usize>,
+    /// Core of the supervisor thread, if pinned.
+    pub supervisor_cpu: Option<usize>,
+    /// Degradations the user should know about.
+    pub warnings: Vec<String>,
+}
+
+/// How one compilation went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Compilation {
+    /// `accepted` when an artefact was produced; otherwise why not.
+    pub status: Status,
+    /// Wall time of the compiler, ms (never counted as run time).
+    pub compile_ms: f64,
+    /// The compiler's diagnostics (stderr then stdout).
+    pub output: String,
+    /// The compiler's full measurement.
+    pub measurement: Measurement,
+}
+
+/// A program built and ready to run any number of times.
+#[derive(Debug)]
+pub struct Program {
+    language: Language,
+    dir: ProgramDir,
+    toolchain: Arc<Toolchain>,
+    compilation: Option<Compilation>,
+}
+
+impl Program {
+    /// The program's language.
+    pub fn language(&self) -> Language {
+        self.language
+    }
+
+    /// How its compilation went (`None` for interpreted languages).
+    pub fn compilation(&self) -> Option<&Compilation> {
+        self.compilation.as_ref()
+    }
+
+    /// Compile time in ms (0 for interpreted languages).
+    pub fn compile_ms(&self) -> f64 {
+        self.compilation.as_ref().map_or(0.0, |c| c.compile_ms)
+    }
+
+    /// Whether the program can run (it compiled, or needs no compilation).
+    pub fn is_runnable(&self) -> bool {
+        self.compilation
+            .as_ref()
+            .is_none_or(|c| c.status == Status::Accepted)
+    }
+}
+
+/// A directory removed when dropped.
+#[derive(Debug)]
+struct ProgramDir(PathBuf);
+
+impl Drop for ProgramDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One run: input, limits and placement.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    /// Bytes given on standard input.
+    pub stdin: Vec<u8>,
+    /// Limits of the run.
+    pub limits: Limits,
+    /// Core to pin the program to; `None` picks the last allowed core.
+    pub cpu: Option<usize>,
+    /// Whether to keep the full memory trace in the result.
+    pub keep_memory_trace: bool,
+}
+
+/// Isolated, measured execution of untrusted programs; share one per process.
+#[derive(Debug)]
+pub struct Sandbox {
+    config: SandboxConfig,
+    cgroups: Cgroups,
+    state: StateDir,
+    root: PathBuf,
+    base_binds: Vec<BindMount>,
+    toolchains: Mutex<HashMap<Language, Arc<Toolchain>>>,
+    seccomp: Vec<libc::sock_filter>,
+    landlock_abi: i64,
+    cpus: Vec<usize>,
+    supervisor_cpu: Option<usize>,
+    counter: AtomicU64,
+    warnings: Vec<String>,
+}
+
+/// The sandbox's working directory; removed on drop when it was created by us.
+#[derive(Debug)]
+struct StateDir {
+    path: PathBuf,
+    owned: bool,
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SandboxError {
+    let path = path.to_path_buf();
+    move |e| SandboxError::io(action, path, e)
+}
+
+fn make_dir_all(path: &Path) -> Result<(), SandboxError> {
+    fs::create_dir_all(path).map_err(io_err("create directory", path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+        .map_err(io_err("set permissions of", path))
+}
+
+/// Cores this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+impl Sandbox {
+    /// A sandbox with default settings.
+    pub fn new() -> Result<Sandbox, SandboxError> {
+        Sandbox::with_config(SandboxConfig::default())
+    }
+
+    /// A sandbox with the given settings; checks privileges and prepares the root template.
+    pub fn with_config(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(SandboxError::Unsupported(
+                "the sandbox needs root (it creates namespaces, mounts and cgroups and switches \
+                 to an unprivileged user); run as root or under `sudo`"
+                    .into(),
+            ));
+        }
+        let (state_path, owned) = match &config.state_dir {
+            Some(p) => (p.clone(), false),
+            None => {
+                static INSTANCE: AtomicU64 = AtomicU64::new(0);
+                let p = std::env::temp_dir().join(format!(
+                    "afterburner-{}-{}",
+                    std::process::id(),
+                    INSTANCE.fetch_add(1, Ordering::Relaxed)
+                ));
+                (p, true)
+            }
+        };
+        make_dir_all(&state_path)?;
+        let state = StateDir {
+            path: state_path.clone(),
+            owned,
+        };
+        let root = state_path.join("root");
+        make_dir_all(&root)?;
+        let mut base_binds = Vec::new();
+        for dir in SYSTEM_DIRS {
+            let host = Path::new(dir);
+            let inside = root.join(&dir[1..]);
+            match fs::symlink_metadata(host) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    let target = fs::read_link(host).map_err(io_err("read link", host))?;
+                    if fs::symlink_metadata(&inside).is_err() {
+                        symlink(&target, &inside).map_err(io_err("create symlink", &inside))?;
+                    }
+                }
+                Ok(m) if m.is_dir() => {
+                    make_dir_all(&inside)?;
+                    base_binds.push(BindMount {
+                        source: host.to_path_buf(),
+                        target: host.to_path_buf(),
+                        writable: false,
+                    });
+                }
+                _ => {}
+            }
+        }
+        for d in ["tmp", "proc", "box", "dev"] {
+            make_dir_all(&root.join(d))?;
+        }
+        for dev in ["null", "zero", "random", "urandom"] {
+            let host = Path::new("/dev").join(dev);
+            let inside = root.join("dev").join(dev);
+            if !inside.exists() {
+                fs::write(&inside, b"").map_err(io_err("create device mount point", &inside))?;
+            }
+            base_binds.push(BindMount {
+                source: host.clone(),
+                target: host,
+                writable: true,
+            });
+        }
+        for (name, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+            ("shm", "/tmp"),
+        ] {
+            let inside = root.join("dev").join(name);
+            if fs::symlink_metadata(&inside).is_err() {
+                symlink(target, &inside).map_err(io_err("create symlink", &inside))?;
+            }
+        }
+        make_dir_all(&state_path.join("programs"))?;
+
+        let cgroups = Cgroups::detect();
+        let landlock_abi = crate::landlock::abi_version();
+        let mut warnings = Vec::new();
+        if let Some(reason) = &cgroups.unavailable_reason {
+            warnings.push(format!(
+                "cgroups unavailable ({reason}): memory and process limits fall back to rlimits, \
+                 CPU time covers reaped processes only"
+            ));
+        }
+        if landlock_abi == 0 {
+            warnings.push("landlock unavailable: relying on mounts and seccomp only".into());
+        }
+        let cpus = allowed_cpus();
+        let supervisor_cpu = config
+            .supervisor_cpu
+            .or_else(|| (cpus.len() >= 2).then(|| cpus[0]));
+        Ok(Sandbox {
+            config,
+            cgroups,
+            state,
+            root,
+            base_binds,
+            toolchains: Mutex::new(HashMap::new()),
+            seccomp: crate::seccomp::filter(),
+            landlock_abi,
+            cpus,
+            supervisor_cpu,
+            counter: AtomicU64::new(0),
+            warnings,
+        })
+    }
+
+    /// What isolation and accounting this machine gives, and what was degraded.
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            cgroup_version: self.cgroups.version(),
+            landlock_abi: self.landlock_abi,
+            cpus: self.cpus.clone(),
+            supervisor_cpu: self.supervisor_cpu,
+            warnings: self.warnings.clone(),
+        }
+    }
+
+    /// The toolchain of `language`, detected once; its mount points are added to the template.
+    fn toolchain(&self, language: Language) -> Result<Arc<Toolchain>, SandboxError> {
+        let mut map = self
+            .toolchains
+            .lock()
+            .map_err(|_| SandboxError::Unsupported("toolchain cache poisoned".into()))?;
+        if let Some(tc) = map.get(&language) {
+            return Ok(tc.clone());
+        }
+        let tc = Toolchain::detect(language)?;
+        for b in &tc.binds {
+            make_dir_all(&self.root.join(b.strip_prefix("/").unwrap_or(b)))?;
+        }
+        let tc = Arc::new(tc);
+        map.insert(language, tc.clone());
+        Ok(tc)
+    }
+
+    /// A one-line description of the toolchain used for `language` (e.g. `Python 3.11.7`).
+    pub fn toolchain_version(&self, language: Language) -> Result<String, SandboxError> {
+        Ok(self.toolchain(language)?.version.clone())
+    }
+
+    /// Writes the source and, for compiled languages, compiles it in the sandbox.
+    pub fn build(&self, language: Language, source: &str) -> Result<Program, SandboxError> {
+        let toolchain = self.toolchain(language)?;
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let dir = ProgramDir(self.state.path.join("programs").join(n.to_string()));
+        make_dir_all(&dir.0)?;
+        let src = dir.0.join(language.source_file_name());
+        fs::write(&src, source).map_err(io_err("write source", &src))?;
+        fs::set_permissions(&src, fs::Permissions::from_mode(0o644))
+            .map_err(io_err("set permissions of", &src))?;
+        let limits = Limits::for_compilation();
+        let compilation = match toolchain.compile_argv(&limits) {
+            None => None,
+            Some(argv) => {
+                // The compiler runs as the sandbox user and writes its artefact into the box.
+                chown_tree(&dir.0, NOBODY)?;
+                let result = self.execute(
+                    &toolchain,
+                    &dir.0,
+                    true,
+                    &argv,
+                    &RunRequest {
+                        limits,
+                        cpu: None,
+                        ..RunRequest::default()
+                    },
+                );
+                chown_tree(&dir.0, 0)?;
+                let r = result?;
+                let mut output = r.stderr_text();
+                output.push_str(&r.stdout_text());
+                let status = match r.measurement.status {
+                    Status::Accepted => Status::Accepted,
+                    Status::RuntimeError => Status::CompileError,
+                    other => other,
+                };
+                if status != Status::Accepted && output.is_empty() {
+                    output = r.message.clone().unwrap_or_default();
+                }
+                Some(Compilation {
+                    status,
+                    compile_ms: r.measurement.wall_ms,
+                    output,
+                    measurement: r.measurement,
+                })
+            }
+        };
+        Ok(Program {
+            language,
+            dir,
+            toolchain,
+            compilation,
+        })
+    }
+
+    /// Runs a built program once.
+    pub fn run(&self, program: &Program, request: &RunRequest) -> Result<RunResult, SandboxError> {
+        request.limits.validate()?;
+        if let Some(c) = program
+            .compilation
+            .as_ref()
+            .filter(|c| c.status != Status::Accepted)
+        {
+            return Ok(not_compiled(c));
+        }
+        let argv = program.toolchain.run_argv(&request.limits);
+        self.execute(&program.toolchain, &program.dir.0, false, &argv, request)
+    }
+
+    /// Runs a built program `n` times on the same request.
+    pub fn run_repeated(
+        &self,
+        program: &Program,
+        request: &RunRequest,
+        n: usize,
+    ) -> Result<Vec<RunResult>, SandboxError> {
+        (0..n.max(1)).map(|_| self.run(program, request)).collect()
+    }
+
+    fn execute(
+        &self,
+        toolchain: &Toolchain,
+        program_dir: &Path,
+        compiling: bool,
+        argv: &[String],
+        request: &RunRequest,
+    ) -> Result<RunResult, SandboxError> {
+        let limits = &request.limits;
+        let mut binds = self.base_binds.clone();
+        binds.extend(toolchain.binds.iter().map(|b| BindMount {
+            source: b.clone(),
+            target: b.clone(),
+            writable: false,
+        }));
+        binds.push(BindMount {
+            source: program_dir.to_path_buf(),
+            target: PathBuf::from(BOX),
+            writable: compiling,
+        });
+        let mut env: Vec<String> = vec![
+            "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+            "HOME=/tmp".into(),
+            "TMPDIR=/tmp".into(),
+            "LANG=C.UTF-8".into(),
+            "LC_ALL=C.UTF-8".into(),
+        ];
+        env.extend(toolchain.env.iter().cloned());
+        let cgroup = self.cgroups.create(limits)?;
+        let cgroup_procs = match &cgroup {
+            Some(c) => c.open_procs()?,
+            None => Vec::new(),
+        };
+        let mut rlimits = vec![
+            (libc::RLIMIT_CORE, 0),
+            (libc::RLIMIT_FSIZE, limits.file_size_bytes),
+            (libc::RLIMIT_NOFILE, 1024),
+            (
+                libc::RLIMIT_STACK,
+                limits.memory_bytes.min(256 * 1024 * 1024),
+            ),
+            (libc::RLIMIT_CPU, limits.cpu_time.as_secs() + 2),
+        ];
+        if cgroup.is_none() {
+            rlimits.push((libc::RLIMIT_NPROC, u64::from(limits.max_processes)));
+            if !toolchain.reserves_virtual_memory() {
+                rlimits.push((libc::RLIMIT_AS, limits.memory_bytes));
+            }
+        }
+        let cpu = if compiling {
+            None
+        } else {
+            request.cpu.or_else(|| self.cpus.last().copied())
+        };
+        let mut jail = Jail::start(JailSpec {
+            root: &self.root,
+            binds: &binds,
+            scratch_bytes: limits.scratch_bytes,
+            argv,
+            env: &env,
+            cwd: "/tmp",
+            stdin: Some(&request.stdin),
+            cgroup_procs,
+            cpu,
+            uid: NOBODY,
+            gid: NOBODY,
+            rlimits,
+            seccomp: &self.seccomp,
+            landlock_abi: self.landlock_abi,
+        })?;
+        let supervisor_cpu = self.supervisor_cpu.filter(|s| Some(*s) != cpu);
+        let result = supervise(
+            &mut jail,
+            &Supervision {
+                limits,
+                sample_interval: if compiling {
+                    Duration::from_millis(1)
+                } else {
+                    self.config.sample_interval
+                },
+                supervisor_cpu,
+                keep_trace: request.keep_memory_trace,
+                cgroup: cgroup.as_ref(),
+                count_instructions: self.config.count_instructions && !compiling,
+            },
+        );
+        drop(jail);
+        drop(cgroup);
+        result
+    }
+}
+
+/// The result of running a program that did not compile.
+fn not_compiled(c: &Compilation) -> RunResult {
+    RunResult {
+        measurement: Measurement {
+            status: Status::CompileError,
+            exit_code: None,
+            signal: None,
+            wall_ms: 0.0,
+            cpu_ms: 0.0,
+            peak_rss_kb: 0,
+            integral_kb_ms: 0.0,
+            samples: 0,
+            sample_hz: 0.0,
+            instructions: None,
+        },
+        stdout: Vec::new(),
+        stderr: c.output.clone().into_bytes(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        message: Some("the program did not compile".into()),
+        memory_trace: Vec::new(),
+    }
+}
+
+/// Changes the owner of a directory and everything in it (no symlinks are followed).
+fn chown_tree(dir: &Path, uid: u32) -> Result<(), SandboxError> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(uid)).map_err(io_err("chown", dir))?;
+    for entry in fs::read_dir(dir).map_err(io_err("read directory", dir))? {
+        let entry = entry.map_err(io_err("read directory", dir))?;
+        let path = entry.path();
+        let ft = entry.file_type().map_err(io_err("stat", &path))?;
+        if ft.is_dir() {
+            chown_tree(&path, uid)?;
+        } else {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(uid))
+                .map_err(io_err("chown", &path))?;
+        }
+    }
+    Ok(())
+}
