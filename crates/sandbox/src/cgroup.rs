@@ -34,6 +34,8 @@ pub(crate) struct Cgroups {
     /// Why cgroups are not used, when they are not.
     pub(crate) unavailable_reason: Option<String>,
     counter: AtomicU64,
+    /// Random per instance: PIDs repeat across PID namespaces.
+    nonce: String,
 }
 
 /// A v1 or v2 mount of the cgroup file system, from `/proc/self/mountinfo`.
@@ -144,11 +146,13 @@ impl Cgroups {
                 hierarchy: Some(h),
                 unavailable_reason: None,
                 counter: AtomicU64::new(0),
+                nonce: format!("{:08x}", crate::sandbox::random_u64() as u32),
             },
             Err(reason) => Cgroups {
                 hierarchy: None,
                 unavailable_reason: Some(reason),
                 counter: AtomicU64::new(0),
+                nonce: String::new(),
             },
         }
     }
@@ -243,9 +247,10 @@ impl Cgroups {
             return Ok(None);
         };
         let name = format!(
-            "run-{}-{}",
+            "run-{}-{}-{}",
             std::process::id(),
-            self.counter.fetch_add(1, Ordering::Relaxed)
+            self.counter.fetch_add(1, Ordering::Relaxed),
+            self.nonce
         );
         let mem = limits.memory_bytes.to_string();
         let cg = match h {

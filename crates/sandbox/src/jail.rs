@@ -44,6 +44,8 @@ pub(crate) struct JailSpec<'a> {
     pub(crate) rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
     pub(crate) seccomp: &'a [libc::sock_filter],
     pub(crate) landlock_abi: i64,
+    /// Whether `/box` is writable (compilation), for Landlock.
+    pub(crate) box_writable: bool,
 }
 
 /// A started sandbox: the init's host PID and the supervisor's ends of the pipes.
@@ -347,6 +349,7 @@ impl Jail {
             gid: spec.gid,
             seccomp: spec.seccomp,
             landlock_abi: spec.landlock_abi,
+            box_writable: spec.box_writable,
         };
         // SAFETY: the child branch only calls async-signal-safe code on prepared data and never
         // returns (it execs or exits).
@@ -521,9 +524,10 @@ struct ChildContext<'a> {
     gid: u32,
     seccomp: &'a [libc::sock_filter],
     landlock_abi: i64,
+    box_writable: bool,
 }
 
-const LANDLOCK_WRITABLE: [&[u8]; 2] = [b"/tmp\0", b"/dev\0"];
+const LANDLOCK_WRITABLE: [&[u8]; 3] = [b"/tmp\0", b"/dev\0", b"/box\0"];
 
 impl ChildContext<'_> {
     fn report(&self, tag: u32, step: u32, value: u64) {
@@ -726,7 +730,12 @@ impl ChildContext<'_> {
             self.check(setresgid(self.gid, self.gid, self.gid), S_SETGID);
             self.check(setresuid(self.uid, self.uid, self.uid), S_SETUID);
             self.check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), S_NNP);
-            let r = crate::landlock::restrict(self.landlock_abi, &LANDLOCK_WRITABLE);
+            let writable = if self.box_writable {
+                &LANDLOCK_WRITABLE[..]
+            } else {
+                &LANDLOCK_WRITABLE[..2]
+            };
+            let r = crate::landlock::restrict(self.landlock_abi, writable);
             if r < 0 {
                 *__errno_location() = -r;
                 self.fail(S_LANDLOCK, 0);

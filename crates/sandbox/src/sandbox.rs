@@ -87,12 +87,12 @@ impl Program {
         self.language
     }
 
-    /// How its compilation went (`None` for interpreted languages).
+    /// How its compilation (or, for interpreted languages, syntax check) went.
     pub fn compilation(&self) -> Option<&Compilation> {
         self.compilation.as_ref()
     }
 
-    /// Compile time in ms (0 for interpreted languages).
+    /// Compile (or syntax check) time in ms.
     pub fn compile_ms(&self) -> f64 {
         self.compilation.as_ref().map_or(0.0, |c| c.compile_ms)
     }
@@ -171,6 +171,19 @@ fn make_dir_all(path: &Path) -> Result<(), SandboxError> {
         .map_err(io_err("set permissions of", path))
 }
 
+/// 64 random bits from the kernel.
+pub(crate) fn random_u64() -> u64 {
+    let mut v = 0u64;
+    let n = unsafe { libc::getrandom((&mut v as *mut u64).cast(), 8, 0) };
+    if n != 8 {
+        // Fall back to the clock; uniqueness then also rests on the PID and a counter.
+        v = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    }
+    v
+}
+
 /// Cores this process may run on.
 fn allowed_cpus() -> Vec<usize> {
     unsafe {
@@ -202,12 +215,13 @@ impl Sandbox {
         let (state_path, owned) = match &config.state_dir {
             Some(p) => (p.clone(), false),
             None => {
-                static INSTANCE: AtomicU64 = AtomicU64::new(0);
+                // PIDs repeat across PID namespaces (containers): add randomness to the name.
                 let p = std::env::temp_dir().join(format!(
-                    "afterburner-{}-{}",
+                    "afterburner-{}-{:016x}",
                     std::process::id(),
-                    INSTANCE.fetch_add(1, Ordering::Relaxed)
+                    random_u64()
                 ));
+                fs::create_dir(&p).map_err(io_err("create state directory", &p))?;
                 (p, true)
             }
         };
@@ -483,6 +497,7 @@ impl Sandbox {
             rlimits,
             seccomp: &self.seccomp,
             landlock_abi: self.landlock_abi,
+            box_writable: compiling,
         })?;
         let supervisor_cpu = self.supervisor_cpu.filter(|s| Some(*s) != cpu);
         let result = supervise(

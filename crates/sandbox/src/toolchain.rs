@@ -208,13 +208,20 @@ impl Toolchain {
         self.tool.display().to_string()
     }
 
-    /// The command that compiles `/box/<source>` into an artefact in `/box`, if compiled.
+    /// The command that compiles `/box/<source>` into an artefact in `/box` (or checks its syntax).
     pub(crate) fn compile_argv(&self, limits: &Limits) -> Option<Vec<String>> {
         let src = format!("{BOX}/{}", self.language.source_file_name());
         let out = format!("{BOX}/main");
         let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         Some(match self.language {
-            Language::Python | Language::JavaScript => return None,
+            // Interpreted languages get a syntax check, so that a syntax error is a compile error.
+            Language::Python => v(&[
+                &self.tool(),
+                "-c",
+                "import sys; compile(open(sys.argv[1], 'rb').read(), sys.argv[1], 'exec')",
+                &src,
+            ]),
+            Language::JavaScript => v(&[&self.tool(), "--check", &src]),
             Language::C => v(&[
                 &self.tool(),
                 "-O2",
