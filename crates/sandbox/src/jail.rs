@@ -78,6 +78,9 @@ pub(crate) const TAG_FAIL: u32 = 3;
 pub(crate) const TAG_DONE: u32 = 4;
 /// CPU time of the program and its reaped descendants, microseconds.
 pub(crate) const TAG_RUSAGE: u32 = 5;
+/// The program is exiting (its memory still mapped); step = its exact resident high-water mark
+/// in KiB (`VmHWM`), value = CLOCK_MONOTONIC ns.
+pub(crate) const TAG_EXIT: u32 = 6;
 
 const STEPS: &[&str] = &[
     "none",
@@ -514,6 +517,57 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// `VmHWM` of `/proc/<pid>/status` in KiB (0 if unreadable); async-signal-safe.
+fn read_vm_hwm_kb(pid: libc::pid_t) -> u64 {
+    let mut path = *b"/proc/\0\0\0\0\0\0\0\0\0\0\0/status\0\0\0\0\0\0\0\0";
+    let mut digits = [0u8; 11];
+    let (mut n, mut v) = (0, pid.max(0) as u32);
+    loop {
+        digits[n] = b'0' + (v % 10) as u8;
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let mut i = 6;
+    for d in digits[..n].iter().rev() {
+        path[i] = *d;
+        i += 1;
+    }
+    for b in b"/status\0" {
+        path[i] = *b;
+        i += 1;
+    }
+    let mut buf = [0u8; 4096];
+    let len = unsafe {
+        let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return 0;
+        }
+        let len = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        len
+    };
+    if len <= 0 {
+        return 0;
+    }
+    parse_vm_hwm_kb(&buf[..len as usize])
+}
+
+/// Finds `VmHWM:` in a `/proc/PID/status` text and returns its value in KiB.
+pub(crate) fn parse_vm_hwm_kb(status: &[u8]) -> u64 {
+    let key = b"VmHWM:";
+    let Some(pos) = status.windows(key.len()).position(|w| w == key) else {
+        return 0;
+    };
+    status[pos + key.len()..]
+        .iter()
+        .skip_while(|b| **b == b' ' || **b == b'\t')
+        .take_while(|b| b.is_ascii_digit())
+        .fold(0u64, |acc, b| acc * 10 + u64::from(b - b'0'))
+}
+
 /// What the child processes read; borrowed from the supervisor's stack before `clone`.
 struct ChildContext<'a> {
     p: &'a Prepared,
@@ -655,7 +709,14 @@ impl ChildContext<'_> {
             if program == 0 {
                 self.program();
             }
-            // Init: keep only the report pipe, then reap until the program exits.
+            // Init: watch the program's exit (see `exit_stop`), keep only the report pipe, then
+            // reap until the program exits. Failing to attach only loses the exact exit peak.
+            ptrace(
+                PTRACE_SEIZE,
+                program,
+                std::ptr::null_mut::<c_void>(),
+                PTRACE_O_TRACEEXIT as usize as *mut c_void,
+            );
             let keep = self.fds.report_w as c_uint;
             if keep > 0 {
                 syscall(SYS_close_range, 0u32, keep - 1, 0u32);
@@ -665,6 +726,10 @@ impl ChildContext<'_> {
                 let mut status: c_int = 0;
                 let mut usage: rusage = std::mem::zeroed();
                 let r = wait4(-1, &mut status, 0, &mut usage);
+                if r == program && WIFSTOPPED(status) {
+                    self.exit_stop(program, status);
+                    continue;
+                }
                 if r == program {
                     let now = monotonic_ns();
                     let cpu_us = (usage.ru_utime.tv_sec as u64 * 1_000_000
@@ -679,6 +744,30 @@ impl ChildContext<'_> {
                     _exit(1);
                 }
             }
+        }
+    }
+
+    /// Handles a ptrace stop of the program: at its exit, reports the exact high-water mark of its
+    /// resident memory (readable only while its memory is still mapped), then lets it go on.
+    unsafe fn exit_stop(&self, program: libc::pid_t, status: libc::c_int) {
+        unsafe {
+            use libc::*;
+            let event = (status >> 16) & 0xff;
+            let mut deliver = 0;
+            if event == PTRACE_EVENT_EXIT {
+                let now = monotonic_ns();
+                let hwm = read_vm_hwm_kb(program);
+                self.report(TAG_EXIT, hwm.min(u32::MAX as u64) as u32, now);
+            } else if event == 0 {
+                // A signal-delivery stop: pass the signal on untouched.
+                deliver = WSTOPSIG(status);
+            }
+            ptrace(
+                PTRACE_CONT,
+                program,
+                std::ptr::null_mut::<c_void>(),
+                deliver as usize as *mut c_void,
+            );
         }
     }
 
@@ -751,5 +840,23 @@ impl ChildContext<'_> {
             );
             self.fail(S_EXEC, 0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_hwm_is_parsed_from_status() {
+        let status = b"Name:\tpython3\nVmPeak:\t  20000 kB\nVmHWM:\t   13516 kB\nVmRSS:\t 100 kB\n";
+        assert_eq!(parse_vm_hwm_kb(status), 13516);
+        assert_eq!(parse_vm_hwm_kb(b"Name: x\n"), 0);
+    }
+
+    #[test]
+    fn own_vm_hwm_is_readable() {
+        let pid = unsafe { libc::getpid() };
+        assert!(read_vm_hwm_kb(pid) > 0);
     }
 }

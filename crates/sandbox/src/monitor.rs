@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::cgroup::{RunCgroup, pread_to_string};
-use crate::jail::{self, Jail, Report, TAG_DONE, TAG_EXEC_AT, TAG_FAIL, TAG_RUSAGE};
+use crate::jail::{self, Jail, Report, TAG_DONE, TAG_EXEC_AT, TAG_EXIT, TAG_FAIL, TAG_RUSAGE};
 use crate::{Limits, Measurement, MemorySample, RunResult, SandboxError, Status};
 
 /// How the supervisor watches one run.
@@ -455,6 +455,7 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
     let mut kill: Option<KillReason> = None;
     let mut done: Option<(i32, u64)> = None;
     let mut rusage_cpu_us: Option<u64> = None;
+    let mut exit_stop: Option<(u64, u64)> = None;
     let mut setup_failure: Option<Report> = None;
     let mut end_t = t0;
 
@@ -534,6 +535,7 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
         if fds[0].revents != 0 {
             match jail::read_report_now(jail.report.as_raw_fd())? {
                 Some(r) if r.tag == TAG_RUSAGE => rusage_cpu_us = Some(r.value),
+                Some(r) if r.tag == TAG_EXIT => exit_stop = Some((u64::from(r.step), r.value)),
                 Some(r) if r.tag == TAG_DONE => {
                     done = Some((r.step as i32, r.value));
                     break 'run;
@@ -547,8 +549,12 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
             }
         }
     }
+    // The exit stop (memory still mapped) is the precise end; reaping is the fallback.
     if let Some((_, t)) = done {
-        end_t = t.max(t0);
+        end_t = exit_stop.map_or(t, |(_, te)| te).max(t0);
+    }
+    if let Some((hwm_kb, _)) = exit_stop {
+        peak = peak.max(hwm_kb);
     }
     // The final stretch since the last sample is held at the last value.
     integral_kb_ns += last_rss as f64 * end_t.saturating_sub(last_t) as f64;

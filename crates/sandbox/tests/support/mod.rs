@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use afterburner_sandbox::{Language, Limits, RunRequest, RunResult, Sandbox};
+use afterburner_sandbox::{Language, Limits, RunRequest, RunResult, Sandbox, SandboxConfig};
 
 const ENV: &str = "AFTERBURNER_CONTAINED_TEST";
 
@@ -194,7 +194,22 @@ pub fn contained(name: &str, body: impl FnOnce()) {
 /// A sandbox shared by the tests of one binary.
 pub fn sandbox() -> &'static Sandbox {
     static SANDBOX: std::sync::OnceLock<Sandbox> = std::sync::OnceLock::new();
-    SANDBOX.get_or_init(|| Sandbox::new().expect("sandbox available (tests run as root)"))
+    SANDBOX.get_or_init(|| {
+        // Statics are never dropped: keep the sandbox's state under the target directory.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "sandbox-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        Sandbox::with_config(SandboxConfig {
+            state_dir: Some(dir),
+            ..SandboxConfig::default()
+        })
+        .expect("sandbox available (tests run as root)")
+    })
 }
 
 /// Builds and runs `source` once with `limits` and `stdin`.
