@@ -22,7 +22,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub stdin: Option<PathBuf>,
     /// Wall and CPU time limit in seconds.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, allow_negative_numbers = true)]
     pub time_limit: f64,
     /// Memory limit of the process tree in MiB.
     #[arg(long, default_value_t = 512)]

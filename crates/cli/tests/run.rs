@@ -1,0 +1,200 @@
+//! The `afterburner run` contract: JSON fields, human summary, repeats and clear errors.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn afterburner(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_afterburner"))
+        .args(args)
+        .output()
+        .expect("run the afterburner binary")
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+fn json(out: &Output) -> Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.trim().lines().count(),
+        1,
+        "exactly one JSON line: {text}"
+    );
+    serde_json::from_str(&text).expect("stdout is one JSON object")
+}
+
+#[test]
+fn json_output_has_every_contract_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = write(
+        dir.path(),
+        "sum.py",
+        "import sys\nprint(sum(map(int, sys.stdin.read().split())))\n",
+    );
+    let input = write(dir.path(), "in.txt", "1 2 3 4\n");
+    let out = afterburner(&["run", &src, "--stdin", &input, "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v = json(&out);
+    for key in [
+        "status",
+        "exit_code",
+        "signal",
+        "wall_ms",
+        "cpu_ms",
+        "peak_rss_kb",
+        "integral_kb_ms",
+        "samples",
+        "sample_hz",
+        "instructions",
+        "compile_ms",
+        "stdout",
+        "stderr",
+        "stdout_truncated",
+    ] {
+        assert!(v.get(key).is_some(), "missing `{key}` in {v}");
+    }
+    assert_eq!(v["status"], "accepted");
+    assert_eq!(v["stdout"], "10\n");
+    assert_eq!(v["exit_code"], 0);
+    assert!(v["signal"].is_null());
+    assert!(v["peak_rss_kb"].as_u64().unwrap() > 1000);
+    assert!(v["samples"].as_u64().unwrap() > 0);
+    assert_eq!(v["stdout_truncated"], false);
+}
+
+#[test]
+fn language_comes_from_the_extension_or_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = write(
+        dir.path(),
+        "prog.c",
+        "#include <stdio.h>\nint main(void){puts(\"c\");return 0;}\n",
+    );
+    let v = json(&afterburner(&["run", &c, "--json"]));
+    assert_eq!(v["stdout"], "c\n");
+    assert!(v["compile_ms"].as_f64().unwrap() > 0.0);
+    let noext = write(dir.path(), "script", "print('py')\n");
+    let v = json(&afterburner(&["run", &noext, "--lang", "python", "--json"]));
+    assert_eq!(v["stdout"], "py\n");
+}
+
+#[test]
+fn repeat_reports_every_run_with_median_and_dispersion() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = write(dir.path(), "a.py", "print(1)\n");
+    let v = json(&afterburner(&["run", &src, "--repeat", "3", "--json"]));
+    assert_eq!(v["repeat"], 3);
+    assert_eq!(v["runs"].as_array().unwrap().len(), 3);
+    assert_eq!(v["median"]["runs"], 3);
+    assert!(v["median"]["cv"]["cpu_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(v["median"]["wall_ms"], v["wall_ms"]);
+}
+
+#[test]
+fn limits_are_applied_from_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = write(dir.path(), "slow.py", "import time\ntime.sleep(5)\n");
+    let v = json(&afterburner(&[
+        "run",
+        &src,
+        "--time-limit",
+        "0.3",
+        "--json",
+    ]));
+    assert_eq!(v["status"], "time_limit");
+    let src = write(dir.path(), "big.py", "x = bytearray(300 * 1024 * 1024)\n");
+    let v = json(&afterburner(&[
+        "run",
+        &src,
+        "--memory-limit",
+        "64",
+        "--json",
+    ]));
+    assert_eq!(v["status"], "memory_limit");
+}
+
+#[test]
+fn compile_errors_are_reported_with_diagnostics() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = write(dir.path(), "bad.rs", "fn main() { let x: u8 = \"no\"; }\n");
+    let out = afterburner(&["run", &src, "--json"]);
+    assert!(out.status.success());
+    let v = json(&out);
+    assert_eq!(v["status"], "compile_error");
+    assert!(
+        v["stderr"].as_str().unwrap().contains("mismatched types"),
+        "{v}"
+    );
+}
+
+#[test]
+fn human_summary_is_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = write(dir.path(), "a.py", "print('hi')\n");
+    let out = afterburner(&["run", &src]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("status        accepted"), "{text}");
+    assert!(text.contains("peak rss"), "{text}");
+    assert!(text.contains("--- stdout (3 bytes) ---\nhi"), "{text}");
+}
+
+fn assert_clear_failure(args: &[&str], needle: &str) {
+    let out = afterburner(args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(needle), "{args:?}: `{needle}` not in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_input_is_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = write(dir.path(), "a.py", "print(1)\n");
+    let odd = write(dir.path(), "a.txt", "print(1)\n");
+    assert_clear_failure(&["run", "/nonexistent/x.py"], "cannot read source file");
+    assert_clear_failure(
+        &["run", &src, "--lang", "cobol"],
+        "unknown language `cobol`",
+    );
+    assert_clear_failure(&["run", &odd], "pass --lang");
+    assert_clear_failure(&["run", &src, "--time-limit", "0"], "time limit");
+    assert_clear_failure(&["run", &src, "--time-limit", "-3"], "time limit");
+    assert_clear_failure(&["run", &src, "--memory-limit", "1"], "memory limit");
+    assert_clear_failure(&["run", &src, "--repeat", "0"], "--repeat");
+    assert_clear_failure(
+        &["run", &src, "--stdin", "/nonexistent/in"],
+        "cannot read stdin",
+    );
+}
+
+#[test]
+fn a_missing_toolchain_is_a_sandbox_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = write(dir.path(), "main.go", "package main\nfunc main() {}\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_afterburner"))
+        .args(["run", &src, "--json"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    assert_eq!(v["status"], "sandbox_error");
+    assert!(
+        v["message"].as_str().unwrap().contains("`go` not found"),
+        "{v}"
+    );
+}
+
+#[test]
+fn doctor_lists_capabilities_and_toolchains() {
+    let out = afterburner(&["doctor", "--json"]);
+    assert!(out.status.success());
+    let v = json(&out);
+    assert_eq!(v["toolchains"].as_array().unwrap().len(), 7);
+    assert!(v["capabilities"]["cpus"].as_array().is_some());
+}
