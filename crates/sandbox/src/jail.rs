@@ -148,10 +148,10 @@ pub(crate) fn setup_error(report: Report, binds: &[BindMount]) -> SandboxError {
         .copied()
         .unwrap_or("unknown")
         .to_string();
-    if matches!(report.step, S_BIND | S_REMOUNT) {
-        if let Some(b) = binds.get(index) {
-            step = format!("{step} {} -> {}", b.source.display(), b.target.display());
-        }
+    if matches!(report.step, S_BIND | S_REMOUNT)
+        && let Some(b) = binds.get(index)
+    {
+        step = format!("{step} {} -> {}", b.source.display(), b.target.display());
     }
     SandboxError::Setup {
         step,
