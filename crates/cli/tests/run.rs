@@ -198,3 +198,23 @@ fn doctor_lists_capabilities_and_toolchains() {
     assert_eq!(v["toolchains"].as_array().unwrap().len(), 7);
     assert!(v["capabilities"]["cpus"].as_array().is_some());
 }
+
+#[test]
+fn without_cgroups_limits_fall_back_to_rlimits_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = write(dir.path(), "ok.py", "print('fine')\n");
+    let big = write(dir.path(), "big.py", "x = bytearray(300 * 1024 * 1024)\n");
+    let run = |src: &str, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_afterburner"))
+            .args(["run", src, "--json"])
+            .args(extra)
+            .env("AFTERBURNER_CGROUP", "none")
+            .output()
+            .unwrap()
+    };
+    let out = run(&ok, &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fall back to rlimits"));
+    assert_eq!(json(&out)["status"], "accepted");
+    let out = run(&big, &["--memory-limit", "64"]);
+    assert_eq!(json(&out)["status"], "memory_limit");
+}

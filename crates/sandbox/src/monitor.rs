@@ -42,6 +42,24 @@ pub(crate) struct Facts {
     pub(crate) pids_refused: u64,
     pub(crate) cpu_ms: f64,
     pub(crate) peak_rss_kb: u64,
+    /// The program reported an allocation failure (used only where no cgroup enforces memory).
+    pub(crate) allocation_failed: bool,
+}
+
+/// Allocation-failure reports of the supported runtimes, as they appear on stderr.
+const ALLOCATION_FAILURES: [&[u8]; 5] = [
+    b"MemoryError",
+    b"std::bad_alloc",
+    b"java.lang.OutOfMemoryError",
+    b"JavaScript heap out of memory",
+    b"runtime: out of memory",
+];
+
+/// Whether `stderr` carries a runtime's report of a failed allocation.
+pub(crate) fn reports_allocation_failure(stderr: &[u8]) -> bool {
+    ALLOCATION_FAILURES
+        .iter()
+        .any(|m| stderr.windows(m.len()).any(|w| w == *m))
 }
 
 /// Decides the status, exit code, signal and explanation from the facts of a run.
@@ -102,7 +120,8 @@ pub(crate) fn classify(
         ),
         None if exit_code == Some(0) => (Status::Accepted, None),
         None if !memory_enforced
-            && f.peak_rss_kb as f64 >= 0.9 * (limits.memory_bytes / 1024) as f64 =>
+            && (f.allocation_failed
+                || f.peak_rss_kb as f64 >= 0.9 * (limits.memory_bytes / 1024) as f64) =>
         {
             (
                 Status::MemoryLimit,
@@ -577,6 +596,7 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
         pids_refused: s.cgroup.map(|c| c.pids_refused()).unwrap_or(0),
         cpu_ms: cpu_ns as f64 / 1e6,
         peak_rss_kb: peak,
+        allocation_failed: reports_allocation_failure(&err.data),
     };
     let (status, exit_code, signal, message) = classify(&facts, limits, s.cgroup.is_some());
     let wall_ms = wall_ns as f64 / 1e6;
@@ -650,6 +670,15 @@ mod tests {
     }
 
     #[test]
+    fn allocation_failures_are_recognised() {
+        assert!(reports_allocation_failure(b"Traceback...\nMemoryError\n"));
+        assert!(reports_allocation_failure(
+            b"terminate called after throwing an instance of 'std::bad_alloc'"
+        ));
+        assert!(!reports_allocation_failure(b"ValueError: boom"));
+    }
+
+    #[test]
     fn pid_lists_parse() {
         let mut v = Vec::new();
         parse_pids(b"12\n345\n6", &mut v);
@@ -693,6 +722,13 @@ mod tests {
             ..base.clone()
         };
         assert_eq!(classify(&f, &l, true).0, Status::OutputLimit);
+        let f = Facts {
+            wait_status: exited(1),
+            allocation_failed: true,
+            ..base.clone()
+        };
+        assert_eq!(classify(&f, &l, false).0, Status::MemoryLimit);
+        assert_eq!(classify(&f, &l, true).0, Status::RuntimeError);
         let f = Facts {
             wait_status: Some(libc::SIGSEGV),
             ..base
