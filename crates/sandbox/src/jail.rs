@@ -7,7 +7,8 @@
 //! a run.
 //!
 //! Between `clone` and `execve` the children are copies of a multithreaded process, so they only
-//! make raw system calls on data prepared before the `clone` (no allocation, no locks).
+//! make raw system calls on data prepared before the `clone` (no allocation, no locks, and no libc
+//! wrapper that coordinates threads, such as `setresuid`).
 
 use std::ffi::{CString, c_char};
 use std::io;
@@ -81,6 +82,8 @@ pub(crate) const TAG_RUSAGE: u32 = 5;
 /// The program is exiting (its memory still mapped); step = its exact resident high-water mark
 /// in KiB (`VmHWM`), value = CLOCK_MONOTONIC ns.
 pub(crate) const TAG_EXIT: u32 = 6;
+/// Follows [`TAG_EXIT`]: step = the program's wait status, known at its exit stop.
+pub(crate) const TAG_EXIT_STATUS: u32 = 7;
 
 const STEPS: &[&str] = &[
     "none",
@@ -432,6 +435,13 @@ impl Jail {
         }
     }
 
+    /// Kills the whole namespace by killing its init, without waiting for the teardown.
+    pub(crate) fn kill(&self) {
+        if !self.reaped {
+            unsafe { libc::kill(self.init_pid, libc::SIGKILL) };
+        }
+    }
+
     /// Kills the whole namespace (by killing its init) and reaps the init.
     pub(crate) fn kill_and_reap(&mut self) {
         if self.reaped {
@@ -758,6 +768,16 @@ impl ChildContext<'_> {
                 let now = monotonic_ns();
                 let hwm = read_vm_hwm_kb(program);
                 self.report(TAG_EXIT, hwm.min(u32::MAX as u64) as u32, now);
+                let mut status: c_ulong = 0;
+                if ptrace(
+                    PTRACE_GETEVENTMSG,
+                    program,
+                    std::ptr::null_mut::<c_void>(),
+                    &mut status as *mut c_ulong as *mut c_void,
+                ) == 0
+                {
+                    self.report(TAG_EXIT_STATUS, status as u32, now);
+                }
             } else if event == 0 {
                 // A signal-delivery stop: pass the signal on untouched.
                 deliver = WSTOPSIG(status);
@@ -815,9 +835,20 @@ impl ChildContext<'_> {
             if read(f.go_r, (&mut byte as *mut u8).cast(), 1) != 1 {
                 self.fail(S_GO, 0);
             }
-            self.check(setgroups(0, std::ptr::null()), S_SETGROUPS);
-            self.check(setresgid(self.gid, self.gid, self.gid), S_SETGID);
-            self.check(setresuid(self.uid, self.uid, self.uid), S_SETUID);
+            // Raw system calls: glibc's wrappers broadcast to every thread of a multithreaded
+            // process under a lock that another (absent) thread may hold in this copy.
+            self.check(
+                syscall(SYS_setgroups, 0usize, std::ptr::null::<gid_t>()) as c_int,
+                S_SETGROUPS,
+            );
+            self.check(
+                syscall(SYS_setresgid, self.gid, self.gid, self.gid) as c_int,
+                S_SETGID,
+            );
+            self.check(
+                syscall(SYS_setresuid, self.uid, self.uid, self.uid) as c_int,
+                S_SETUID,
+            );
             self.check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), S_NNP);
             let writable = if self.box_writable {
                 &LANDLOCK_WRITABLE[..]

@@ -12,7 +12,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::cgroup::{RunCgroup, pread_to_string};
-use crate::jail::{self, Jail, Report, TAG_DONE, TAG_EXEC_AT, TAG_EXIT, TAG_FAIL, TAG_RUSAGE};
+use crate::jail::{
+    self, Jail, Report, TAG_DONE, TAG_EXEC_AT, TAG_EXIT, TAG_EXIT_STATUS, TAG_FAIL, TAG_RUSAGE,
+};
 use crate::{Limits, Measurement, MemorySample, RunResult, SandboxError, Status};
 
 /// How the supervisor watches one run.
@@ -475,6 +477,7 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
     let mut done: Option<(i32, u64)> = None;
     let mut rusage_cpu_us: Option<u64> = None;
     let mut exit_stop: Option<(u64, u64)> = None;
+    let mut exited_early = false;
     let mut setup_failure: Option<Report> = None;
     let mut end_t = t0;
 
@@ -555,6 +558,13 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
             match jail::read_report_now(jail.report.as_raw_fd())? {
                 Some(r) if r.tag == TAG_RUSAGE => rusage_cpu_us = Some(r.value),
                 Some(r) if r.tag == TAG_EXIT => exit_stop = Some((u64::from(r.step), r.value)),
+                // The exit status is known at the exit stop: the run is over for measurement;
+                // the teardown that follows is not the program's time.
+                Some(r) if r.tag == TAG_EXIT_STATUS => {
+                    done = Some((r.step as i32, r.value));
+                    exited_early = true;
+                    break 'run;
+                }
                 Some(r) if r.tag == TAG_DONE => {
                     done = Some((r.step as i32, r.value));
                     break 'run;
@@ -577,8 +587,14 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
     }
     // The final stretch since the last sample is held at the last value.
     integral_kb_ns += last_rss as f64 * end_t.saturating_sub(last_t) as f64;
-    jail.kill_and_reap();
-    drain(&mut out, &mut err, &mut io_buf);
+    if exited_early {
+        // Everything the program wrote is in the pipes already; the namespace is killed and
+        // reaped by the caller, off the measured path.
+        drain_available(&mut out, &mut err, &mut io_buf);
+    } else {
+        jail.kill_and_reap();
+        drain(&mut out, &mut err, &mut io_buf);
+    }
     if let Some(r) = setup_failure {
         return Err(jail::setup_error(r, &[]));
     }
@@ -624,6 +640,33 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
         message,
         memory_trace: trace,
     })
+}
+
+/// Reads what both streams hold now, without waiting for more.
+fn drain_available(out: &mut Capture, err: &mut Capture, buf: &mut [u8]) {
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: if out.open { out.fd } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if err.open { err.fd } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, 0) } <= 0 {
+            return;
+        }
+        if fds[0].revents != 0 {
+            out.read_some(buf);
+        }
+        if fds[1].revents != 0 {
+            err.read_some(buf);
+        }
+    }
 }
 
 /// Reads both streams to their end (every writer is dead once the namespace is gone).

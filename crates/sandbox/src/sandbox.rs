@@ -499,6 +499,8 @@ impl Sandbox {
             landlock_abi: self.landlock_abi,
             box_writable: compiling,
         })?;
+        // The previous run of this thread must be fully torn down before this one starts.
+        reaper::wait_for_this_thread();
         let supervisor_cpu = self.supervisor_cpu.filter(|s| Some(*s) != cpu);
         let result = supervise(
             &mut jail,
@@ -515,9 +517,102 @@ impl Sandbox {
                 count_instructions: self.config.count_instructions && !compiling,
             },
         );
-        drop(jail);
-        drop(cgroup);
+        jail.kill();
+        reaper::reap_later(jail, cgroup);
         result
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        reaper::wait_for_all();
+    }
+}
+
+/// Tearing down finished runs off the measured path: waiting for a killed namespace to die and
+/// removing its cgroup take milliseconds that belong to no program.
+mod reaper {
+    use std::cell::RefCell;
+    use std::sync::mpsc::{Receiver, Sender, channel};
+    use std::sync::{Condvar, Mutex, OnceLock};
+    use std::time::Duration;
+
+    use crate::cgroup::RunCgroup;
+    use crate::jail::Jail;
+
+    type Work = (Jail, Option<RunCgroup>, Sender<()>);
+
+    static QUEUE: OnceLock<Mutex<Sender<Work>>> = OnceLock::new();
+    static PENDING: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+    thread_local! {
+        static MINE: RefCell<Vec<Receiver<()>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn queue() -> &'static Mutex<Sender<Work>> {
+        QUEUE.get_or_init(|| {
+            let (tx, rx) = channel::<Work>();
+            let spawned = std::thread::Builder::new()
+                .name("afterburner-reaper".into())
+                .spawn(move || {
+                    for (jail, cgroup, done) in rx {
+                        drop(jail);
+                        drop(cgroup);
+                        finish();
+                        let _ = done.send(());
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!("cannot start the reaper thread ({e}); tearing down inline");
+            }
+            Mutex::new(tx)
+        })
+    }
+
+    fn finish() {
+        let (count, cv) = &PENDING;
+        if let Ok(mut n) = count.lock() {
+            *n = n.saturating_sub(1);
+            cv.notify_all();
+        }
+    }
+
+    /// Hands a killed run to the reaper thread (or tears it down here if that is impossible).
+    pub(super) fn reap_later(jail: Jail, cgroup: Option<RunCgroup>) {
+        let (tx, rx) = channel();
+        if let Ok(mut n) = PENDING.0.lock() {
+            *n += 1;
+        }
+        let sent = queue()
+            .lock()
+            .map(|q| q.send((jail, cgroup, tx)))
+            .map_err(|_| ());
+        match sent {
+            Ok(Ok(())) => MINE.with(|m| m.borrow_mut().push(rx)),
+            Ok(Err(std::sync::mpsc::SendError((jail, cgroup, _)))) => {
+                drop(jail);
+                drop(cgroup);
+                finish();
+            }
+            Err(()) => finish(),
+        }
+    }
+
+    /// Waits until the runs this thread handed over are torn down.
+    pub(super) fn wait_for_this_thread() {
+        MINE.with(|m| {
+            for rx in m.borrow_mut().drain(..) {
+                let _ = rx.recv_timeout(Duration::from_secs(10));
+            }
+        });
+    }
+
+    /// Waits until every handed-over run is torn down.
+    pub(super) fn wait_for_all() {
+        let (count, cv) = &PENDING;
+        if let Ok(n) = count.lock() {
+            let _ = cv.wait_timeout_while(n, Duration::from_secs(10), |n| *n > 0);
+        }
     }
 }
 
