@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use afterburner_sandbox::{
-    Language, Limits, RepeatSummary, RunRequest, RunResult, Sandbox, SandboxError, Status,
+    Language, Limits, Measurement, RepeatSummary, RunRequest, RunResult, Sandbox, SandboxError,
+    Status,
 };
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -50,16 +51,9 @@ pub struct DoctorArgs {
 #[derive(Debug, Serialize)]
 struct RunReport {
     language: Language,
-    status: Status,
-    exit_code: Option<i32>,
-    signal: Option<i32>,
-    wall_ms: f64,
-    cpu_ms: f64,
-    peak_rss_kb: u64,
-    integral_kb_ms: f64,
-    samples: u64,
-    sample_hz: f64,
-    instructions: Option<u64>,
+    /// The run's figures (medians when repeated), flattened into the object.
+    #[serde(flatten)]
+    measurement: Measurement,
     compile_ms: Option<f64>,
     stdout: String,
     stderr: String,
@@ -121,7 +115,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         Ok(r) => r,
         Err(e) => sandbox_error_report(language, args.repeat, &e),
     };
-    let failed_to_measure = report.status == Status::SandboxError;
+    let failed_to_measure = report.measurement.status == Status::SandboxError;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -159,29 +153,17 @@ fn measure(
             .total_cmp(&runs[b].measurement.wall_ms)
     });
     let pick = &runs[order[(order.len() - 1) / 2]];
-    let m = &pick.measurement;
-    let (wall_ms, cpu_ms, peak_rss_kb, integral_kb_ms) = if repeat > 1 {
-        (
-            summary.wall_ms,
-            summary.cpu_ms,
-            summary.peak_rss_kb.round() as u64,
-            summary.integral_kb_ms,
-        )
-    } else {
-        (m.wall_ms, m.cpu_ms, m.peak_rss_kb, m.integral_kb_ms)
-    };
+    let mut measurement = pick.measurement.clone();
+    measurement.status = summary.status;
+    if repeat > 1 {
+        measurement.wall_ms = summary.wall_ms;
+        measurement.cpu_ms = summary.cpu_ms;
+        measurement.peak_rss_kb = summary.peak_rss_kb.round() as u64;
+        measurement.integral_kb_ms = summary.integral_kb_ms;
+    }
     Ok(RunReport {
         language,
-        status: summary.status,
-        exit_code: m.exit_code,
-        signal: m.signal,
-        wall_ms,
-        cpu_ms,
-        peak_rss_kb,
-        integral_kb_ms,
-        samples: m.samples,
-        sample_hz: m.sample_hz,
-        instructions: m.instructions,
+        measurement,
         compile_ms,
         stdout: pick.stdout_text(),
         stderr: pick.stderr_text(),
@@ -203,16 +185,7 @@ fn measure(
 fn sandbox_error_report(language: Language, repeat: usize, e: &SandboxError) -> RunReport {
     RunReport {
         language,
-        status: Status::SandboxError,
-        exit_code: None,
-        signal: None,
-        wall_ms: 0.0,
-        cpu_ms: 0.0,
-        peak_rss_kb: 0,
-        integral_kb_ms: 0.0,
-        samples: 0,
-        sample_hz: 0.0,
-        instructions: None,
+        measurement: Measurement::not_run(Status::SandboxError),
         compile_ms: None,
         stdout: String::new(),
         stderr: String::new(),
@@ -227,12 +200,13 @@ fn sandbox_error_report(language: Language, repeat: usize, e: &SandboxError) -> 
 }
 
 fn print_human(r: &RunReport) {
-    let exit = match (r.exit_code, r.signal) {
+    let m = &r.measurement;
+    let exit = match (m.exit_code, m.signal) {
         (Some(c), _) => format!("exit code {c}"),
         (None, Some(s)) => format!("signal {s}"),
         _ => "no exit status".to_string(),
     };
-    println!("status        {} ({exit})", r.status);
+    println!("status        {} ({exit})", m.status);
     if let Some(m) = &r.message {
         println!("              {m}");
     }
@@ -240,24 +214,24 @@ fn print_human(r: &RunReport) {
         println!("compile       {c:.1} ms");
     }
     let label = if r.repeat > 1 { " (median)" } else { "" };
-    println!("wall          {:.2} ms{label}", r.wall_ms);
-    println!("cpu           {:.2} ms{label}", r.cpu_ms);
+    println!("wall          {:.2} ms{label}", m.wall_ms);
+    println!("cpu           {:.2} ms{label}", m.cpu_ms);
     println!(
         "peak rss      {:.1} MiB ({} KiB){label}",
-        r.peak_rss_kb as f64 / 1024.0,
-        r.peak_rss_kb
+        m.peak_rss_kb as f64 / 1024.0,
+        m.peak_rss_kb
     );
     println!(
         "integral      {:.1} MiB*s ({:.0} KiB*ms){label}",
-        r.integral_kb_ms / 1024.0 / 1000.0,
-        r.integral_kb_ms
+        m.integral_kb_ms / 1024.0 / 1000.0,
+        m.integral_kb_ms
     );
     println!(
         "samples       {} at {:.1} kHz",
-        r.samples,
-        r.sample_hz / 1000.0
+        m.samples,
+        m.sample_hz / 1000.0
     );
-    match r.instructions {
+    match m.instructions {
         Some(i) => println!("instructions  {i}"),
         None => println!("instructions  n/a (no hardware counters)"),
     }

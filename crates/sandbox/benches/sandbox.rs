@@ -4,11 +4,13 @@
 //! PASS/FAIL against its goal, and written as JSON to `target/afterburner-bench/sandbox.json`.
 //!
 //! ```text
-//! cargo bench -p afterburner-sandbox --bench sandbox            # full (about 1 minute)
+//! cargo bench -p afterburner-sandbox --bench sandbox            # full (about 70 s)
 //! cargo bench -p afterburner-sandbox --bench sandbox -- --quick # fewer repetitions
 //! ```
 //!
-//! `AFTERBURNER_BENCH_QUICK=1` is the same as `--quick`. Needs root, like the sandbox itself.
+//! `AFTERBURNER_BENCH_QUICK=1` is the same as `--quick` (about 20 s). Needs root, like the sandbox
+//! itself. Run it on a quiet machine: the load of other work is measured and reported, and figures
+//! taken while it exceeds 5% of the machine are flagged as unreliable.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,8 @@ use serde_json::{Value, json};
 
 /// 100 MiB in KiB.
 const BUFFER_KB: f64 = 100.0 * 1024.0;
+/// Share of the machine's CPU capacity used by other work above which the figures are flagged.
+const BUSY: f64 = 0.05;
 /// How long the memory programs sleep, seconds.
 const HOLD_S: f64 = 0.5;
 /// The environment every Python run gets, bare or sandboxed (the sandbox sets exactly this).
@@ -97,14 +101,14 @@ impl Reps {
         if quick {
             Reps {
                 overhead: 10,
-                sampling: 4,
+                sampling: 8,
                 accuracy: 3,
                 noise: 5,
             }
         } else {
             Reps {
                 overhead: 30,
-                sampling: 10,
+                sampling: 40,
                 accuracy: 7,
                 noise: 10,
             }
@@ -135,6 +139,61 @@ fn children_cpu_ms() -> f64 {
         libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
         let tv = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
         tv(ru.ru_utime) + tv(ru.ru_stime)
+    }
+}
+
+/// CPU time spent on this machine, to tell how much of it went to other work.
+#[derive(Clone, Copy)]
+struct Load {
+    at: Instant,
+    /// Busy time of all cores (user, nice, system, irq, softirq), seconds, from `/proc/stat`.
+    busy_s: f64,
+    /// Time stolen by the hypervisor, seconds.
+    steal_s: f64,
+    /// CPU time of this process and its reaped children, seconds.
+    own_s: f64,
+}
+
+impl Load {
+    fn now() -> Load {
+        let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+        let ticks: Vec<f64> = stat
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let tick = |i: usize| ticks.get(i).copied().unwrap_or(0.0) / hz;
+        let own_s = unsafe {
+            let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            let mut total = 0.0;
+            for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
+                let mut ru: libc::rusage = std::mem::zeroed();
+                libc::getrusage(who, &mut ru);
+                total += tv(ru.ru_utime) + tv(ru.ru_stime);
+            }
+            total
+        };
+        Load {
+            at: Instant::now(),
+            // user nice system idle iowait irq softirq steal
+            busy_s: tick(0) + tick(1) + tick(2) + tick(5) + tick(6),
+            steal_s: tick(7),
+            own_s,
+        }
+    }
+
+    /// Share of the machine's CPU capacity since `self` used by anything but this benchmark
+    /// (other processes, kernel workers) or stolen by the hypervisor.
+    fn foreign_share(&self, nproc: usize) -> f64 {
+        let now = Load::now();
+        let capacity = now.at.duration_since(self.at).as_secs_f64() * nproc.max(1) as f64;
+        let foreign = (now.busy_s - self.busy_s) - (now.own_s - self.own_s);
+        let steal = now.steal_s - self.steal_s;
+        ((foreign + steal) / capacity).max(0.0)
     }
 }
 
@@ -233,9 +292,9 @@ impl Bare {
     }
 }
 
-fn build(sandbox: &Sandbox, what: &str, source: &str) -> Program {
+fn build(sandbox: &Sandbox, language: Language, what: &str, source: &str) -> Program {
     let p = sandbox
-        .build(Language::Python, source)
+        .build(language, source)
         .unwrap_or_else(|e| panic!("building the {what} program failed: {e}"));
     assert!(
         p.is_runnable(),
@@ -343,7 +402,7 @@ fn overhead(sandbox: &Sandbox, bare: &Bare, reps: &Reps, figures: &mut Vec<Figur
         "\n## 1. overhead: `pass`, {} runs each, interleaved",
         reps.overhead
     );
-    let program = build(sandbox, "trivial", "pass\n");
+    let program = build(sandbox, Language::Python, "trivial", "pass\n");
     let script = bare.script("trivial", "pass\n");
     // Warm the page cache and the sandbox's lazily created state.
     bare.run(&script);
@@ -372,10 +431,15 @@ fn overhead(sandbox: &Sandbox, bare: &Bare, reps: &Reps, figures: &mut Vec<Figur
         }
     }
     let (b, s, w) = (median(&bare_e2e), median(&sb_e2e), median(&sb_wall));
+    let outside: Vec<f64> = sb_e2e.iter().zip(&sb_wall).map(|(e, w)| e - w).collect();
     println!(
-        "bare e2e median {b:.2} ms, sandboxed e2e median {s:.2} ms (setup + teardown outside \
-         exec-to-exit: {:.2} ms), sandboxed wall_ms (exec to exit) median {w:.2} ms",
-        s - w
+        "bare e2e median {b:.2} ms, sandboxed e2e median {s:.2} ms, sandboxed wall_ms (exec to \
+         exit) median {w:.2} ms"
+    );
+    println!(
+        "sandbox setup + teardown (e2e - wall_ms of each run): median {:.2} ms, max {:.2} ms",
+        median(&outside),
+        outside.iter().copied().fold(0.0, f64::max)
     );
     println!(
         "CPU: bare median {:.2} ms, sandboxed cpu_ms median {:.2} ms",
@@ -408,7 +472,8 @@ fn overhead(sandbox: &Sandbox, bare: &Bare, reps: &Reps, figures: &mut Vec<Figur
         "median_bare_e2e_ms": b,
         "median_sandboxed_e2e_ms": s,
         "median_sandboxed_wall_ms": w,
-        "median_outside_exec_ms": s - w,
+        "outside_exec_ms": outside,
+        "median_outside_exec_ms": median(&outside),
         "ratio": s / b,
     })
 }
@@ -437,6 +502,102 @@ fn iterations_for(ns_per_iteration: f64, target_ms: f64) -> u64 {
     (target_ms * 1e6 / ns_per_iteration).round() as u64
 }
 
+/// Runs `p_on` in `on` and `p_off` in `off` alternately, `pairs` times each, after a warm-up.
+fn on_off_pairs(
+    on: &Sandbox,
+    p_on: &Program,
+    off: &Sandbox,
+    p_off: &Program,
+    what: &str,
+    pairs: usize,
+) -> (Vec<Measurement>, Vec<Measurement>) {
+    run_sandboxed(on, p_on, what);
+    run_sandboxed(off, p_off, what);
+    let (mut on_m, mut off_m) = (Vec::new(), Vec::new());
+    for i in 0..pairs {
+        let mut one_on = || on_m.push(run_sandboxed(on, p_on, what).1);
+        let mut one_off = || off_m.push(run_sandboxed(off, p_off, what).1);
+        if i % 2 == 0 {
+            one_on();
+            one_off();
+        } else {
+            one_off();
+            one_on();
+        }
+    }
+    (on_m, off_m)
+}
+
+/// A native CPU-bound loop; `{n}` is replaced by the iteration count.
+const C_PROGRAM: &str = "\
+int main(void) {
+    volatile unsigned long x = 0;
+    for (unsigned long i = 0; i < {n}UL; i++) x += i * i;
+    return 0;
+}
+";
+
+/// 2b. The cost of sampling on a native loop, whose CPU time varies far less than Python's:
+/// separates what the sampler costs the program from the interpreter's run-to-run noise.
+fn sampling_native(on: &Sandbox, off: &Sandbox, reps: &Reps, figures: &mut Vec<Figure>) -> Value {
+    const PROBE: u64 = 100_000_000;
+    println!("\n## 2b. sampling cost on a native C loop (~200 ms), for diagnosis");
+    let probe = match on.build(Language::C, &C_PROGRAM.replace("{n}", &PROBE.to_string())) {
+        Ok(p) if p.is_runnable() => p,
+        Ok(p) => {
+            println!(
+                "skipped: the C probe did not compile: {:?}",
+                p.compilation()
+            );
+            return json!({ "skipped": "the C probe did not compile" });
+        }
+        Err(e) => {
+            println!("skipped: no C toolchain ({e})");
+            return json!({ "skipped": e.to_string() });
+        }
+    };
+    let probe_ms = median(
+        &(0..3)
+            .map(|_| run_sandboxed(off, &probe, "C probe").1.cpu_ms)
+            .collect::<Vec<_>>(),
+    );
+    let n = (PROBE as f64 * 200.0 / probe_ms.max(1.0)) as u64;
+    let source = C_PROGRAM.replace("{n}", &n.to_string());
+    let p_on = build(on, Language::C, "C loop", &source);
+    let p_off = build(off, Language::C, "C loop", &source);
+    let (on_m, off_m) = on_off_pairs(on, &p_on, off, &p_off, "C loop", reps.sampling);
+    let on_cpu: Vec<f64> = on_m.iter().map(|m| m.cpu_ms).collect();
+    let off_cpu: Vec<f64> = off_m.iter().map(|m| m.cpu_ms).collect();
+    let hz: Vec<f64> = on_m.iter().map(|m| m.sample_hz).collect();
+    let (on_c, off_c) = (median(&on_cpu), median(&off_cpu));
+    println!(
+        "C loop ({n} iterations): cpu_ms median on {on_c:.2} (CV {:.2}%), off {off_c:.2} (CV \
+         {:.2}%), ratio {:.4}; sample_hz median {:.0}",
+        coefficient_of_variation(&on_cpu) * 100.0,
+        coefficient_of_variation(&off_cpu) * 100.0,
+        on_c / off_c,
+        median(&hz)
+    );
+    figures.push(Figure {
+        name: "sampling: cpu_ms on/off, C loop",
+        goal: "(info)".into(),
+        measured: format!("{on_c:.2} ms (on)"),
+        baseline: format!("{off_c:.2} ms (off)"),
+        ratio: on_c / off_c,
+        pass: None,
+    });
+    json!({
+        "runs": reps.sampling,
+        "iterations": n,
+        "cpu_ms_on": on_cpu,
+        "cpu_ms_off": off_cpu,
+        "sample_hz": hz,
+        "median_cpu_ms_on": on_c,
+        "median_cpu_ms_off": off_c,
+        "ratio": on_c / off_c,
+    })
+}
+
 /// 2. Sampling: achieved rate, and CPU time with sampling on against sampling off, interleaved.
 fn sampling(
     on: &Sandbox,
@@ -452,22 +613,9 @@ fn sampling(
         reps.sampling
     );
     let source = CPU_PROGRAM.replace("{n}", &n.to_string());
-    let p_on = build(on, "cpu-200ms", &source);
-    let p_off = build(off, "cpu-200ms", &source);
-    run_sandboxed(on, &p_on, "cpu-200ms");
-    run_sandboxed(off, &p_off, "cpu-200ms");
-    let (mut on_m, mut off_m) = (Vec::new(), Vec::new());
-    for i in 0..reps.sampling {
-        let mut one_on = || on_m.push(run_sandboxed(on, &p_on, "cpu-200ms").1);
-        let mut one_off = || off_m.push(run_sandboxed(off, &p_off, "cpu-200ms").1);
-        if i % 2 == 0 {
-            one_on();
-            one_off();
-        } else {
-            one_off();
-            one_on();
-        }
-    }
+    let p_on = build(on, Language::Python, "cpu-200ms", &source);
+    let p_off = build(off, Language::Python, "cpu-200ms", &source);
+    let (on_m, off_m) = on_off_pairs(on, &p_on, off, &p_off, "cpu-200ms", reps.sampling);
     let pick = |v: &[Measurement], f: fn(&Measurement) -> f64| v.iter().map(f).collect::<Vec<_>>();
     let hz = pick(&on_m, |m| m.sample_hz);
     let on_cpu = pick(&on_m, |m| m.cpu_ms);
@@ -476,6 +624,8 @@ fn sampling(
     let off_wall = pick(&off_m, |m| m.wall_ms);
     let off_samples = pick(&off_m, |m| m.samples as f64);
     let (hz_med, on_c, off_c) = (median(&hz), median(&on_cpu), median(&off_cpu));
+    // Each on run sits next to an off run: their ratio cancels slow drift of the machine.
+    let paired: Vec<f64> = on_cpu.iter().zip(&off_cpu).map(|(a, b)| a / b).collect();
     println!(
         "sample_hz median {hz_med:.0} (min {:.0}, max {:.0}); nominal {nominal_hz:.0} Hz",
         hz.iter().copied().fold(f64::INFINITY, f64::min),
@@ -488,6 +638,12 @@ fn sampling(
         median(&on_wall),
         median(&off_wall),
         median(&off_samples)
+    );
+    println!(
+        "cpu_ms on/off per adjacent pair: median {:.4}; CV of cpu_ms: on {:.2}%, off {:.2}%",
+        median(&paired),
+        coefficient_of_variation(&on_cpu) * 100.0,
+        coefficient_of_variation(&off_cpu) * 100.0
     );
     figures.push(Figure {
         name: "sampling: achieved rate",
@@ -519,6 +675,8 @@ fn sampling(
         "median_cpu_ms_on": on_c,
         "median_cpu_ms_off": off_c,
         "ratio": on_c / off_c,
+        "paired_ratios": paired,
+        "median_paired_ratio": median(&paired),
     })
 }
 
@@ -529,8 +687,8 @@ fn accuracy(sandbox: &Sandbox, reps: &Reps, figures: &mut Vec<Figure>) -> Value 
          interleaved",
         reps.accuracy
     );
-    let p_base = build(sandbox, "sleep", SLEEP_PROGRAM);
-    let p_buf = build(sandbox, "100 MiB buffer", BUFFER_PROGRAM);
+    let p_base = build(sandbox, Language::Python, "sleep", SLEEP_PROGRAM);
+    let p_buf = build(sandbox, Language::Python, "100 MiB buffer", BUFFER_PROGRAM);
     run_sandboxed(sandbox, &p_base, "sleep");
     run_sandboxed(sandbox, &p_buf, "100 MiB buffer");
     let (mut base, mut buf) = (Vec::new(), Vec::new());
@@ -611,6 +769,35 @@ fn accuracy(sandbox: &Sandbox, reps: &Reps, figures: &mut Vec<Figure>) -> Value 
     })
 }
 
+/// CPU time of the calling thread, ms.
+fn thread_cpu_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1000.0 + ts.tv_nsec as f64 / 1e6
+}
+
+/// A native loop of fixed work: the machine's own noise floor, without Python or a sandbox.
+fn spin(n: u64) -> u64 {
+    let mut x = 0u64;
+    for i in 0..n {
+        x = x.wrapping_add(std::hint::black_box(i).wrapping_mul(i));
+    }
+    x
+}
+
+/// CPU time of `spin(n)` on the core the sandbox runs programs on, ms.
+fn spin_ms(bare: &Bare, n: u64) -> f64 {
+    set_affinity(&[bare.cpu]);
+    let t = thread_cpu_ms();
+    std::hint::black_box(spin(std::hint::black_box(n)));
+    let d = thread_cpu_ms() - t;
+    set_affinity(&bare.all_cpus);
+    d
+}
+
 /// 4. Noise: coefficient of variation of `cpu_ms` of a ~0.3 s loop, against bare runs.
 fn noise(
     sandbox: &Sandbox,
@@ -625,16 +812,20 @@ fn noise(
         reps.noise
     );
     let source = CPU_PROGRAM.replace("{n}", &n.to_string());
-    let program = build(sandbox, "cpu-300ms", &source);
+    let program = build(sandbox, Language::Python, "cpu-300ms", &source);
     let script = bare.script("cpu-300ms", &source);
     run_sandboxed(sandbox, &program, "cpu-300ms");
     bare.run(&script);
+    const PROBE: u64 = 20_000_000;
+    let spin_n = (300.0 / spin_ms(bare, PROBE) * PROBE as f64) as u64;
     let (mut sb_cpu, mut sb_wall, mut bare_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut instructions, mut native) = (Vec::new(), Vec::new());
     for i in 0..reps.noise {
         let mut one_sandboxed = || {
             let m = run_sandboxed(sandbox, &program, "cpu-300ms").1;
             sb_cpu.push(m.cpu_ms);
             sb_wall.push(m.wall_ms);
+            instructions.extend(m.instructions.map(|n| n as f64));
         };
         let mut one_bare = || bare_cpu.push(bare.run(&script).0.cpu_ms);
         if i % 2 == 0 {
@@ -644,9 +835,26 @@ fn noise(
             one_bare();
             one_sandboxed();
         }
+        native.push(spin_ms(bare, spin_n));
     }
     let cv = coefficient_of_variation(&sb_cpu);
     let bare_cv = coefficient_of_variation(&bare_cpu);
+    let native_cv = coefficient_of_variation(&native);
+    println!(
+        "machine floor: native loop of fixed work in this process, same core: median {:.2} ms \
+         CPU, CV {:.2}%",
+        median(&native),
+        native_cv * 100.0
+    );
+    if instructions.len() == sb_cpu.len() {
+        println!(
+            "instructions (hardware counter): median {:.0}, CV {:.3}%",
+            median(&instructions),
+            coefficient_of_variation(&instructions) * 100.0
+        );
+    } else {
+        println!("instructions: no hardware counter on this machine");
+    }
     println!(
         "cpu_ms: sandboxed median {:.2} ms, CV {:.2}%; bare median {:.2} ms, CV {:.2}%; \
          sandboxed wall_ms CV {:.2}%",
@@ -664,6 +872,18 @@ fn noise(
         ratio: if bare_cv > 0.0 { cv / bare_cv } else { 0.0 },
         pass: Some(cv <= 0.03),
     });
+    figures.push(Figure {
+        name: "noise floor: native loop, ~0.3 s",
+        goal: "(info)".into(),
+        measured: format!("{:.2}%", native_cv * 100.0),
+        baseline: format!("{:.2}% (bare Python)", bare_cv * 100.0),
+        ratio: if bare_cv > 0.0 {
+            native_cv / bare_cv
+        } else {
+            0.0
+        },
+        pass: None,
+    });
     json!({
         "runs": reps.noise,
         "iterations": n,
@@ -672,6 +892,9 @@ fn noise(
         "bare_cpu_ms": bare_cpu,
         "cv_sandboxed_cpu_ms": cv,
         "cv_bare_cpu_ms": bare_cv,
+        "native_loop_cpu_ms": native,
+        "cv_native_loop_cpu_ms": native_cv,
+        "instructions": instructions,
     })
 }
 
@@ -734,7 +957,25 @@ fn main() {
     println!("sample interval: {sample_interval:?} (sampling off: 3600 s)");
 
     let mut figures = Vec::new();
+    let mut foreign = Vec::new();
+    let whole = Load::now();
+    let mut load = Load::now();
+    let mut note_load = |section: &str, load: &mut Load| {
+        let share = load.foreign_share(nproc);
+        println!(
+            "other load during {section}: {:.1}% of the machine's CPU capacity{}",
+            share * 100.0,
+            if share > BUSY {
+                " (BUSY: figures unreliable)"
+            } else {
+                ""
+            }
+        );
+        foreign.push(json!({ "section": section, "foreign_cpu_share": share }));
+        *load = Load::now();
+    };
     let overhead_json = overhead(&sandbox, &bare, &reps, &mut figures);
+    note_load("overhead", &mut load);
     let (ns_per_iteration, probe) = calibrate(&bare);
     println!(
         "\ncalibration: {ns_per_iteration:.1} ns per loop iteration (best of 3 bare runs of {probe})"
@@ -748,12 +989,27 @@ fn main() {
         &reps,
         &mut figures,
     );
+    let native_json = sampling_native(&sandbox, &unsampled, &reps, &mut figures);
+    note_load("sampling", &mut load);
     let accuracy_json = accuracy(&sandbox, &reps, &mut figures);
+    note_load("accuracy", &mut load);
     let noise_json = noise(&sandbox, &bare, ns_per_iteration, &reps, &mut figures);
+    note_load("noise", &mut load);
+    let foreign_share = whole.foreign_share(nproc);
 
     let total_s = started.elapsed().as_secs_f64();
     println!("\n## results ({total_s:.1} s)\n");
     print_table(&figures);
+    println!(
+        "\nother load over the whole run: {:.1}% of the machine's CPU capacity (other processes, \
+         kernel workers, hypervisor steal){}",
+        foreign_share * 100.0,
+        if foreign_share > BUSY {
+            "; the machine was BUSY, the figures are unreliable: run again on a quiet machine"
+        } else {
+            ""
+        }
+    );
 
     let report = json!({
         "date": date,
@@ -764,9 +1020,12 @@ fn main() {
         "sample_interval_us": sample_interval.as_secs_f64() * 1e6,
         "ns_per_loop_iteration": ns_per_iteration,
         "total_s": total_s,
+        "foreign_cpu_share": foreign_share,
+        "foreign_cpu_share_by_section": foreign,
         "figures": figures.iter().map(Figure::to_json).collect::<Vec<_>>(),
         "overhead": overhead_json,
         "sampling": sampling_json,
+        "sampling_native": native_json,
         "accuracy": accuracy_json,
         "noise": noise_json,
     });

@@ -71,6 +71,24 @@ pub struct Measurement {
     pub instructions: Option<u64>,
 }
 
+impl Measurement {
+    /// A measurement of a run that never started (compile or sandbox error): zeros and `None`s.
+    pub fn not_run(status: Status) -> Measurement {
+        Measurement {
+            status,
+            exit_code: None,
+            signal: None,
+            wall_ms: 0.0,
+            cpu_ms: 0.0,
+            peak_rss_kb: 0,
+            integral_kb_ms: 0.0,
+            samples: 0,
+            sample_hz: 0.0,
+            instructions: None,
+        }
+    }
+}
+
 /// One sample of the process tree's resident memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemorySample {

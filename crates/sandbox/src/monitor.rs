@@ -590,10 +590,10 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
     if exited_early {
         // Everything the program wrote is in the pipes already; the namespace is killed and
         // reaped by the caller, off the measured path.
-        drain_available(&mut out, &mut err, &mut io_buf);
+        drain(&mut out, &mut err, &mut io_buf, false);
     } else {
         jail.kill_and_reap();
-        drain(&mut out, &mut err, &mut io_buf);
+        drain(&mut out, &mut err, &mut io_buf, true);
     }
     if let Some(r) = setup_failure {
         return Err(jail::setup_error(r, &[]));
@@ -642,51 +642,22 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
     })
 }
 
-/// Reads what both streams hold now, without waiting for more.
-fn drain_available(out: &mut Capture, err: &mut Capture, buf: &mut [u8]) {
-    loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: if out.open { out.fd } else { -1 },
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: if err.open { err.fd } else { -1 },
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        if unsafe { libc::poll(fds.as_mut_ptr(), 2, 0) } <= 0 {
-            return;
-        }
-        if fds[0].revents != 0 {
-            out.read_some(buf);
-        }
-        if fds[1].revents != 0 {
-            err.read_some(buf);
-        }
-    }
-}
-
-/// Reads both streams to their end (every writer is dead once the namespace is gone).
-fn drain(out: &mut Capture, err: &mut Capture, buf: &mut [u8]) {
+/// Reads both streams: with `wait`, to their end (every writer is dead once the namespace is
+/// gone, bounded by 2 s); without, only what they hold now.
+fn drain(out: &mut Capture, err: &mut Capture, buf: &mut [u8], wait: bool) {
     let deadline = monotonic_ns() + 2_000_000_000;
     while (out.open || err.open) && monotonic_ns() < deadline {
-        let mut fds = [
-            libc::pollfd {
-                fd: if out.open { out.fd } else { -1 },
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: if err.open { err.fd } else { -1 },
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        if unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) } <= 0 {
-            continue;
+        let mut fds = [&*out, &*err].map(|c| libc::pollfd {
+            fd: if c.open { c.fd } else { -1 },
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, if wait { 100 } else { 0 }) };
+        if ready <= 0 {
+            if wait {
+                continue;
+            }
+            return;
         }
         if fds[0].revents != 0 {
             out.read_some(buf);

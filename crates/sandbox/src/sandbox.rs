@@ -619,18 +619,7 @@ mod reaper {
 /// The result of running a program that did not compile.
 fn not_compiled(c: &Compilation) -> RunResult {
     RunResult {
-        measurement: Measurement {
-            status: Status::CompileError,
-            exit_code: None,
-            signal: None,
-            wall_ms: 0.0,
-            cpu_ms: 0.0,
-            peak_rss_kb: 0,
-            integral_kb_ms: 0.0,
-            samples: 0,
-            sample_hz: 0.0,
-            instructions: None,
-        },
+        measurement: Measurement::not_run(Status::CompileError),
         stdout: Vec::new(),
         stderr: c.output.clone().into_bytes(),
         stdout_truncated: false,
