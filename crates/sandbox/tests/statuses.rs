@@ -80,8 +80,10 @@ fn allocation_beyond_the_limit_is_a_memory_limit() {
 
 #[test]
 fn too_much_output_is_an_output_limit() {
-    let mut limits = Limits::default();
-    limits.output_bytes = 1000;
+    let limits = Limits {
+        output_bytes: 1000,
+        ..Limits::default()
+    };
     let r = run_with(Language::Python, "print('y' * 5000)\n", b"", limits);
     assert_eq!(r.measurement.status, Status::OutputLimit);
     assert!(r.stdout_truncated && !r.stderr_truncated);
@@ -192,8 +194,10 @@ fn instructions_are_null_without_hardware_counters() {
 fn invalid_limits_are_rejected() {
     let sb = sandbox();
     let p = sb.build(Language::Python, "pass\n").unwrap();
-    let mut limits = Limits::default();
-    limits.max_processes = 0;
+    let limits = Limits {
+        max_processes: 0,
+        ..Limits::default()
+    };
     let err = sb
         .run(
             &p,
