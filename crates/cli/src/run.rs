@@ -312,6 +312,14 @@ pub fn doctor(args: DoctorArgs) -> Result<ExitCode> {
         None => println!("cgroups       unavailable (rlimit fallback)"),
     }
     println!(
+        "favordynmods  {}",
+        if caps.cgroup_favordynmods {
+            "on"
+        } else {
+            "off"
+        }
+    );
+    println!(
         "landlock      {}",
         if caps.landlock_abi > 0 {
             format!("ABI {}", caps.landlock_abi)

@@ -49,6 +49,8 @@ impl Default for SandboxConfig {
 pub struct Capabilities {
     /// cgroup version used for limits and accounting (1 or 2), or `None` for the rlimit fallback.
     pub cgroup_version: Option<u8>,
+    /// Whether the kernel's cgroups favour dynamic modifications (cheap per-run cgroup joins).
+    pub cgroup_favordynmods: bool,
     /// Landlock ABI version (0: absent).
     pub landlock_abi: i64,
     /// Cores programs may be pinned to.
@@ -143,6 +145,7 @@ pub struct Sandbox {
     supervisor_cpu: Option<usize>,
     counter: AtomicU64,
     warnings: Vec<String>,
+    favordynmods: bool,
 }
 
 /// The sandbox's working directory; removed on drop when it was created by us.
@@ -292,6 +295,16 @@ impl Sandbox {
                  CPU time covers reaped processes only"
             ));
         }
+        let favordynmods = match cgroups.favor_dynamic_modifications() {
+            Ok(on) => on,
+            Err(e) => {
+                warnings.push(format!(
+                    "cannot switch cgroups to favordynmods ({e}): each run may wait 5-16 ms for \
+                     an RCU grace period when it joins its cgroup"
+                ));
+                false
+            }
+        };
         if landlock_abi == 0 {
             warnings.push("landlock unavailable: relying on mounts and seccomp only".into());
         }
@@ -312,6 +325,7 @@ impl Sandbox {
             supervisor_cpu,
             counter: AtomicU64::new(0),
             warnings,
+            favordynmods,
         })
     }
 
@@ -319,6 +333,7 @@ impl Sandbox {
     pub fn capabilities(&self) -> Capabilities {
         Capabilities {
             cgroup_version: self.cgroups.version(),
+            cgroup_favordynmods: self.favordynmods,
             landlock_abi: self.landlock_abi,
             cpus: self.cpus.clone(),
             supervisor_cpu: self.supervisor_cpu,
