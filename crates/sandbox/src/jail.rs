@@ -84,6 +84,8 @@ pub(crate) const TAG_RUSAGE: u32 = 5;
 pub(crate) const TAG_EXIT: u32 = 6;
 /// Follows [`TAG_EXIT`]: step = the program's wait status, known at its exit stop.
 pub(crate) const TAG_EXIT_STATUS: u32 = 7;
+/// Precedes [`TAG_EXIT`]: step = the program's resident memory at its exit stop, KiB.
+pub(crate) const TAG_EXIT_RSS: u32 = 8;
 
 const STEPS: &[&str] = &[
     "none",
@@ -527,8 +529,8 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// `VmHWM` of `/proc/<pid>/status` in KiB (0 if unreadable); async-signal-safe.
-fn read_vm_hwm_kb(pid: libc::pid_t) -> u64 {
+/// `VmHWM` and `VmRSS` of `/proc/<pid>/status` in KiB (0 if unreadable); async-signal-safe.
+fn read_status_memory_kb(pid: libc::pid_t) -> (u64, u64) {
     let mut path = *b"/proc/\0\0\0\0\0\0\0\0\0\0\0/status\0\0\0\0\0\0\0\0";
     let mut digits = [0u8; 11];
     let (mut n, mut v) = (0, pid.max(0) as u32);
@@ -553,21 +555,21 @@ fn read_vm_hwm_kb(pid: libc::pid_t) -> u64 {
     let len = unsafe {
         let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
         if fd < 0 {
-            return 0;
+            return (0, 0);
         }
         let len = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
         libc::close(fd);
         len
     };
     if len <= 0 {
-        return 0;
+        return (0, 0);
     }
-    parse_vm_hwm_kb(&buf[..len as usize])
+    let text = &buf[..len as usize];
+    (status_kb(text, b"VmHWM:"), status_kb(text, b"VmRSS:"))
 }
 
-/// Finds `VmHWM:` in a `/proc/PID/status` text and returns its value in KiB.
-pub(crate) fn parse_vm_hwm_kb(status: &[u8]) -> u64 {
-    let key = b"VmHWM:";
+/// Finds `key` (e.g. `VmHWM:`) in a `/proc/PID/status` text and returns its value in KiB.
+pub(crate) fn status_kb(status: &[u8], key: &[u8]) -> u64 {
     let Some(pos) = status.windows(key.len()).position(|w| w == key) else {
         return 0;
     };
@@ -766,7 +768,8 @@ impl ChildContext<'_> {
             let mut deliver = 0;
             if event == PTRACE_EVENT_EXIT {
                 let now = monotonic_ns();
-                let hwm = read_vm_hwm_kb(program);
+                let (hwm, rss) = read_status_memory_kb(program);
+                self.report(TAG_EXIT_RSS, rss.min(u32::MAX as u64) as u32, now);
                 self.report(TAG_EXIT, hwm.min(u32::MAX as u64) as u32, now);
                 let mut status: c_ulong = 0;
                 if ptrace(
@@ -881,13 +884,14 @@ mod tests {
     #[test]
     fn vm_hwm_is_parsed_from_status() {
         let status = b"Name:\tpython3\nVmPeak:\t  20000 kB\nVmHWM:\t   13516 kB\nVmRSS:\t 100 kB\n";
-        assert_eq!(parse_vm_hwm_kb(status), 13516);
-        assert_eq!(parse_vm_hwm_kb(b"Name: x\n"), 0);
+        assert_eq!(status_kb(status, b"VmHWM:"), 13516);
+        assert_eq!(status_kb(status, b"VmRSS:"), 100);
+        assert_eq!(status_kb(b"Name: x\n", b"VmHWM:"), 0);
     }
 
     #[test]
-    fn own_vm_hwm_is_readable() {
-        let pid = unsafe { libc::getpid() };
-        assert!(read_vm_hwm_kb(pid) > 0);
+    fn own_memory_is_readable() {
+        let (hwm, rss) = read_status_memory_kb(unsafe { libc::getpid() });
+        assert!(hwm >= rss && rss > 0);
     }
 }

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use crate::cgroup::{RunCgroup, pread_to_string};
 use crate::jail::{
-    self, Jail, Report, TAG_DONE, TAG_EXEC_AT, TAG_EXIT, TAG_EXIT_STATUS, TAG_FAIL, TAG_RUSAGE,
+    self, Jail, Report, TAG_DONE, TAG_EXEC_AT, TAG_EXIT, TAG_EXIT_RSS, TAG_EXIT_STATUS, TAG_FAIL,
+    TAG_RUSAGE,
 };
 use crate::{Limits, Measurement, MemorySample, RunResult, SandboxError, Status};
 
@@ -472,12 +473,14 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
     let mut last_t = t0;
     let mut last_rss: u64;
     let mut next_refresh = t0;
+    let mut next_tick = t0;
     let mut next_cpu_check = t0 + 2_000_000;
     let mut kill: Option<KillReason> = None;
     let mut done: Option<(i32, u64)> = None;
     let mut rusage_cpu_us: Option<u64> = None;
     let mut exit_stop: Option<(u64, u64)> = None;
     let mut exited_early = false;
+    let mut exit_rss: Option<u64> = None;
     let mut setup_failure: Option<Report> = None;
     let mut end_t = t0;
 
@@ -517,8 +520,14 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
             break 'run;
         }
 
-        let next = (now + interval).min(wall_deadline);
-        let wait = next.saturating_sub(monotonic_ns());
+        // An absolute schedule: wake-up latency does not stretch the period. After a stall
+        // (the supervisor descheduled), resume from now instead of sampling in a burst.
+        next_tick += interval;
+        let after = monotonic_ns();
+        if next_tick < after {
+            next_tick = after;
+        }
+        let wait = next_tick.min(wall_deadline).saturating_sub(after);
         let ts = libc::timespec {
             tv_sec: (wait / 1_000_000_000) as libc::time_t,
             tv_nsec: (wait % 1_000_000_000) as libc::c_long,
@@ -557,6 +566,7 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
         if fds[0].revents != 0 {
             match jail::read_report_now(jail.report.as_raw_fd())? {
                 Some(r) if r.tag == TAG_RUSAGE => rusage_cpu_us = Some(r.value),
+                Some(r) if r.tag == TAG_EXIT_RSS => exit_rss = Some(u64::from(r.step)),
                 Some(r) if r.tag == TAG_EXIT => exit_stop = Some((u64::from(r.step), r.value)),
                 // The exit status is known at the exit stop: the run is over for measurement;
                 // the teardown that follows is not the program's time.
@@ -585,8 +595,22 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
     if let Some((hwm_kb, _)) = exit_stop {
         peak = peak.max(hwm_kb);
     }
-    // The final stretch since the last sample is held at the last value.
-    integral_kb_ns += last_rss as f64 * end_t.saturating_sub(last_t) as f64;
+    // The exit stop is a last, exact sample (right-endpoint rule, as for every sample); without
+    // it the final stretch is held at the last sampled value.
+    match (exit_rss, exit_stop) {
+        (Some(rss), Some((_, t))) if t >= last_t => {
+            integral_kb_ns += rss as f64 * (t - last_t) as f64;
+            samples += 1;
+            peak = peak.max(rss);
+            if s.keep_trace && trace.len() < 2_000_000 {
+                trace.push(MemorySample {
+                    t_ns: t - t0,
+                    rss_kb: rss,
+                });
+            }
+        }
+        _ => integral_kb_ns += last_rss as f64 * end_t.saturating_sub(last_t) as f64,
+    }
     if exited_early {
         // Everything the program wrote is in the pipes already; the namespace is killed and
         // reaped by the caller, off the measured path.

@@ -37,7 +37,7 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         SandboxConfig {
             state_dir: None,
-            sample_interval: Duration::from_micros(30),
+            sample_interval: Duration::from_micros(50),
             supervisor_cpu: None,
             count_instructions: true,
         }
