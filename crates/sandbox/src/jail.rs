@@ -593,6 +593,9 @@ struct ChildContext<'a> {
     box_writable: bool,
 }
 
+/// The program process's name between fork and exec (`/proc/PID/comm`).
+pub(crate) const PRE_EXEC_NAME: &std::ffi::CStr = c"ab-pre-exec";
+
 const LANDLOCK_WRITABLE: [&[u8]; 3] = [b"/tmp\0", b"/dev\0", b"/box\0"];
 
 impl ChildContext<'_> {
@@ -866,6 +869,8 @@ impl ChildContext<'_> {
             if crate::seccomp::install(self.seccomp) < 0 {
                 self.fail(S_SECCOMP, 0);
             }
+            // A name `execve` replaces: until it changes, /proc shows this copy of the supervisor.
+            prctl(PR_SET_NAME, PRE_EXEC_NAME.as_ptr() as c_ulong, 0, 0, 0);
             self.report(TAG_EXEC_AT, 0, monotonic_ns());
             execve(
                 self.p.exe.as_ptr(),

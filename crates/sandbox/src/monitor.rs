@@ -204,6 +204,36 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Whether the program has exec'd: its name is no longer the pre-exec marker.
+struct ExecWatch {
+    comm: Option<File>,
+    done: bool,
+}
+
+impl ExecWatch {
+    fn new(pid: i32) -> ExecWatch {
+        ExecWatch {
+            comm: File::open(format!("/proc/{pid}/comm")).ok(),
+            done: false,
+        }
+    }
+
+    fn exec_done(&mut self) -> bool {
+        if !self.done {
+            let mut buf = [0u8; 32];
+            self.done = match &self.comm {
+                Some(f) => {
+                    let n = pread_to_string(f, &mut buf).unwrap_or(0);
+                    let marker = jail::PRE_EXEC_NAME.to_bytes();
+                    n > 0 && !buf[..n].starts_with(marker)
+                }
+                None => true,
+            };
+        }
+        self.done
+    }
+}
+
 /// The set of processes whose memory is summed, with their `statm` files kept open.
 struct Tree {
     procs: Option<File>,
@@ -462,6 +492,7 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
     let cpu_limit_ns = limits.cpu_time.as_nanos() as u64;
     let interval = s.sample_interval.as_nanos().max(1_000) as u64;
     let mut tree = Tree::new(s.cgroup, jail.init_pid, jail.program_pid);
+    let mut exec = ExecWatch::new(jail.program_pid);
     let cpu_file = s.cgroup.and_then(|c| c.open_cpu());
     let mut cpu_buf = [0u8; 512];
     let mut io_buf = vec![0u8; 1 << 16];
@@ -471,7 +502,7 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
     let mut trace = Vec::new();
     let (mut samples, mut peak, mut integral_kb_ns) = (0u64, 0u64, 0f64);
     let mut last_t = t0;
-    let mut last_rss: u64;
+    let mut last_rss = 0u64;
     let mut next_refresh = t0;
     let mut next_tick = t0;
     let mut next_cpu_check = t0 + 2_000_000;
@@ -490,17 +521,21 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
             tree.refresh();
             next_refresh = now + 1_000_000;
         }
-        let rss = tree.rss_kb();
-        samples += 1;
-        integral_kb_ns += rss as f64 * (now - last_t) as f64;
-        peak = peak.max(rss);
-        if s.keep_trace && trace.len() < 2_000_000 {
-            trace.push(MemorySample {
-                t_ns: now - t0,
-                rss_kb: rss,
-            });
+        // Before exec completes, /proc shows the fork of the supervisor; a tree with nothing
+        // resident has exited. Neither is a sample of the program.
+        let rss = if exec.exec_done() { tree.rss_kb() } else { 0 };
+        if rss > 0 {
+            samples += 1;
+            integral_kb_ns += rss as f64 * (now - last_t) as f64;
+            peak = peak.max(rss);
+            if s.keep_trace && trace.len() < 2_000_000 {
+                trace.push(MemorySample {
+                    t_ns: now - t0,
+                    rss_kb: rss,
+                });
+            }
+            (last_t, last_rss) = (now, rss);
         }
-        (last_t, last_rss) = (now, rss);
 
         if now >= wall_deadline {
             kill = Some(KillReason::WallTime);
