@@ -4,18 +4,31 @@
 //! - [`load`] / [`DatasetSpec`]: read Venus, APPS, COFFE, LeetCodeDataset and ENAMEL files
 //!   (`FORMAT:PATH`), reporting malformed rows in a [`LoadReport`] instead of failing.
 //! - [`write_venus_parquet`] / [`write_venus_jsonl`]: write Venus-format files.
+//! - [`harness`]: run a solution over a problem's tests (and stress inputs) in the sandbox, in
+//!   one process, and judge it outside that process; [`Harness::measure`] applies the protocol.
+//! - [`calibration`]: measure reference solutions on this machine and cache the results.
 //! - [`metrics`]: pass@1, Beyond-T/M/I, buckets and bootstrap intervals.
 //!
-//! This crate runs no programs and knows nothing of HTTP or LLMs.
+//! It runs programs only through the sandbox crate, and knows nothing of HTTP or LLMs.
 
 #![warn(missing_docs)]
 
+pub mod calibration;
 mod dataset;
+pub mod harness;
 mod import;
 pub mod metrics;
 pub mod problem;
 
+pub use calibration::{
+    CalibrationCache, CalibrationError, CalibrationKey, CalibrationRecord, default_cache_dir,
+    machine_description, machine_fingerprint,
+};
 pub use dataset::{Dataset, DatasetSpec, Format, LoadError, LoadReport, RowIssue, load};
+pub use harness::{
+    Case, CaseOrigin, CaseResult, Evaluation, Harness, HarnessConfig, HarnessError, Measured,
+    Suite, Verdict,
+};
 pub use import::coffe::coffe_id;
 pub use import::venus::{VenusRow, VenusSolution, write_venus_jsonl, write_venus_parquet};
 pub use problem::{

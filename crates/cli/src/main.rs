@@ -1,5 +1,8 @@
 //! `afterburner`: the command line of the Afterburner system.
 
+mod calibrate;
+mod dataset;
+mod eval;
 mod run;
 
 use std::process::ExitCode;
@@ -20,6 +23,12 @@ enum Command {
     Run(run::RunArgs),
     /// Show what isolation and toolchains the sandbox has on this machine.
     Doctor(run::DoctorArgs),
+    /// Inspect a dataset (FORMAT:PATH): its problems, tests and solutions.
+    Dataset(dataset::DatasetArgs),
+    /// Measure a dataset's reference solutions on this machine and cache the results.
+    Calibrate(calibrate::CalibrateArgs),
+    /// Score a solutions file: pass@1 and Beyond-T/M/I against the calibrated references.
+    Eval(eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +43,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Doctor(args) => run::doctor(args),
+        Command::Dataset(args) => dataset::dataset(args),
+        Command::Calibrate(args) => calibrate::calibrate(args),
+        Command::Eval(args) => eval::eval(args),
     };
     match result {
         Ok(code) => code,

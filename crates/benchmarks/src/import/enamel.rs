@@ -7,7 +7,9 @@
 //! aligned with the CSV records, each entry a list whose first element is a full solution source.
 //!
 //! Each problem gets the references `<id>/expert` (from `enamel-references.json`, or the CSV
-//! body appended to the prompt when that file is absent) and `<id>/canonical`. Its tests are
+//! body appended to the prompt when that file is absent), verified, and `<id>/canonical`, not
+//! verified: ENAMEL's answers are the expert's outputs, and the canonical HumanEval solution was
+//! only checked against HumanEval's tests (some are wrong on ENAMEL's inputs). Its tests are
 //! empty: ENAMEL defines them through the generator and the expert reference (see
 //! [`crate::problem`]). The prompt is the prelude, as ENAMEL runs generator, solution and
 //! checker after it.
@@ -153,16 +155,19 @@ fn problem(row: Row, sources: Sources) -> Result<Problem, String> {
     let expert = sources
         .expert
         .unwrap_or_else(|| format!("{}{}", row.prompt, row.reference_solution));
-    let reference = |suffix: &str, code: String| ReferenceSolution {
+    let reference = |suffix: &str, code: String, verified: bool| ReferenceSolution {
         id: format!("{id}/{suffix}"),
         language: Language::Python,
         code,
-        verified: true,
+        verified,
         recorded: None,
     };
-    let mut references = vec![reference("expert", expert)];
+    // ENAMEL's answers are the expert's outputs; the canonical HumanEval solution was only
+    // checked against HumanEval's own tests, and some are wrong on ENAMEL's inputs (e.g.
+    // HumanEval/122 on negative numbers), so it is not marked verified.
+    let mut references = vec![reference("expert", expert, true)];
     if let Some(code) = sources.canonical {
-        references.push(reference("canonical", code));
+        references.push(reference("canonical", code, false));
     }
     let checker = if row.checker.trim().is_empty() {
         return Err(format!("{id}: empty `checker`"));

@@ -1,0 +1,177 @@
+//! The `afterburner calibrate` contract: cached, resumable, interruptible without loss.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data");
+
+/// COFFE problems whose stress inputs are quick to generate and check.
+const QUICK: [&str; 3] = ["cc-4a4036eefa", "cc-660ac1d198", "cc-ca387e1d5e"];
+
+fn coffe() -> String {
+    format!("coffe:{DATA}/coffe-code-contests")
+}
+
+fn calibrate_args<'a>(cache: &'a str, extra: &[&'a str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "calibrate",
+        "--dataset",
+        &coffe(),
+        "--cache",
+        cache,
+        "--repeats",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn afterburner(args: &[String]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_afterburner"))
+        .args(args)
+        .output()
+        .expect("run the afterburner binary")
+}
+
+fn json(out: &Output) -> Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.trim().lines().count(), 1, "one JSON line: {text}");
+    serde_json::from_str(&text).expect("stdout is one JSON object")
+}
+
+fn cache_lines(dir: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(dir.join("calibration.jsonl")).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad cache line {l}: {e}")))
+        .collect()
+}
+
+#[test]
+fn calibration_is_cached_and_a_rerun_measures_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().to_str().unwrap();
+    let args = calibrate_args(
+        cache,
+        &[
+            "--problem-id",
+            QUICK[0],
+            "--problem-id",
+            QUICK[1],
+            "--max-solutions",
+            "2",
+            "--json",
+        ],
+    );
+    let out = afterburner(&args);
+    assert!(out.status.success(), "{out:?}");
+    let v = json(&out);
+    assert_eq!(v["totals"]["measured"], 4, "{v}");
+    assert_eq!(v["totals"]["cached"], 0, "{v}");
+    assert_eq!(
+        v["workers"], 1,
+        "one core is the sampler's on this 2-core machine: {v}"
+    );
+    let problems = v["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 2);
+    for p in problems {
+        assert_eq!(p["passing"], 2, "{p}");
+        assert!(p["median_time_ms"].as_f64().unwrap() > 0.0, "{p}");
+    }
+    let lines = cache_lines(dir.path());
+    assert_eq!(lines.len(), 4);
+    for l in &lines {
+        for key in [
+            "problem_id",
+            "solution_id",
+            "code",
+            "suite",
+            "fingerprint",
+            "protocol",
+            "status",
+            "passed",
+            "performance",
+        ] {
+            assert!(l.get(key).is_some(), "missing {key}: {l}");
+        }
+    }
+    // Stress suites are cached too.
+    assert!(dir.path().join("stress").read_dir().unwrap().count() >= 2);
+
+    let again = json(&afterburner(&args));
+    assert_eq!(again["totals"]["measured"], 0, "{again}");
+    assert_eq!(again["totals"]["cached"], 4, "{again}");
+    assert_eq!(cache_lines(dir.path()).len(), 4);
+
+    // A different protocol does not reuse the figures.
+    let mut other = calibrate_args(
+        cache,
+        &["--problem-id", QUICK[0], "--max-solutions", "1", "--json"],
+    );
+    other[6] = "2".into();
+    let more = json(&afterburner(&other));
+    assert_eq!(more["totals"]["measured"], 1, "{more}");
+    assert_eq!(more["totals"]["cached"], 0, "{more}");
+}
+
+#[test]
+fn interrupting_keeps_every_finished_measurement_and_a_rerun_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().to_str().unwrap();
+    let mut args = calibrate_args(cache, &["--max-solutions", "6"]);
+    for id in QUICK {
+        args.extend(["--problem-id".to_string(), id.to_string()]);
+    }
+    let child = Command::new(env!("CARGO_BIN_EXE_afterburner"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let complete = || {
+        std::fs::read_to_string(dir.path().join("calibration.jsonl"))
+            .map_or(0, |t| t.matches('\n').count())
+    };
+    while complete() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let saved = cache_lines(dir.path()).len();
+    assert!((2..18).contains(&saved), "{saved}");
+
+    let mut rerun = args.clone();
+    rerun.push("--json".into());
+    let v = json(&afterburner(&rerun));
+    assert_eq!(v["totals"]["cached"], saved, "{v}");
+    assert_eq!(v["totals"]["measured"], 18 - saved, "{v}");
+    assert_eq!(cache_lines(dir.path()).len(), 18);
+}
+
+#[test]
+fn unknown_problems_and_bad_options_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().to_str().unwrap();
+    let out = afterburner(&calibrate_args(cache, &["--problem-id", "cc-nope"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cc-nope"));
+    let mut args = calibrate_args(cache, &["--problem-id", QUICK[0]]);
+    args[6] = "0".into();
+    let out = afterburner(&args);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--repeats"));
+}
