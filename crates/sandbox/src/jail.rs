@@ -520,7 +520,8 @@ unsafe fn raw_fork(flags: libc::c_ulong) -> libc::pid_t {
     }
 }
 
-fn monotonic_ns() -> u64 {
+/// CLOCK_MONOTONIC in nanoseconds (the clock every timestamp of a run uses); async-signal-safe.
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::cgroup::{RunCgroup, pread_to_string};
 use crate::jail::{
     self, Jail, Report, TAG_DONE, TAG_EXEC_AT, TAG_EXIT, TAG_EXIT_RSS, TAG_EXIT_STATUS, TAG_FAIL,
-    TAG_RUSAGE,
+    TAG_RUSAGE, monotonic_ns,
 };
 use crate::{Limits, Measurement, MemorySample, RunResult, SandboxError, Status};
 
@@ -193,15 +193,6 @@ fn parse_pids(buf: &[u8], out: &mut Vec<i32>) {
     if let Some(p) = cur {
         out.push(p);
     }
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Whether the program has exec'd: its name is no longer the pre-exec marker.
