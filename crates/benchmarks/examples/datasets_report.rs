@@ -1,33 +1,45 @@
-//! Full-data checks of the harnesses, printed as Markdown (the figures of REPORT.md).
+//! Full-data checks of the harnesses, printed as Markdown (the figures of BENCHMARKS.md).
 //!
 //! ```text
-//! cargo run --release -p afterburner-benchmarks --example datasets_report -- leetcode
+//! cargo run --release -p afterburner-benchmarks --example datasets_report -- leetcode [ID...]
 //! cargo run --release -p afterburner-benchmarks --example datasets_report -- enamel [CACHE_DIR]
 //! cargo run --release -p afterburner-benchmarks --example datasets_report -- coffe CACHE_DIR
+//! cargo run --release -p afterburner-benchmarks --example datasets_report -- stability A B
 //! ```
 //!
 //! `leetcode`: every reference completion, and every starter code with a `pass` body.
 //! `enamel`: every expert reference and canonical solution on ENAMEL's generated inputs, with
 //! their driver-measured time on the largest input level. `coffe`: after `afterburner calibrate`
 //! of the COFFE folder into CACHE_DIR, why each reference that did not pass failed, and whether
-//! it passes the correctness tests alone. Needs root (the sandbox).
+//! it passes the correctness tests alone. `stability`: two calibration caches of the same
+//! solutions compared (pass/fail flips, figure and percentile changes). Needs root (the sandbox).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use afterburner_benchmarks::harness::case_times_by_origin;
-use afterburner_benchmarks::{DatasetSpec, Harness, HarnessConfig, Suite};
+use afterburner_benchmarks::metrics::{Objective, percentile_beaten};
+use afterburner_benchmarks::{CalibrationRecord, DatasetSpec, Harness, HarnessConfig, Suite};
 use afterburner_sandbox::{Language, Sandbox, Status};
+
+const USAGE: &str = "usage: datasets_report leetcode [ID...] | enamel [CACHE_DIR] | coffe CACHE_DIR \
+                     | stability CACHE_A CACHE_B";
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data");
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("leetcode") => leetcode(),
+        Some("leetcode") => leetcode(&args[1..]),
         Some("enamel") => enamel(args.get(1).cloned()),
         Some("coffe") => coffe(args.get(1).cloned()),
-        _ => Err("usage: datasets_report leetcode | enamel [CACHE_DIR] | coffe CACHE_DIR".into()),
+        Some("stability") => match (args.get(1), args.get(2)) {
+            (Some(a), Some(b)) => stability(a, b),
+            _ => Err(USAGE.into()),
+        },
+        _ => Err(USAGE.into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -38,18 +50,132 @@ fn main() -> ExitCode {
     }
 }
 
+/// The records of a calibration cache folder.
+fn read_records(cache: &str) -> Result<Vec<CalibrationRecord>, String> {
+    let path = std::path::Path::new(cache).join("calibration.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| {
+            serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))
+        })
+        .collect()
+}
+
+/// Compares two calibrations of the same solutions: pass/fail flips, how much each figure moved,
+/// and how much each solution's percentile among the other references of its problem moved.
+fn stability(a: &str, b: &str) -> Result<(), String> {
+    let index = |records: Vec<CalibrationRecord>| -> BTreeMap<(String, String), CalibrationRecord> {
+        records
+            .into_iter()
+            .map(|r| ((r.key.problem_id.clone(), r.key.solution_id.clone()), r))
+            .collect()
+    };
+    let (ra, rb) = (index(read_records(a)?), index(read_records(b)?));
+    let mut by_problem: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut flips = Vec::new();
+    for ((p, s), x) in &ra {
+        let Some(y) = rb.get(&(p.clone(), s.clone())) else {
+            continue;
+        };
+        if x.passed != y.passed {
+            flips.push(format!("{s}: {} then {}", x.status, y.status));
+        }
+        if x.passed && y.passed && x.performance.is_some() && y.performance.is_some() {
+            by_problem.entry(p).or_default().push(s);
+        }
+    }
+    let common = ra.keys().filter(|k| rb.contains_key(*k)).count();
+    let both: usize = by_problem.values().map(Vec::len).sum();
+    println!(
+        "{common} solutions in both calibrations, {both} passing in both, {} pass/fail flips",
+        flips.len()
+    );
+    for f in &flips {
+        println!("- flip: {f}");
+    }
+    println!();
+    println!(
+        "| objective | solutions | mean abs. percentile change | p90 abs. percentile change | \
+         median relative change of the figure | p90 relative change | median within-run CV |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for objective in Objective::ALL {
+        let (mut moved, mut rel, mut cvs) = (Vec::new(), Vec::new(), Vec::new());
+        for (p, sols) in &by_problem {
+            if sols.len() < 2 {
+                continue;
+            }
+            let value = |r: &BTreeMap<(String, String), CalibrationRecord>, s: &str| {
+                r[&(p.to_string(), s.to_string())]
+                    .performance
+                    .map_or(f64::NAN, |perf| perf.value(objective))
+            };
+            for s in sols {
+                let others = |r| -> Vec<f64> {
+                    sols.iter()
+                        .filter(|t| *t != s)
+                        .map(|t| value(r, t))
+                        .collect()
+                };
+                let (va, vb) = (value(&ra, s), value(&rb, s));
+                if let (Some(pa), Some(pb)) = (
+                    percentile_beaten(va, &others(&ra)),
+                    percentile_beaten(vb, &others(&rb)),
+                ) {
+                    moved.push((pa - pb).abs());
+                }
+                if va > 0.0 {
+                    rel.push((vb - va).abs() / va);
+                }
+                let record = &ra[&(p.to_string(), s.to_string())];
+                if let Some(cv) = &record.cv {
+                    cvs.push(match objective {
+                        Objective::Time => cv.wall_ms,
+                        Objective::Memory => cv.peak_rss_kb,
+                        Objective::Integral => cv.integral_kb_ms,
+                    });
+                }
+            }
+        }
+        println!(
+            "| {objective:?} | {} | {:.1} pp | {:.1} pp | {:.2}% | {:.2}% | {:.2}% |",
+            moved.len(),
+            100.0 * mean(&moved),
+            100.0 * quantile(&moved, 0.9),
+            100.0 * quantile(&rel, 0.5),
+            100.0 * quantile(&rel, 0.9),
+            100.0 * quantile(&cvs, 0.5),
+        );
+    }
+    Ok(())
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.iter().sum::<f64>() / xs.len() as f64
+}
+
+/// The `q` quantile (nearest rank) of finite values.
+fn quantile(xs: &[f64], q: f64) -> f64 {
+    let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let k = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+    v[k]
+}
+
 /// Reads the calibration cache of a COFFE calibration and, for every reference that did not
 /// pass, says which case failed and whether it passes the correctness tests alone.
 fn coffe(cache: Option<String>) -> Result<(), String> {
     let cache = cache.ok_or("usage: datasets_report coffe CACHE_DIR")?;
     let d = load(&format!("coffe:{DATA}/coffe-code-contests"))?;
-    let text = std::fs::read_to_string(std::path::Path::new(&cache).join("calibration.jsonl"))
-        .map_err(|e| format!("{cache}: {e}"))?;
-    let records: Vec<afterburner_benchmarks::CalibrationRecord> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).map_err(|e| format!("{cache}: {e}")))
-        .collect::<Result<_, _>>()?;
+    let records = read_records(&cache)?;
     let sandbox = Sandbox::new().map_err(|e| e.to_string())?;
     let h = Harness::new(
         &sandbox,
@@ -128,7 +254,7 @@ fn load(spec: &str) -> Result<afterburner_benchmarks::Dataset, String> {
     spec.load().map_err(|e| format!("{e}"))
 }
 
-fn leetcode() -> Result<(), String> {
+fn leetcode(only: &[String]) -> Result<(), String> {
     let d = load(&format!(
         "leetcode:{DATA}/leetcode/LeetCodeDataset-v0.3.1-test.jsonl.gz"
     ))?;
@@ -137,7 +263,12 @@ fn leetcode() -> Result<(), String> {
     let start = Instant::now();
     let (mut refs_ok, mut empty_ok) = (0, 0);
     let mut failures = Vec::new();
-    for p in &d.problems {
+    let selected: Vec<_> = d
+        .problems
+        .iter()
+        .filter(|p| only.is_empty() || only.contains(&p.id))
+        .collect();
+    for p in &selected {
         let suite = Suite::tests_only(p);
         let Some(r) = p.references.first() else {
             failures.push(format!("{}: no reference", p.id));
@@ -150,9 +281,12 @@ fn leetcode() -> Result<(), String> {
             refs_ok += 1;
         } else {
             failures.push(format!(
-                "{}: reference {}",
+                "{}: reference {} (run {:.0} ms wall, {:.0} ms cpu, {} tests)",
                 p.id,
-                e.failure_reason().unwrap_or_default()
+                e.failure_reason().unwrap_or_default(),
+                e.measurement.wall_ms,
+                e.measurement.cpu_ms,
+                suite.cases.len()
             ));
         }
         let starter = p
@@ -171,8 +305,8 @@ fn leetcode() -> Result<(), String> {
     println!(
         "LeetCodeDataset: {refs_ok}/{} reference completions pass; {empty_ok}/{} empty bodies pass \
          ({:.0} s)",
-        d.problems.len(),
-        d.problems.len(),
+        selected.len(),
+        selected.len(),
         start.elapsed().as_secs_f64()
     );
     for f in failures {

@@ -1,5 +1,5 @@
 //! The harnesses on the real data in `../shared/data`: reference solutions pass, empty ones do
-//! not. (Subsets where a full run is too slow for `cargo test`; full runs are in REPORT.md.)
+//! not. (Subsets where a full run is too slow for `cargo test`; full runs are in BENCHMARKS.md.)
 
 mod support;
 
@@ -63,7 +63,7 @@ fn leetcode_reference_completions_pass_and_empty_bodies_pass_nothing() {
 fn coffe_verified_solutions_pass_their_problems_with_stress_inputs() {
     let d = real(Format::Coffe, "coffe-code-contests");
     // Five problems with quick stress inputs (one of which loses an input to disagreeing
-    // references), two verified solutions each. Every problem is in REPORT.md.
+    // references), two verified solutions each. Every problem is in BENCHMARKS.md.
     for id in [
         "cc-4a4036eefa",
         "cc-660ac1d198",

@@ -277,10 +277,8 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
         resamples: args.resamples,
         ..BootstrapConfig::default()
     };
-    let summary = summarize(&problem_runs, &config).map_err(|e| {
-        anyhow::anyhow!("cannot compute metrics: {e} (do the references pass on this machine?)")
-    })?;
-
+    // The per-solution rows are written first: they hold measurements even when no metric can be
+    // computed (e.g. no reference passes on this machine).
     if let Some(path) = &args.out {
         let file =
             File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
@@ -292,6 +290,9 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
 
+    let summary = summarize(&problem_runs, &config).map_err(|e| {
+        anyhow::anyhow!("cannot compute metrics: {e} (do the references pass on this machine?)")
+    })?;
     if args.json {
         println!(
             "{}",

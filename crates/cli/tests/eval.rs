@@ -191,3 +191,43 @@ fn a_missing_solutions_file_is_an_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such.jsonl"));
 }
+
+#[test]
+fn rows_are_written_even_when_no_metric_can_be_computed() {
+    // With no reference measured there is nothing to compare against: the command fails with a
+    // reason, but the solution's own verdict and measurement still reach --out.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!("coffe:{DATA}/coffe-code-contests");
+    let solutions = dir.path().join("one.jsonl");
+    let line = json!({"problem_id": QUICK[0], "code": coffe_solution(QUICK[0], 0)});
+    std::fs::write(&solutions, line.to_string()).unwrap();
+    let rows = dir.path().join("rows.jsonl");
+    let cache = dir.path().join("cache");
+    let out = afterburner(&[
+        "eval",
+        "--dataset",
+        &spec,
+        "--solutions",
+        solutions.to_str().unwrap(),
+        "--cache",
+        cache.to_str().unwrap(),
+        "--problem-id",
+        QUICK[0],
+        "--max-solutions",
+        "0",
+        "--repeats",
+        "1",
+        "--out",
+        rows.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no problem can be scored"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&rows).unwrap();
+    let row: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(row["problem_id"], QUICK[0]);
+    assert_eq!(row["status"], "accepted", "{row}");
+}
