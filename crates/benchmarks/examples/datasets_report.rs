@@ -25,7 +25,7 @@ use afterburner_benchmarks::{CalibrationRecord, DatasetSpec, Harness, HarnessCon
 use afterburner_sandbox::{Language, Sandbox, Status};
 
 const USAGE: &str = "usage: datasets_report leetcode [ID...] | enamel [CACHE_DIR] | coffe CACHE_DIR \
-                     | stability CACHE_A CACHE_B";
+                     | coffe-tests | stability CACHE_A CACHE_B";
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data");
 
@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         Some("leetcode") => leetcode(&args[1..]),
         Some("enamel") => enamel(args.get(1).cloned()),
         Some("coffe") => coffe(args.get(1).cloned()),
+        Some("coffe-tests") => coffe_tests(),
         Some("stability") => match (args.get(1), args.get(2)) {
             (Some(a), Some(b)) => stability(a, b),
             _ => Err(USAGE.into()),
@@ -48,6 +49,75 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Every verified COFFE solution on its problem's correctness tests, two at a time; lists each
+/// one that does not pass with its reason.
+fn coffe_tests() -> Result<(), String> {
+    let d = load(&format!("coffe:{DATA}/coffe-code-contests"))?;
+    let sandbox = Sandbox::new().map_err(|e| e.to_string())?;
+    let h = Harness::new(&sandbox, HarnessConfig::default()).map_err(|e| e.to_string())?;
+    let jobs: Vec<_> = d
+        .problems
+        .iter()
+        .flat_map(|p| p.verified_references().map(move |r| (p, r)))
+        .collect();
+    let suites: BTreeMap<&str, Suite> = d
+        .problems
+        .iter()
+        .map(|p| (p.id.as_str(), Suite::tests_only(p)))
+        .collect();
+    let start = Instant::now();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some((p, r)) = jobs.get(k) else { break };
+                    let reason =
+                        match h.evaluate(p, &suites[p.id.as_str()], r.language, &r.code, None) {
+                            Ok(e) if e.passed() => None,
+                            Ok(e) => Some(e.failure_reason().unwrap_or_default()),
+                            Err(e) => Some(e.to_string()),
+                        };
+                    if let Some(reason) = reason {
+                        let line = reason.lines().next().unwrap_or("").replace('|', "/");
+                        if let Ok(mut f) = failures.lock() {
+                            f.push(format!("| {} | {line} |", r.id));
+                        }
+                    }
+                    if k % 200 == 0 {
+                        eprintln!(
+                            "{k}/{} ({:.0} s)",
+                            jobs.len(),
+                            start.elapsed().as_secs_f64()
+                        );
+                    }
+                }
+            });
+        }
+    });
+    let mut failures = failures.into_inner().map_err(|e| e.to_string())?;
+    failures.sort();
+    println!(
+        "COFFE: {} of {} verified solutions pass their problem's correctness tests ({} problems, \
+         {:.0} s on 2 workers)",
+        jobs.len() - failures.len(),
+        jobs.len(),
+        d.problems.len(),
+        start.elapsed().as_secs_f64()
+    );
+    if !failures.is_empty() {
+        println!();
+        println!("| solution | reason |");
+        println!("|---|---|");
+        for f in failures {
+            println!("{f}");
+        }
+    }
+    Ok(())
 }
 
 /// The records of a calibration cache folder.
