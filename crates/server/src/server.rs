@@ -209,18 +209,17 @@ impl Server {
         Ok(())
     }
 
+    /// Serves on this thread (with a runtime of its own) until SIGTERM or SIGINT, then shuts
+    /// down gracefully as [`Server::serve`] does.
+    pub fn run_until_terminated(self) -> Result<(), ServerError> {
+        let runtime = runtime()?;
+        runtime.block_on(self.serve(termination_signal()))
+    }
+
     /// Serves on a new thread with its own runtime until [`ServerHandle::shutdown`] (or drop).
     pub fn spawn(self) -> Result<ServerHandle, ServerError> {
         let addr = self.addr;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("afterburner-http")
-            .enable_all()
-            .build()
-            .map_err(|e| ServerError::Io {
-                what: "start the async runtime".into(),
-                source: e,
-            })?;
+        let runtime = runtime()?;
         let (tx, rx) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("afterburner-server".into())
@@ -239,6 +238,19 @@ impl Server {
             thread: Some(thread),
         })
     }
+}
+
+/// The HTTP runtime: two threads are plenty, the programs run on the pool's workers.
+fn runtime() -> Result<tokio::runtime::Runtime, ServerError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("afterburner-http")
+        .enable_all()
+        .build()
+        .map_err(|e| ServerError::Io {
+            what: "start the async runtime".into(),
+            source: e,
+        })
 }
 
 /// A server running on its own thread.
