@@ -71,6 +71,16 @@ impl Server {
     /// the socket. Needs root (the sandbox does).
     pub fn bind(config: ServerConfig) -> Result<Server, ServerError> {
         config.limits.validate().map_err(ServerError::Config)?;
+        if config.queue == 0 {
+            return Err(ServerError::Config(
+                "the queue must hold at least 1 job (--queue)".into(),
+            ));
+        }
+        if config.workers == Some(0) {
+            return Err(ServerError::Config(
+                "there must be at least 1 worker (--workers)".into(),
+            ));
+        }
         if config.max_batch == 0 || config.max_repeats == 0 || config.max_body_bytes == 0 {
             return Err(ServerError::Config(
                 "the batch size, repeats and body size limits must be at least 1".into(),

@@ -118,17 +118,11 @@ fn a_batch_is_admitted_whole_or_refused_whole() {
 
     // Fill the worker and the queue, then ask for two more at once.
     std::thread::scope(|s| {
-        let busy: Vec<_> = (0..3)
-            .map(|id| s.spawn(move || post(addr, "/execute", &sleeper(id)).status))
-            .collect();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let st = json_with(&get(addr, "/status"), 200);
-            if st["queue"]["depth"] == 2 && st["queue"]["running"] == 1 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the queue never filled: {st}");
-            std::thread::sleep(Duration::from_millis(20));
+        let mut busy = vec![s.spawn(move || post(addr, "/execute", &sleeper(0)).status)];
+        wait_for_queue(addr, 1, 0);
+        for id in 1..3 {
+            busy.push(s.spawn(move || post(addr, "/execute", &sleeper(id)).status));
+            wait_for_queue(addr, 1, id as u64);
         }
         let refused = post(addr, "/v1/reward", &json!({"items": [item(1), item(2)]}));
         error_with(&refused, 503);

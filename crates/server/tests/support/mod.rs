@@ -86,3 +86,19 @@ pub fn error_with(r: &Response, status: u16) -> String {
 pub fn well_formed(code: &str) -> String {
     format!("<thinking>\nfaster\n</thinking>\n<solution>\n```python\n{code}\n```\n</solution>")
 }
+
+/// Waits until the server reports `running` jobs running and `depth` waiting.
+pub fn wait_for_queue(addr: SocketAddr, running: u64, depth: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = json_with(&get(addr, "/status"), 200);
+        if st["queue"]["running"] == running && st["queue"]["depth"] == depth {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the queue never reached {running} running and {depth} waiting: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
