@@ -39,18 +39,22 @@ pub(crate) enum TaskState {
     Done(Value),
 }
 
-/// `/execute` results kept for `GET /results/<task_id>`: pending ones, and the latest finished.
+/// `/execute` results kept for `GET /results/<task_id>`: pending ones, and the latest finished
+/// within a count and a byte budget (outputs can be megabytes each).
 #[derive(Debug, Default)]
 pub(crate) struct ResultStore {
     tasks: HashMap<String, TaskState>,
-    finished: VecDeque<String>,
+    finished: VecDeque<(String, usize)>,
+    bytes: usize,
     keep: usize,
+    max_bytes: usize,
 }
 
 impl ResultStore {
-    pub fn new(keep: usize) -> ResultStore {
+    pub fn new(keep: usize, max_bytes: usize) -> ResultStore {
         ResultStore {
             keep,
+            max_bytes,
             ..ResultStore::default()
         }
     }
@@ -59,16 +63,24 @@ impl ResultStore {
         self.tasks.insert(id.to_string(), TaskState::Pending);
     }
 
+    /// Stores a finished result; the oldest go first when over the count or the byte budget
+    /// (a result larger than the whole budget is not kept).
     pub fn done(&mut self, id: &str, body: Value) {
-        if self.keep == 0 {
+        let size = serde_json::to_vec(&body).map_or(usize::MAX, |v| v.len());
+        if self.keep == 0 || size > self.max_bytes {
             self.tasks.remove(id);
             return;
         }
         self.tasks.insert(id.to_string(), TaskState::Done(body));
-        self.finished.push_back(id.to_string());
-        while self.finished.len() > self.keep {
-            if let Some(old) = self.finished.pop_front() {
-                self.tasks.remove(&old);
+        self.finished.push_back((id.to_string(), size));
+        self.bytes += size;
+        while self.finished.len() > self.keep || self.bytes > self.max_bytes {
+            match self.finished.pop_front() {
+                Some((old, n)) => {
+                    self.bytes -= n;
+                    self.tasks.remove(&old);
+                }
+                None => break,
             }
         }
     }
@@ -122,14 +134,14 @@ impl AppState {
         metrics: Arc<Metrics>,
         problems: HashMap<String, Loaded>,
     ) -> AppState {
-        let keep = config.results_kept;
+        let (keep, max_bytes) = (config.results_kept, config.results_max_bytes);
         AppState {
             config,
             pool,
             info,
             metrics,
             problems,
-            results: Mutex::new(ResultStore::new(keep)),
+            results: Mutex::new(ResultStore::new(keep, max_bytes)),
             started: Instant::now(),
             task_counter: AtomicU64::new(0),
             task_prefix: format!("{:016x}", random_u64()),
@@ -365,7 +377,7 @@ mod tests {
 
     #[test]
     fn the_result_store_keeps_the_latest_finished_tasks() {
-        let mut s = ResultStore::new(2);
+        let mut s = ResultStore::new(2, 1 << 20);
         s.pending("a");
         s.done("a", json!(1));
         s.done("b", json!(2));
@@ -375,6 +387,19 @@ mod tests {
         assert!(matches!(s.get("b"), Some(TaskState::Done(_))));
         assert!(matches!(s.get("p"), Some(TaskState::Pending)));
         assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn the_result_store_keeps_within_its_byte_budget() {
+        let mut s = ResultStore::new(100, 100);
+        s.done("a", json!("x".repeat(40)));
+        s.done("b", json!("y".repeat(40)));
+        s.done("c", json!("z".repeat(40)));
+        assert!(s.get("a").is_none(), "over 100 bytes: the oldest went");
+        assert!(s.get("c").is_some());
+        s.done("huge", json!("h".repeat(500)));
+        assert!(s.get("huge").is_none(), "larger than the budget: not kept");
+        assert!(s.get("b").is_some() && s.get("c").is_some());
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub max_repeats: usize,
     /// Finished `/execute` results kept for `GET /results/<task_id>`.
     pub results_kept: usize,
+    /// Most bytes of finished `/execute` results kept (oldest dropped first).
+    pub results_max_bytes: usize,
     /// Built programs kept for reuse when the same code comes again (0: none).
     pub program_cache: usize,
     /// Sandbox state directory (a fresh temporary one when `None`).
@@ -59,6 +61,7 @@ impl Default for ServerConfig {
             max_batch: 1024,
             max_repeats: 5,
             results_kept: 4096,
+            results_max_bytes: 256 * MIB as usize,
             program_cache: 64,
             state_dir: None,
             shutdown_grace: Duration::from_secs(150),
