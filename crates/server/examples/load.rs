@@ -1,7 +1,7 @@
 //! Load benchmark of `afterburner serve`, printed as Markdown.
 //!
 //! ```sh
-//! cargo run --release -p afterburner-server --example load            # 48 requests per cell
+//! cargo run --release -p afterburner-server --example load            # 100 requests per cell
 //! cargo run --release -p afterburner-server --example load -- --requests 24
 //! ```
 //!
@@ -282,7 +282,7 @@ fn main() {
         .position(|a| a == "--requests")
         .and_then(|i| args.get(i + 1))
         .and_then(|n| n.parse().ok())
-        .unwrap_or(48);
+        .unwrap_or(100);
     let server = Server::bind(ServerConfig {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         queue: 4096,
@@ -315,6 +315,7 @@ fn main() {
         "- `/v1/evaluate`: a Python a+b solution over 20 inline stdin/stdout tests, one sandboxed \
          process per request (in-process: `Harness::evaluate_within`).\n"
     );
+    println!("p50 and p99 are nearest-rank percentiles of client-side latency.\n");
     println!(
         "| endpoint | concurrency | server req/s | server p50 ms | server p99 ms | in-process req/s | in-process p50 ms | in-process p99 ms | failures |"
     );
@@ -440,6 +441,27 @@ fn main() {
             "| {language} | {f:.3} | {fusion_passed}/50 | {n:.3} | {native_passed}/50 | {:.1}x |",
             f / n
         );
+    }
+    // What SandboxFusion itself does: compile for every request. A second server without the
+    // build cache shows it (one round: 50 compilations take a while).
+    let uncached = Server::bind(ServerConfig {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        queue: 4096,
+        program_cache: 0,
+        ..ServerConfig::default()
+    })
+    .and_then(Server::spawn)
+    .expect("start the second server");
+    let variant = format!("{SQUARE_CPP}// uncached\n");
+    let (f, fusion_passed) = fusion_style(uncached.addr(), "cpp", &variant, &tests, 16 * workers);
+    let (n, native_passed) = one_evaluate(uncached.addr(), "cpp", &variant, &tests);
+    println!(
+        "| cpp, build cache off (SandboxFusion compiles per request; 1 round) | {f:.3} | \
+         {fusion_passed}/50 | {n:.3} | {native_passed}/50 | {:.1}x |",
+        f / n
+    );
+    if let Err(e) = uncached.shutdown() {
+        eprintln!("shutdown: {e}");
     }
     println!(
         "\nElapsed {:.0} s; load average after: {} (before: {load_before}).",
