@@ -4,6 +4,7 @@ mod calibrate;
 mod dataset;
 mod eval;
 mod run;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,8 @@ enum Command {
     Calibrate(calibrate::CalibrateArgs),
     /// Score a solutions file: pass@1 and Beyond-T/M/I against the calibrated references.
     Eval(eval::EvalArgs),
+    /// Serve the sandbox and the reward over HTTP (Monolith, SandboxFusion, OpenRLHF, native).
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Dataset(args) => dataset::dataset(args),
         Command::Calibrate(args) => calibrate::calibrate(args),
         Command::Eval(args) => eval::eval(args),
+        Command::Serve(args) => serve::serve(args),
     };
     match result {
         Ok(code) => code,

@@ -483,12 +483,14 @@ impl<'s> Harness<'s> {
         })
     }
 
-    /// Runs a non-Python stdin/stdout program once per input, summing the measurements.
+    /// Runs a non-Python stdin/stdout program once per input under `limits`, summing the
+    /// measurements.
     fn native_run(
         &self,
         language: Language,
         code: &str,
         inputs: &[&str],
+        limits: &Limits,
         cpu: Option<usize>,
     ) -> Result<RawRun, HarnessError> {
         let program = self.sandbox.build(language, code)?;
@@ -518,7 +520,7 @@ impl<'s> Harness<'s> {
                 &program,
                 &RunRequest {
                     stdin: input.as_bytes().to_vec(),
-                    limits: self.config.limits.clone(),
+                    limits: limits.clone(),
                     cpu,
                     keep_memory_trace: false,
                 },
@@ -670,6 +672,20 @@ impl<'s> Harness<'s> {
         code: &str,
         cpu: Option<usize>,
     ) -> Result<Evaluation, HarnessError> {
+        self.evaluate_within(problem, suite, language, code, &self.config.limits, cpu)
+    }
+
+    /// [`Harness::evaluate`] under `limits` instead of the configured ones (a service applying
+    /// each request's own time and memory limits).
+    pub fn evaluate_within(
+        &self,
+        problem: &Problem,
+        suite: &Suite,
+        language: Language,
+        code: &str,
+        limits: &Limits,
+        cpu: Option<usize>,
+    ) -> Result<Evaluation, HarnessError> {
         if suite.cases.is_empty() {
             return Err(HarnessError::Unsupported {
                 problem: problem.id.clone(),
@@ -686,9 +702,9 @@ impl<'s> Harness<'s> {
         }
         let inputs: Vec<&str> = suite.cases.iter().map(|c| c.input.as_str()).collect();
         let raw = if language == Language::Python {
-            self.raw_run(problem, code, &inputs, &self.config.limits, cpu)?
+            self.raw_run(problem, code, &inputs, limits, cpu)?
         } else if problem.entry == Entry::StdinStdout {
-            self.native_run(language, code, &inputs, cpu)?
+            self.native_run(language, code, &inputs, limits, cpu)?
         } else {
             return Err(HarnessError::Unsupported {
                 problem: problem.id.clone(),

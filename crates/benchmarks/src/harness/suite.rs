@@ -366,7 +366,7 @@ impl Harness<'_> {
             let raw = if r.language == Language::Python {
                 self.raw_run(problem, &r.code, &texts, &self.config.consensus_limits, cpu)?
             } else {
-                self.native_run(r.language, &r.code, &texts, cpu)?
+                self.native_run(r.language, &r.code, &texts, &self.config.limits, cpu)?
             };
             let fatal = raw
                 .fatal

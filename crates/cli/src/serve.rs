@@ -1,0 +1,152 @@
+//! `afterburner serve`: the sandbox and reward server trainers and evaluators point at.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use afterburner_benchmarks::DatasetSpec;
+use afterburner_reward::RewardConfig;
+use afterburner_server::{LimitPolicy, Server, ServerConfig, ServerError};
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+/// Arguments of `afterburner serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; beyond loopback, also pass --token.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Worker threads, each running one program at a time pinned to its core
+    /// [default: one per core, leaving the sampler's core free].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Programs that may wait for a worker; beyond it requests are refused (503, Retry-After).
+    #[arg(long, default_value_t = 256)]
+    pub queue: usize,
+    /// A dataset whose problems requests may name by id, as FORMAT:PATH (repeatable).
+    #[arg(long = "dataset", value_name = "FORMAT:PATH")]
+    pub datasets: Vec<String>,
+    /// Require `Authorization: Bearer TOKEN` on every endpoint but /healthz
+    /// [default: $AFTERBURNER_TOKEN, if set].
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Time limit of a run (or of a whole suite) when a request gives none, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub time_limit: f64,
+    /// The largest time limit a request may ask for, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub max_time_limit: f64,
+    /// Memory limit when a request gives none, MiB.
+    #[arg(long, default_value_t = 512)]
+    pub memory_limit: u64,
+    /// The largest memory limit a request may ask for, MiB.
+    #[arg(long, default_value_t = 2048)]
+    pub max_memory_limit: u64,
+    /// Largest request body, MiB (413 beyond).
+    #[arg(long, default_value_t = 32)]
+    pub max_body_mib: usize,
+    /// Most programs in one /v1/reward or /get_reward request.
+    #[arg(long, default_value_t = 1024)]
+    pub max_batch: usize,
+    /// Most repeats a request may ask for.
+    #[arg(long, default_value_t = 5)]
+    pub max_repeats: usize,
+    /// Weight of the efficiency term of the reward (paper: 0.3, ramped to 0.5).
+    #[arg(long, default_value_t = RewardConfig::default().efficiency_weight)]
+    pub efficiency_weight: f64,
+    /// Built programs kept for reuse when the same code comes again (0: none).
+    #[arg(long, default_value_t = 64)]
+    pub program_cache: usize,
+    /// Seconds a shutdown waits for open requests before closing them.
+    #[arg(long, default_value_t = 150)]
+    pub shutdown_grace: u64,
+}
+
+impl ServeArgs {
+    fn config(&self) -> Result<ServerConfig> {
+        let datasets = self
+            .datasets
+            .iter()
+            .map(|s| {
+                s.parse::<DatasetSpec>()
+                    .with_context(|| format!("--dataset {s}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if !self.efficiency_weight.is_finite() {
+            bail!("--efficiency-weight must be a finite number");
+        }
+        let token = self
+            .token
+            .clone()
+            .or_else(|| std::env::var("AFTERBURNER_TOKEN").ok())
+            .filter(|t| !t.is_empty());
+        let limits = LimitPolicy {
+            default_time_s: self.time_limit,
+            max_time_s: self.max_time_limit,
+            default_memory_mib: self.memory_limit,
+            max_memory_mib: self.max_memory_limit,
+        };
+        limits
+            .validate()
+            .map_err(anyhow::Error::msg)
+            .context("limits")?;
+        Ok(ServerConfig {
+            addr: self.addr,
+            workers: self.workers,
+            queue: self.queue,
+            datasets,
+            token,
+            max_body_bytes: self.max_body_mib.saturating_mul(1024 * 1024),
+            limits,
+            reward: RewardConfig {
+                efficiency_weight: self.efficiency_weight,
+                ..RewardConfig::default()
+            },
+            max_batch: self.max_batch,
+            max_repeats: self.max_repeats,
+            program_cache: self.program_cache,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace),
+            ..ServerConfig::default()
+        })
+    }
+}
+
+/// Runs `afterburner serve` until SIGTERM or SIGINT.
+pub fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let config = args.config()?;
+    let server = match Server::bind(config) {
+        Ok(s) => s,
+        Err(e @ (ServerError::Config(_) | ServerError::Dataset { .. })) => bail!("{e}"),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    for note in server.notes() {
+        eprintln!("note: {note}");
+    }
+    let cpus: Vec<String> = server
+        .worker_cpus()
+        .iter()
+        .map(|c| c.map_or("any".to_string(), |c| c.to_string()))
+        .collect();
+    eprintln!(
+        "afterburner serve: listening on http://{} ({} worker(s) on cores [{}], queue {}, {} \
+         problems)",
+        server.local_addr(),
+        server.workers(),
+        cpus.join(", "),
+        args.queue,
+        server.problems()
+    );
+    match server.run_until_terminated() {
+        Ok(()) => {
+            eprintln!("afterburner serve: stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}

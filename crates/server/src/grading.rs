@@ -1,0 +1,169 @@
+//! Running a solution over a problem's suite with repeats, and turning the result into the
+//! Afterburner reward: the glue between the harness, the reward crate and the HTTP layer.
+
+use afterburner_benchmarks::metrics::Objective;
+use afterburner_benchmarks::{Evaluation, HarnessError, Problem, RecordedPerformance, Suite};
+use afterburner_reward::{Reward, RewardConfig, RewardInput, reward};
+use afterburner_sandbox::{Language, Limits, RepeatSummary};
+use serde::{Deserialize, Serialize};
+
+use crate::pool::Worker;
+
+/// A solution judged over its suite, possibly several times.
+#[derive(Debug, Clone)]
+pub(crate) struct Graded {
+    /// The first run, judged (its status is the verdict unless a repeat failed).
+    pub evaluation: Evaluation,
+    /// Whether every run passed.
+    pub passed: bool,
+    /// Median figures over the runs, when it passed.
+    pub performance: Option<RecordedPerformance>,
+    /// Medians and dispersion, when it passed.
+    pub summary: Option<RepeatSummary>,
+}
+
+/// Runs `code` over `suite` up to `repeats` times (stopping at the first failure); the figures
+/// are the medians of wall time, peak memory and memory integral, as in `Harness::measure`.
+pub(crate) fn grade(
+    w: &Worker<'_>,
+    problem: &Problem,
+    suite: &Suite,
+    language: Language,
+    code: &str,
+    limits: &Limits,
+    repeats: usize,
+) -> Result<Graded, HarnessError> {
+    let first = w
+        .harness
+        .evaluate_within(problem, suite, language, code, limits, w.cpu)?;
+    if !first.passed() {
+        return Ok(Graded {
+            evaluation: first,
+            passed: false,
+            performance: None,
+            summary: None,
+        });
+    }
+    let repeats = repeats.max(1);
+    let mut runs = vec![first.measurement.clone()];
+    for k in 1..repeats {
+        let again = w
+            .harness
+            .evaluate_within(problem, suite, language, code, limits, w.cpu)?;
+        if !again.passed() {
+            let mut evaluation = first;
+            evaluation.status = again.status;
+            evaluation.message = Some(format!(
+                "run {} of {repeats} failed: {}",
+                k + 1,
+                again.failure_reason().unwrap_or_default()
+            ));
+            return Ok(Graded {
+                evaluation,
+                passed: false,
+                performance: None,
+                summary: None,
+            });
+        }
+        runs.push(again.measurement);
+    }
+    let summary = RepeatSummary::of(&runs);
+    Ok(Graded {
+        performance: Some(RecordedPerformance {
+            time_ms: summary.wall_ms,
+            memory_kb: summary.peak_rss_kb,
+            integral: summary.integral_kb_ms,
+        }),
+        summary: Some(summary),
+        evaluation: first,
+        passed: true,
+    })
+}
+
+/// The original solution's verdict and figures, as a prompt carried them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Baseline {
+    /// Whether the original passes.
+    pub passed: bool,
+    /// Its run time, ms.
+    #[serde(default)]
+    pub time_ms: Option<f64>,
+    /// Its peak memory, KiB.
+    #[serde(default)]
+    pub memory_kb: Option<f64>,
+    /// Its memory integral, KiB*ms.
+    #[serde(default)]
+    pub integral: Option<f64>,
+}
+
+impl Baseline {
+    /// Its figures, when it passed (a missing one is NaN: no efficiency term on that objective).
+    fn performance(&self) -> Option<RecordedPerformance> {
+        self.passed.then(|| RecordedPerformance {
+            time_ms: self.time_ms.unwrap_or(f64::NAN),
+            memory_kb: self.memory_kb.unwrap_or(f64::NAN),
+            integral: self.integral.unwrap_or(f64::NAN),
+        })
+    }
+}
+
+/// The reward of a response: its format, the original's verdict (no baseline: the original
+/// counts as failing, as for a prompt written from scratch) and the candidate's, and the
+/// candidate's figures on the instructed objective against the original's.
+pub(crate) fn score(
+    well_formed: bool,
+    baseline: Option<&Baseline>,
+    objective: Objective,
+    graded: Option<&Graded>,
+    config: &RewardConfig,
+) -> Reward {
+    let candidate_passed = graded.is_some_and(|g| g.passed);
+    reward(
+        &RewardInput {
+            well_formed,
+            original_passed: baseline.is_some_and(|b| b.passed),
+            candidate_passed,
+            objective,
+            baseline: baseline.and_then(Baseline::performance),
+            candidate: graded.and_then(|g| g.performance),
+        },
+        config,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_baseline_missing_the_instructed_figure_gives_no_efficiency_term() {
+        let b = Baseline {
+            passed: true,
+            time_ms: None,
+            memory_kb: Some(1000.0),
+            integral: None,
+        };
+        let r = score(
+            true,
+            Some(&b),
+            Objective::Time,
+            None,
+            &RewardConfig::default(),
+        );
+        assert_eq!(r.gain, None);
+        assert_eq!(r.correctness, -1.0, "pass -> fail (no candidate run)");
+    }
+
+    #[test]
+    fn no_baseline_counts_as_an_original_that_fails() {
+        let r = score(
+            false,
+            None,
+            Objective::Memory,
+            None,
+            &RewardConfig::default(),
+        );
+        assert_eq!(r.correctness, -0.5);
+        assert_eq!(r.format, -1.0);
+    }
+}

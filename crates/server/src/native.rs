@@ -1,0 +1,615 @@
+//! Native endpoints: `POST /v1/evaluate` (one solution over a problem's whole suite),
+//! `POST /v1/reward` (a batch of model responses -> the Afterburner reward with its
+//! components), and OpenRLHF's `POST /get_reward` shape over the same machinery.
+//!
+//! A problem is named by the id of a problem of a dataset loaded at start (`--dataset`), or
+//! given inline as `tests` (`[{"input", "expected"}]`, plus optional `entry` and `checker` in
+//! the benchmark crate's serde forms; stdin/stdout and exact token comparison by default).
+//! Suites are the problem's correctness tests.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use afterburner_benchmarks::metrics::Objective;
+use afterburner_benchmarks::{Checker, Entry, HarnessError, Problem, Suite, TestCase};
+use afterburner_reward::{ParsedResponse, RewardConfig, parse_response};
+use afterburner_sandbox::{Language, Limits, Status};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+use crate::common::{clip, parse_language, require_code};
+use crate::error::{ApiError, JsonBody, parse_json};
+use crate::grading::{Baseline, Graded, grade, score};
+use crate::pool::Work;
+
+const MIB: u64 = 1024 * 1024;
+
+/// A test given inline.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct InlineTest {
+    input: String,
+    #[serde(alias = "output")]
+    expected: String,
+}
+
+/// Which problem: a loaded one by id, or inline tests.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct ProblemSpec {
+    #[serde(default)]
+    problem_id: Option<String>,
+    #[serde(default)]
+    tests: Option<Vec<InlineTest>>,
+    #[serde(default)]
+    entry: Option<Entry>,
+    #[serde(default)]
+    checker: Option<Checker>,
+}
+
+/// A problem ready to judge on.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    problem: Arc<Problem>,
+    suite: Arc<Suite>,
+}
+
+/// Resolves `spec` for a solution in `language`; errors are prefixed with `at` (`items[2].`).
+fn resolve(
+    state: &AppState,
+    spec: &ProblemSpec,
+    language: Language,
+    at: &str,
+) -> Result<Target, ApiError> {
+    let target = match (&spec.problem_id, &spec.tests) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(format!(
+                "`{at}`: give either `problem_id` or `tests`, not both"
+            )));
+        }
+        (None, None) => {
+            return Err(ApiError::bad_request(format!(
+                "`{at}`: no problem: give `problem_id` (a problem of a dataset the server \
+                 loaded) or inline `tests`"
+            )));
+        }
+        (Some(id), None) => {
+            if spec.entry.is_some() || spec.checker.is_some() {
+                return Err(ApiError::bad_request(format!(
+                    "`{at}entry`/`{at}checker`: only inline `tests` take an entry or checker; \
+                     problem `{id}` has its own"
+                )));
+            }
+            let loaded = state.problem(id).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "`{at}problem_id`: no problem `{id}` among the {} the server loaded{}",
+                    state.problems.len(),
+                    if state.problems.is_empty() {
+                        " (start it with --dataset FORMAT:PATH)"
+                    } else {
+                        ""
+                    }
+                ))
+            })?;
+            if loaded.suite.cases.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "`{at}problem_id`: problem `{id}` has no fixed tests (ENAMEL problems are \
+                     judged on generated inputs, which this server does not prepare)"
+                )));
+            }
+            Target {
+                problem: loaded.problem.clone(),
+                suite: loaded.suite.clone(),
+            }
+        }
+        (None, Some(tests)) => {
+            if tests.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "`{at}tests` is empty: there would be nothing to fail"
+                )));
+            }
+            let problem = Problem {
+                id: "inline".into(),
+                title: String::new(),
+                description: String::new(),
+                difficulty: None,
+                tags: Vec::new(),
+                starter_code: Default::default(),
+                entry: spec.entry.clone().unwrap_or(Entry::StdinStdout),
+                prelude: None,
+                tests: tests
+                    .iter()
+                    .map(|t| TestCase {
+                        input: t.input.clone(),
+                        expected: t.expected.clone(),
+                    })
+                    .collect(),
+                checker: spec.checker.clone().unwrap_or(Checker::Exact),
+                stress: Vec::new(),
+                references: Vec::new(),
+            };
+            let suite = Suite::tests_only(&problem);
+            Target {
+                problem: Arc::new(problem),
+                suite: Arc::new(suite),
+            }
+        }
+    };
+    if language != Language::Python && target.problem.entry != Entry::StdinStdout {
+        return Err(ApiError::bad_request(format!(
+            "`{at}language`: problem `{}` calls a function or method, which only Python \
+             solutions can be judged on (got {language})",
+            target.problem.id
+        )));
+    }
+    Ok(target)
+}
+
+/// Time and memory limits of one suite run, as asked, defaulted and capped.
+fn suite_limits(
+    state: &AppState,
+    time_limit: Option<f64>,
+    memory_limit_mib: Option<f64>,
+) -> Result<Limits, ApiError> {
+    let mut limits = state
+        .config
+        .limits
+        .resolve(time_limit, memory_limit_mib, "time_limit/memory_limit_mib")
+        .map_err(ApiError::bad_request)?;
+    // A whole suite's output goes through one process.
+    limits.output_bytes = 64 * MIB;
+    Ok(limits)
+}
+
+fn repeats(state: &AppState, asked: Option<usize>) -> Result<usize, ApiError> {
+    match asked {
+        None => Ok(1),
+        Some(0) => Err(ApiError::bad_request("`repeats` must be at least 1")),
+        Some(n) => Ok(n.min(state.config.max_repeats.max(1))),
+    }
+}
+
+fn harness_error(e: &HarnessError) -> ApiError {
+    match e {
+        HarnessError::Unsupported { .. } => ApiError::bad_request(e.to_string()),
+        _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn limits_json(l: &Limits) -> Value {
+    json!({"time_s": l.wall_time.as_secs_f64(), "memory_mib": l.memory_bytes / MIB})
+}
+
+/// The per-run part of an answer: verdict, per-test results, measurement, medians.
+fn graded_json(g: &Graded) -> Value {
+    let e = &g.evaluation;
+    json!({
+        "status": e.status,
+        "passed": g.passed,
+        "tests": e.cases.len(),
+        "passed_tests": e.accepted_cases(),
+        "cases": e.cases,
+        "measurement": e.measurement,
+        "compile_ms": e.compile_ms,
+        "message": e.message,
+        "detail": e.failure_reason(),
+        "performance": g.performance,
+        "repeats": g.summary.as_ref().map_or(1, |s| s.runs),
+        "cv": g.summary.as_ref().map(|s| &s.cv),
+    })
+}
+
+/// `POST /v1/evaluate`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct EvaluateRequest {
+    language: String,
+    code: String,
+    #[serde(default)]
+    problem_id: Option<String>,
+    #[serde(default)]
+    tests: Option<Vec<InlineTest>>,
+    #[serde(default)]
+    entry: Option<Entry>,
+    #[serde(default)]
+    checker: Option<Checker>,
+    /// Time limit of the whole suite run, seconds.
+    #[serde(default)]
+    time_limit: Option<f64>,
+    /// Memory limit, MiB.
+    #[serde(default)]
+    memory_limit_mib: Option<f64>,
+    /// Runs; figures are medians.
+    #[serde(default)]
+    repeats: Option<usize>,
+}
+
+/// `POST /v1/evaluate`.
+pub(crate) async fn evaluate(
+    State(state): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<EvaluateRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let language = parse_language(&req.language, "language")?;
+    require_code(&req.code, "code")?;
+    let spec = ProblemSpec {
+        problem_id: req.problem_id,
+        tests: req.tests,
+        entry: req.entry,
+        checker: req.checker,
+    };
+    let target = resolve(&state, &spec, language, "")?;
+    let limits = suite_limits(&state, req.time_limit, req.memory_limit_mib)?;
+    let repeats = repeats(&state, req.repeats)?;
+    let (t, l, code) = (target.clone(), limits.clone(), req.code);
+    let work: Work<Result<Graded, HarnessError>> =
+        Box::new(move |w| grade(w, &t.problem, &t.suite, language, &code, &l, repeats));
+    let outcome = state.run_all(vec![work]).await?.pop().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error: no answer for the submitted job",
+        )
+    })?;
+    let graded = outcome.map_err(|e| {
+        state.metrics.run(Status::SandboxError.as_str());
+        harness_error(&e)
+    })?;
+    state.metrics.run(graded.evaluation.status.as_str());
+    let mut body = graded_json(&graded);
+    if let Value::Object(m) = &mut body {
+        m.insert("problem_id".into(), json!(target.problem.id));
+        m.insert("language".into(), json!(language));
+        m.insert("limits".into(), limits_json(&limits));
+    }
+    Ok(Json(body))
+}
+
+/// One response to reward: the problem, the instruction and the original's performance.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct RewardLabel {
+    /// The solution's language (default `python`).
+    #[serde(default)]
+    language: Option<String>,
+    #[serde(default)]
+    problem_id: Option<String>,
+    #[serde(default)]
+    tests: Option<Vec<InlineTest>>,
+    #[serde(default)]
+    entry: Option<Entry>,
+    #[serde(default)]
+    checker: Option<Checker>,
+    /// The efficiency instruction: `time`, `memory` or `integral`.
+    instruction: String,
+    /// The original solution's verdict and figures (none: the prompt had no original).
+    #[serde(default)]
+    baseline: Option<Baseline>,
+}
+
+/// `POST /v1/reward` item: a response and its label.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RewardItem {
+    response: String,
+    #[serde(flatten)]
+    label: RewardLabel,
+}
+
+/// `POST /v1/reward`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RewardRequest {
+    items: Vec<RewardItem>,
+    #[serde(default)]
+    time_limit: Option<f64>,
+    #[serde(default)]
+    memory_limit_mib: Option<f64>,
+    #[serde(default)]
+    repeats: Option<usize>,
+    /// Weights and ceilings overriding the server's (e.g. a ramped efficiency weight).
+    #[serde(default)]
+    reward_config: Option<RewardConfig>,
+}
+
+/// An item checked and parsed, ready to run.
+struct Prepared {
+    language: Language,
+    target: Target,
+    objective: Objective,
+    baseline: Option<Baseline>,
+    parsed: ParsedResponse,
+}
+
+/// What became of one item.
+struct Outcome {
+    prepared: Prepared,
+    graded: Option<Result<Graded, String>>,
+}
+
+fn parse_objective(s: &str, at: &str) -> Result<Objective, ApiError> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "time" => Ok(Objective::Time),
+        "memory" => Ok(Objective::Memory),
+        "integral" => Ok(Objective::Integral),
+        other => Err(ApiError::bad_request(format!(
+            "`{at}instruction`: unknown instruction `{other}` (expected time, memory or integral)"
+        ))),
+    }
+}
+
+fn prepare(
+    state: &AppState,
+    response: &str,
+    label: &RewardLabel,
+    at: &str,
+) -> Result<Prepared, ApiError> {
+    let language = match &label.language {
+        Some(l) => parse_language(l, &format!("{at}language"))?,
+        None => Language::Python,
+    };
+    let spec = ProblemSpec {
+        problem_id: label.problem_id.clone(),
+        tests: label.tests.clone(),
+        entry: label.entry.clone(),
+        checker: label.checker.clone(),
+    };
+    let target = resolve(state, &spec, language, at)?;
+    let objective = parse_objective(&label.instruction, at)?;
+    Ok(Prepared {
+        language,
+        target,
+        objective,
+        baseline: label.baseline,
+        parsed: parse_response(response, language),
+    })
+}
+
+/// Runs every item that has code (all admitted at once, or the request is refused).
+async fn run_items(
+    state: &AppState,
+    items: Vec<Prepared>,
+    limits: &Limits,
+    repeats: usize,
+) -> Result<Vec<Outcome>, ApiError> {
+    if items.len() > state.config.max_batch {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the batch has {} items but the server takes at most {} per request",
+                items.len(),
+                state.config.max_batch
+            ),
+        ));
+    }
+    let mut work: Vec<Work<Result<Graded, HarnessError>>> = Vec::new();
+    for item in &items {
+        if let Some(code) = &item.parsed.code {
+            let (t, l, code, language) = (
+                item.target.clone(),
+                limits.clone(),
+                code.clone(),
+                item.language,
+            );
+            work.push(Box::new(move |w| {
+                grade(w, &t.problem, &t.suite, language, &code, &l, repeats)
+            }));
+        }
+    }
+    let mut answers = state.run_all(work).await?.into_iter();
+    let mut out = Vec::with_capacity(items.len());
+    for prepared in items {
+        let graded = if prepared.parsed.code.is_some() {
+            let answer = answers.next().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error: fewer answers than jobs",
+                )
+            })?;
+            state.metrics.run(match &answer {
+                Ok(g) => g.evaluation.status.as_str(),
+                Err(_) => Status::SandboxError.as_str(),
+            });
+            Some(answer.map_err(|e| e.to_string()))
+        } else {
+            state.metrics.run("no_code");
+            None
+        };
+        out.push(Outcome { prepared, graded });
+    }
+    Ok(out)
+}
+
+/// An item's answer: reward and components, verdict and figures; `reward` is null with an
+/// `error` when the harness failed (never a made-up number).
+fn outcome_json(o: &Outcome, config: &RewardConfig) -> Value {
+    let p = &o.prepared;
+    let base = json!({
+        "problem_id": p.target.problem.id,
+        "language": p.language,
+        "instruction": p.objective,
+        "well_formed": p.parsed.well_formed,
+    });
+    let mut m = match base {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    match &o.graded {
+        Some(Err(e)) => {
+            m.insert("reward".into(), Value::Null);
+            m.insert("components".into(), Value::Null);
+            m.insert("status".into(), json!(Status::SandboxError));
+            m.insert("passed".into(), json!(false));
+            m.insert("error".into(), json!(e));
+        }
+        graded => {
+            let g = match graded {
+                Some(Ok(g)) => Some(g),
+                _ => None,
+            };
+            let r = score(
+                p.parsed.well_formed,
+                p.baseline.as_ref(),
+                p.objective,
+                g,
+                config,
+            );
+            m.insert("reward".into(), json!(r.total));
+            m.insert(
+                "components".into(),
+                json!({
+                    "format": r.format,
+                    "correctness": r.correctness,
+                    "efficiency": r.efficiency,
+                    "gain": r.gain,
+                }),
+            );
+            match g {
+                Some(g) => {
+                    if let Value::Object(extra) = graded_json(g) {
+                        m.extend(extra);
+                    }
+                }
+                None => {
+                    m.insert("status".into(), json!("no_code"));
+                    m.insert("passed".into(), json!(false));
+                    m.insert(
+                        "detail".into(),
+                        json!(p.parsed.problem.clone().unwrap_or_default()),
+                    );
+                }
+            }
+        }
+    }
+    Value::Object(m)
+}
+
+/// `POST /v1/reward`.
+pub(crate) async fn reward(
+    State(state): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<RewardRequest>,
+) -> Result<Json<Value>, ApiError> {
+    if req.items.is_empty() {
+        return Err(ApiError::bad_request("`items` is empty: nothing to reward"));
+    }
+    let limits = suite_limits(&state, req.time_limit, req.memory_limit_mib)?;
+    let repeats = repeats(&state, req.repeats)?;
+    let config = req.reward_config.unwrap_or(state.config.reward);
+    let prepared = req
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| prepare(&state, &item.response, &item.label, &format!("items[{i}].")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let outcomes = run_items(&state, prepared, &limits, repeats).await?;
+    Ok(Json(json!({
+        "results": outcomes.iter().map(|o| outcome_json(o, &config)).collect::<Vec<_>>(),
+        "limits": limits_json(&limits),
+        "repeats": repeats,
+        "reward_config": config,
+    })))
+}
+
+/// OpenRLHF's remote reward request: `query` (prompt + response), `prompts`, `labels`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct GetRewardRequest {
+    query: Vec<String>,
+    #[serde(default)]
+    prompts: Vec<String>,
+    #[serde(default)]
+    labels: Vec<Value>,
+}
+
+/// `POST /get_reward`: each label is a JSON string (or object) with the fields of a
+/// `/v1/reward` item but `response`; the response is the query minus its prompt.
+pub(crate) async fn get_reward(
+    State(state): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<GetRewardRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let n = req.query.len();
+    if n == 0 {
+        return Err(ApiError::bad_request("`query` is empty: nothing to reward"));
+    }
+    if req.labels.len() != n {
+        return Err(ApiError::bad_request(format!(
+            "`labels`: {} labels for {n} queries; each query needs a label, a JSON string such \
+             as {{\"problem_id\": \"...\", \"instruction\": \"time\", \"baseline\": {{\"passed\": \
+             true, \"time_ms\": 120.0}}}}",
+            req.labels.len()
+        )));
+    }
+    if !req.prompts.is_empty() && req.prompts.len() != n {
+        return Err(ApiError::bad_request(format!(
+            "`prompts`: {} prompts for {n} queries",
+            req.prompts.len()
+        )));
+    }
+    let mut prepared = Vec::with_capacity(n);
+    for (i, (query, label)) in req.query.iter().zip(&req.labels).enumerate() {
+        let label: RewardLabel = match label {
+            Value::String(s) => parse_json(s.as_bytes()),
+            other => parse_json(other.to_string().as_bytes()),
+        }
+        .map_err(|e| ApiError::bad_request(format!("`labels[{i}]`: {}", e.message)))?;
+        let response = match req.prompts.get(i) {
+            Some(p) if !p.is_empty() => query.strip_prefix(p.as_str()).unwrap_or(query),
+            _ => query.as_str(),
+        };
+        prepared.push(prepare(&state, response, &label, &format!("labels[{i}]."))?);
+    }
+    let config = state.config.reward;
+    let limits = suite_limits(&state, None, None)?;
+    let outcomes = run_items(&state, prepared, &limits, 1).await?;
+    let failed: Vec<String> = outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| match &o.graded {
+            Some(Err(e)) => Some(format!("query {i}: {}", clip(e, 300))),
+            _ => None,
+        })
+        .collect();
+    if !failed.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "the sandbox failed on {} of {n} queries (no reward is made up; retry): {}",
+                failed.len(),
+                failed.join("; ")
+            ),
+        ));
+    }
+    let answers: Vec<Value> = outcomes.iter().map(|o| outcome_json(o, &config)).collect();
+    let field = |k: &str| -> Vec<Value> {
+        answers
+            .iter()
+            .map(|a| a.get(k).cloned().unwrap_or(Value::Null))
+            .collect()
+    };
+    let component = |k: &str| -> Vec<Value> {
+        answers
+            .iter()
+            .map(|a| {
+                a.get("components")
+                    .and_then(|c| c.get(k))
+                    .cloned()
+                    .unwrap_or(Value::Null)
+            })
+            .collect()
+    };
+    let passed: Vec<f64> = answers
+        .iter()
+        .map(|a| {
+            if a.get("passed").and_then(Value::as_bool) == Some(true) {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mut logs = HashMap::new();
+    logs.insert("format", component("format"));
+    logs.insert("correctness", component("correctness"));
+    logs.insert("efficiency", component("efficiency"));
+    logs.insert("passed", passed.iter().map(|p| json!(p)).collect());
+    Ok(Json(json!({
+        "rewards": field("reward"),
+        "scores": passed,
+        "extra_logs": logs,
+    })))
+}
