@@ -209,14 +209,18 @@ mod tests {
     fn text_around_the_tags_or_a_missing_fence_is_not_well_formed() {
         let around = "Sure!\n<thinking>x</thinking><solution>```python\nprint(1)\n```</solution>";
         assert!(!parse_response(around, PY).well_formed);
-        assert_eq!(parse_response(around, PY).code.as_deref(), Some("print(1)\n"));
+        assert_eq!(
+            parse_response(around, PY).code.as_deref(),
+            Some("print(1)\n")
+        );
 
         let bare = "<thinking>x</thinking><solution>print(1)</solution>";
         let r = parse_response(bare, PY);
         assert!(!r.well_formed);
         assert_eq!(r.code.as_deref(), Some("print(1)"));
 
-        let twice = "<thinking>a</thinking><solution>```python\n1\n```</solution><solution>x</solution>";
+        let twice =
+            "<thinking>a</thinking><solution>```python\n1\n```</solution><solution>x</solution>";
         assert!(!parse_response(twice, PY).well_formed);
 
         let reversed = "<solution>```python\nprint(1)\n```</solution><thinking>x</thinking>";
