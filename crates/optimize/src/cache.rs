@@ -1,11 +1,16 @@
 //! The on-disk response cache: a model's answer to a request is stored once and replayed, so
 //! re-runs and resumed runs cost no model calls.
 //!
-//! The key is the SHA-256 of the endpoint URL, the complete JSON request body (model, messages,
-//! sampling settings) and a *sample tag*. The tag names the draw: the loop passes
+//! The key is the SHA-256 of the complete JSON request body (model, messages, sampling settings)
+//! and a *sample tag*. The endpoint URL is stored with the entry but is not part of the key: the
+//! same model behind another address (a server restarted on another port or host) replays what
+//! it already answered. The tag names the draw: the loop passes
 //! `<problem id>/<iteration>`, because after a rejected candidate the next prompt is identical
 //! to the previous one, and a key without the tag would replay the rejected answer forever
-//! instead of sampling a new one. One file per entry, `<dir>/<2 hex>/<64 hex>.json`, written to a
+//! instead of sampling a new one. What replays: a resumed run builds each prompt from the stored
+//! incumbent row, so an answer that arrived before an interruption is never paid for twice; a run
+//! started afresh replays its generation prompts, but its later prompts carry freshly measured
+//! figures and are therefore new requests. One file per entry, `<dir>/<2 hex>/<64 hex>.json`, written to a
 //! temporary file and renamed into place, so concurrent writers and crashes never leave a
 //! half-written entry under its final name. An entry that does not parse is a miss (and is
 //! overwritten by the next answer).
@@ -54,11 +59,9 @@ pub struct ResponseCache {
     dir: PathBuf,
 }
 
-/// The cache key of a request body sent to `url`, for the draw named `tag`.
-pub fn cache_key(url: &str, body: &serde_json::Value, tag: &str) -> String {
+/// The cache key of a request body, for the draw named `tag`.
+pub fn cache_key(body: &serde_json::Value, tag: &str) -> String {
     let mut h = Sha256::new();
-    h.update(url.as_bytes());
-    h.update([0]);
     h.update(body.to_string().as_bytes());
     h.update([0]);
     h.update(tag.as_bytes());
@@ -158,15 +161,16 @@ mod tests {
     }
 
     #[test]
-    fn keys_depend_on_url_body_and_tag() {
+    fn keys_depend_on_the_body_and_tag() {
         let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
-        let k = cache_key("http://a/v1", &body, "p/1");
+        let k = cache_key(&body, "p/1");
         assert_eq!(k.len(), 64);
-        assert_eq!(k, cache_key("http://a/v1", &body, "p/1"));
-        assert_ne!(k, cache_key("http://b/v1", &body, "p/1"));
-        assert_ne!(k, cache_key("http://a/v1", &body, "p/2"));
+        assert_eq!(k, cache_key(&body, "p/1"));
+        assert_ne!(k, cache_key(&body, "p/2"));
         let other = json!({"model": "m", "messages": [{"role": "user", "content": "hi!"}]});
-        assert_ne!(k, cache_key("http://a/v1", &other, "p/1"));
+        assert_ne!(k, cache_key(&other, "p/1"));
+        let model = json!({"model": "n", "messages": [{"role": "user", "content": "hi"}]});
+        assert_ne!(k, cache_key(&model, "p/1"));
     }
 
     #[test]

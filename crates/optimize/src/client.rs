@@ -532,7 +532,7 @@ fn with_attempts(e: LlmError, n: u32) -> LlmError {
 impl ChatModel for ChatClient {
     fn complete(&self, messages: &[Message], tag: &str, draw: u64) -> Result<Completion, LlmError> {
         let body = self.request_body(messages, draw);
-        let key = cache_key(&self.url, &body, tag);
+        let key = cache_key(&body, tag);
         if let Some(cache) = &self.cache
             && let Some(mut c) = cache.get(&key)
         {
