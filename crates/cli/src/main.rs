@@ -3,6 +3,7 @@
 mod calibrate;
 mod dataset;
 mod eval;
+mod optimize;
 mod run;
 
 use std::process::ExitCode;
@@ -29,6 +30,8 @@ enum Command {
     Calibrate(calibrate::CalibrateArgs),
     /// Score a solutions file: pass@1 and Beyond-T/M/I against the calibrated references.
     Eval(eval::EvalArgs),
+    /// Optimise solutions with an OpenAI-compatible model, measured iteration by iteration.
+    Optimize(Box<optimize::OptimizeArgs>),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Dataset(args) => dataset::dataset(args),
         Command::Calibrate(args) => calibrate::calibrate(args),
         Command::Eval(args) => eval::eval(args),
+        Command::Optimize(args) => optimize::optimize(*args),
     };
     match result {
         Ok(code) => code,

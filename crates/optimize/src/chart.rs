@@ -63,7 +63,7 @@ fn draw<DB: DrawingBackend>(
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(56)
-        .build_cartesian_2d(0f64..last as f64, 0f64..100f64)
+        .build_cartesian_2d(0f64..last as f64, -3f64..103f64)
         .map_err(e)?;
     let x_fmt = |x: &f64| format!("{x:.0}");
     let y_fmt = |y: &f64| format!("{y:.0}%");
@@ -77,18 +77,21 @@ fn draw<DB: DrawingBackend>(
         .y_label_formatter(&y_fmt)
         .label_style((FAMILY, 14))
         .axis_desc_style((FAMILY, 15))
-        .light_line_style(RGBColor(0xee, 0xee, 0xee))
+        .light_line_style(WHITE)
+        .bold_line_style(RGBColor(0xdd, 0xdd, 0xdd))
         .draw()
         .map_err(e)?;
     for (k, s) in series.iter().enumerate() {
         let color = COLORS[k % COLORS.len()];
+        // Wider lines first, so that a later series drawn over an earlier one leaves it visible.
+        let width = 6u32.saturating_sub(k as u32).max(2);
         let points: Vec<(f64, f64)> = s.points.iter().map(|&(x, y)| (x as f64, y)).collect();
         chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(width)))
             .map_err(e)?
             .label(s.name.as_str())
             .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
             });
         chart
             .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))

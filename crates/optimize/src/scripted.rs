@@ -198,8 +198,11 @@ impl Drop for ScriptedServer {
     }
 }
 
+/// A request as read off the wire: method, path, headers, body.
+type RawRequest = (String, String, Vec<(String, String)>, Vec<u8>);
+
 /// Reads one request: request line, headers, and a `Content-Length` body.
-fn read_request(stream: &TcpStream) -> Option<(String, String, Vec<(String, String)>, Vec<u8>)> {
+fn read_request(stream: &TcpStream) -> Option<RawRequest> {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;

@@ -121,7 +121,9 @@ fn harness(sandbox: &Sandbox) -> Harness<'_> {
 }
 
 /// What a row says, for comparing rows read back (floats lose their last digit in JSON).
-fn summary(rows: &[IterationRecord]) -> Vec<(usize, bool, String, Option<String>, Option<usize>)> {
+type RowSummary = (usize, bool, String, Option<String>, Option<usize>);
+
+fn summary(rows: &[IterationRecord]) -> Vec<RowSummary> {
     rows.iter()
         .map(|r| {
             (
