@@ -88,7 +88,7 @@ fn coffe_tests() -> Result<(), String> {
                             f.push(format!("| {} | {line} |", r.id));
                         }
                     }
-                    if k % 200 == 0 {
+                    if k.is_multiple_of(200) {
                         eprintln!(
                             "{k}/{} ({:.0} s)",
                             jobs.len(),

@@ -295,6 +295,17 @@ pub fn calibrate_problems<'p>(
     problems: &[&'p Problem],
     max_solutions: Option<usize>,
 ) -> (Vec<Calibrated<'p>>, Totals) {
+    prepare_problems(ctx, problems, max_solutions, true)
+}
+
+/// Prepares the suites of `problems` and collects their references' cached records; with
+/// `measure`, also measures the references not cached yet.
+pub fn prepare_problems<'p>(
+    ctx: &Context<'_>,
+    problems: &[&'p Problem],
+    max_solutions: Option<usize>,
+    measure: bool,
+) -> (Vec<Calibrated<'p>>, Totals) {
     let start = Instant::now();
     let mut totals = Totals::default();
     let mut out: Vec<Calibrated<'p>> = problems
@@ -366,6 +377,9 @@ pub fn calibrate_problems<'p>(
         }
     }
 
+    if !measure {
+        jobs.clear();
+    }
     let pb = progress(jobs.len(), "references");
     let suites: Vec<Option<&Suite>> = out.iter().map(|c| c.suite.as_ref()).collect();
     let mut fresh: Vec<(usize, CalibrationRecord)> = Vec::new();

@@ -3,6 +3,7 @@
 mod calibrate;
 mod dataset;
 mod eval;
+mod optimize;
 mod run;
 mod serve;
 
@@ -32,6 +33,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Serve the sandbox and the reward over HTTP (Monolith, SandboxFusion, OpenRLHF, native).
     Serve(serve::ServeArgs),
+    /// Optimise solutions with an OpenAI-compatible model, measured iteration by iteration.
+    Optimize(Box<optimize::OptimizeArgs>),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Command::Calibrate(args) => calibrate::calibrate(args),
         Command::Eval(args) => eval::eval(args),
         Command::Serve(args) => serve::serve(args),
+        Command::Optimize(args) => optimize::optimize(*args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,324 @@
+//! Whether a measured candidate replaces the incumbent (SPEC section 6, with the reference's
+//! bugs fixed).
+//!
+//! # The rule
+//!
+//! 1. With no incumbent yet, any candidate that has code becomes the incumbent.
+//! 2. A failing candidate never replaces anything; a passing candidate always replaces a failing
+//!    incumbent (a pass beats a fail).
+//! 3. Between two passes, on the instructed objective (time, peak memory or the memory
+//!    integral, **lower is better for all three**; the reference kept the *larger* integral), the
+//!    candidate's median `c` must be lower than the incumbent's median `i` by more than the
+//!    measurement noise:
+//!
+//!    `i - c > max(k * sqrt((cv_c * c)^2 + (cv_i * i)^2), min_gain * i)`
+//!
+//!    where `cv_c` and `cv_i` are the coefficients of variation of that objective over each
+//!    solution's repeated runs (the harness protocol). The first term is `k` standard deviations
+//!    of the difference of two independent measurements (`k = 2` by default: a difference that
+//!    large arises by chance about 2% of the time when there is none). The second term is a
+//!    floor (`min_gain = 3%` by default): with three repeats a CV can come out near zero by
+//!    chance, and measurements taken minutes apart drift by a few percent on a shared machine
+//!    (`BENCHMARKS.md` shows 3-7% CV for the same program), so a gain below the floor is not
+//!    trusted even when the repeats happened to agree.
+//!
+//! Ties and gains within the noise keep the incumbent: the loop only moves when the measurement
+//! says it should.
+
+use afterburner_benchmarks::RecordedPerformance;
+use afterburner_benchmarks::metrics::Objective;
+use afterburner_sandbox::Dispersion;
+use serde::{Deserialize, Serialize};
+
+/// What acceptance needs to know of one measured solution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    /// Whether it passed every test in every run.
+    pub passed: bool,
+    /// Medians over the runs (when it passed).
+    pub performance: Option<RecordedPerformance>,
+    /// Coefficients of variation over the runs (when it passed).
+    pub dispersion: Option<Dispersion>,
+    /// Number of runs the medians are over.
+    pub runs: usize,
+}
+
+impl Observation {
+    /// The median and its coefficient of variation on one objective, when it passed.
+    pub fn on(&self, objective: Objective) -> Option<(f64, f64)> {
+        let p = self.performance.as_ref().filter(|_| self.passed)?;
+        let cv = self.dispersion.as_ref().map_or(0.0, |d| match objective {
+            Objective::Time => d.wall_ms,
+            Objective::Memory => d.peak_rss_kb,
+            Objective::Integral => d.integral_kb_ms,
+        });
+        Some((p.value(objective), cv))
+    }
+}
+
+/// The parameters of the noise test (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AcceptanceRule {
+    /// How many standard deviations of the difference a gain must exceed.
+    pub k: f64,
+    /// The smallest relative gain ever accepted (a fraction of the incumbent's value).
+    pub min_gain: f64,
+}
+
+impl Default for AcceptanceRule {
+    /// `k = 2`, `min_gain = 3%`.
+    fn default() -> Self {
+        AcceptanceRule {
+            k: 2.0,
+            min_gain: 0.03,
+        }
+    }
+}
+
+/// The outcome of comparing a candidate with the incumbent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Whether the candidate becomes the incumbent.
+    pub accepted: bool,
+    /// Why, in one line.
+    pub reason: String,
+}
+
+impl Decision {
+    fn accept(reason: impl Into<String>) -> Self {
+        Decision {
+            accepted: true,
+            reason: reason.into(),
+        }
+    }
+
+    fn reject(reason: impl Into<String>) -> Self {
+        Decision {
+            accepted: false,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The unit a value of `objective` is written in.
+pub fn unit(objective: Objective) -> &'static str {
+    match objective {
+        Objective::Time => "ms",
+        Objective::Memory => "KB",
+        Objective::Integral => "KB*ms",
+    }
+}
+
+/// The name of an objective as the instruction calls it.
+pub fn objective_name(objective: Objective) -> &'static str {
+    match objective {
+        Objective::Time => "time",
+        Objective::Memory => "memory",
+        Objective::Integral => "integral",
+    }
+}
+
+impl AcceptanceRule {
+    /// The smallest decrease of `objective` below the incumbent's median that counts as a gain.
+    pub fn threshold(&self, incumbent: (f64, f64), candidate: (f64, f64)) -> f64 {
+        let (i, cv_i) = incumbent;
+        let (c, cv_c) = candidate;
+        let noise = ((cv_c * c).powi(2) + (cv_i * i).powi(2)).sqrt();
+        (self.k * noise).max(self.min_gain * i.abs())
+    }
+
+    /// Decides whether `candidate` replaces `incumbent` (`None`: there is none yet).
+    pub fn decide(
+        &self,
+        objective: Objective,
+        incumbent: Option<&Observation>,
+        candidate: &Observation,
+    ) -> Decision {
+        let Some(incumbent) = incumbent else {
+            return Decision::accept("the first solution becomes the incumbent");
+        };
+        if !candidate.passed {
+            return Decision::reject("the candidate fails its tests");
+        }
+        if !incumbent.passed {
+            return Decision::accept("a passing candidate beats a failing incumbent");
+        }
+        let name = objective_name(objective);
+        let u = unit(objective);
+        let (Some(inc), Some(cand)) = (incumbent.on(objective), candidate.on(objective)) else {
+            return Decision::reject(format!(
+                "no {name} measurement to compare (a passing solution without figures)"
+            ));
+        };
+        let (i, c) = (inc.0, cand.0);
+        if !(i.is_finite() && c.is_finite()) {
+            return Decision::reject(format!("{name} is not a finite number ({c} vs {i})"));
+        }
+        let threshold = self.threshold(inc, cand);
+        let gain = i - c;
+        let relative = |x: f64| if i != 0.0 { 100.0 * x / i } else { 0.0 };
+        if gain > threshold {
+            Decision::accept(format!(
+                "{name} {c:.2} {u} < {i:.2} {u}: {:.1}% lower, beyond the noise threshold of {:.1}%",
+                relative(gain),
+                relative(threshold)
+            ))
+        } else if gain > 0.0 {
+            Decision::reject(format!(
+                "{name} {c:.2} {u} vs {i:.2} {u}: {:.1}% lower, within the noise threshold of {:.1}%",
+                relative(gain),
+                relative(threshold)
+            ))
+        } else {
+            Decision::reject(format!(
+                "{name} {c:.2} {u} is not lower than the incumbent's {i:.2} {u}"
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn passing(time: f64, memory: f64, integral: f64, cv: f64) -> Observation {
+        Observation {
+            passed: true,
+            performance: Some(RecordedPerformance {
+                time_ms: time,
+                memory_kb: memory,
+                integral,
+            }),
+            dispersion: Some(Dispersion {
+                wall_ms: cv,
+                cpu_ms: cv,
+                peak_rss_kb: cv,
+                integral_kb_ms: cv,
+            }),
+            runs: 3,
+        }
+    }
+
+    fn failing() -> Observation {
+        Observation {
+            passed: false,
+            performance: None,
+            dispersion: None,
+            runs: 1,
+        }
+    }
+
+    const RULE: AcceptanceRule = AcceptanceRule {
+        k: 2.0,
+        min_gain: 0.03,
+    };
+
+    #[test]
+    fn the_first_candidate_is_accepted_even_when_it_fails() {
+        assert!(RULE.decide(Objective::Time, None, &failing()).accepted);
+    }
+
+    #[test]
+    fn a_pass_beats_a_fail_and_a_fail_never_replaces_anything() {
+        let pass = passing(500.0, 1000.0, 5e5, 0.01);
+        let fail = failing();
+        assert!(RULE.decide(Objective::Time, Some(&fail), &pass).accepted);
+        assert!(!RULE.decide(Objective::Time, Some(&pass), &fail).accepted);
+        assert!(!RULE.decide(Objective::Time, Some(&fail), &fail).accepted);
+    }
+
+    #[test]
+    fn a_clearly_faster_pass_replaces_a_slower_one_and_not_the_reverse() {
+        let slow = passing(450.0, 9000.0, 4e6, 0.02);
+        let fast = passing(60.0, 9000.0, 5e5, 0.05);
+        let d = RULE.decide(Objective::Time, Some(&slow), &fast);
+        assert!(d.accepted, "{}", d.reason);
+        assert!(d.reason.contains("lower"), "{}", d.reason);
+        assert!(!RULE.decide(Objective::Time, Some(&fast), &slow).accepted);
+    }
+
+    #[test]
+    fn lower_integral_wins_where_the_reference_kept_the_larger() {
+        // Same time and memory, integral 40% lower: the reference's comparator kept the larger
+        // integral and would have rejected this candidate.
+        let incumbent = passing(100.0, 9000.0, 1_000_000.0, 0.01);
+        let smaller = passing(100.0, 9000.0, 600_000.0, 0.01);
+        let larger = passing(100.0, 9000.0, 1_400_000.0, 0.01);
+        assert!(
+            RULE.decide(Objective::Integral, Some(&incumbent), &smaller)
+                .accepted
+        );
+        assert!(
+            !RULE
+                .decide(Objective::Integral, Some(&incumbent), &larger)
+                .accepted
+        );
+    }
+
+    #[test]
+    fn only_the_instructed_objective_counts() {
+        let incumbent = passing(100.0, 20_000.0, 2e6, 0.01);
+        let less_memory_slower = passing(150.0, 10_000.0, 1.5e6, 0.01);
+        assert!(
+            RULE.decide(Objective::Memory, Some(&incumbent), &less_memory_slower)
+                .accepted
+        );
+        assert!(
+            !RULE
+                .decide(Objective::Time, Some(&incumbent), &less_memory_slower)
+                .accepted
+        );
+    }
+
+    #[test]
+    fn a_gain_within_the_measured_noise_is_not_an_improvement() {
+        // 10% faster, but both measurements vary by 8%: the threshold is
+        // 2 * sqrt((0.08*90)^2 + (0.08*100)^2) = 21.5 ms, above the 10 ms gain.
+        let incumbent = passing(100.0, 9000.0, 9e5, 0.08);
+        let candidate = passing(90.0, 9000.0, 8e5, 0.08);
+        let d = RULE.decide(Objective::Time, Some(&incumbent), &candidate);
+        assert!(!d.accepted, "{}", d.reason);
+        assert!(d.reason.contains("within the noise"), "{}", d.reason);
+        // The same gain with quiet measurements (1%) is beyond the noise.
+        let quiet_incumbent = passing(100.0, 9000.0, 9e5, 0.01);
+        let quiet_candidate = passing(90.0, 9000.0, 8e5, 0.01);
+        assert!(
+            RULE.decide(Objective::Time, Some(&quiet_incumbent), &quiet_candidate)
+                .accepted
+        );
+    }
+
+    #[test]
+    fn repeats_that_agree_by_chance_still_face_the_floor() {
+        // CV 0 (e.g. three identical peak-memory readings): the 3% floor still applies.
+        let incumbent = passing(100.0, 10_000.0, 1e6, 0.0);
+        let two_percent = passing(100.0, 9_800.0, 1e6, 0.0);
+        let five_percent = passing(100.0, 9_500.0, 1e6, 0.0);
+        assert!(
+            !RULE
+                .decide(Objective::Memory, Some(&incumbent), &two_percent)
+                .accepted
+        );
+        assert!(
+            RULE.decide(Objective::Memory, Some(&incumbent), &five_percent)
+                .accepted
+        );
+    }
+
+    #[test]
+    fn ties_and_regressions_keep_the_incumbent() {
+        let a = passing(100.0, 9000.0, 9e5, 0.0);
+        let d = RULE.decide(Objective::Time, Some(&a), &a.clone());
+        assert!(!d.accepted);
+        assert!(d.reason.contains("not lower"), "{}", d.reason);
+    }
+
+    #[test]
+    fn the_threshold_combines_both_dispersions() {
+        let t = RULE.threshold((100.0, 0.03), (100.0, 0.04));
+        // 2 * sqrt(3^2 + 4^2) = 10
+        assert!((t - 10.0).abs() < 1e-9, "{t}");
+        let floor = RULE.threshold((100.0, 0.0), (50.0, 0.0));
+        assert!((floor - 3.0).abs() < 1e-9, "{floor}");
+    }
+}
