@@ -2,28 +2,21 @@
 //! Afterburner reward: the glue between the harness, the reward crate and the HTTP layer.
 
 use afterburner_benchmarks::metrics::Objective;
-use afterburner_benchmarks::{Evaluation, HarnessError, Problem, RecordedPerformance, Suite};
+use afterburner_benchmarks::{HarnessError, Measured, Problem, RecordedPerformance, Suite};
 use afterburner_reward::{Reward, RewardConfig, RewardInput, reward};
-use afterburner_sandbox::{Language, Limits, RepeatSummary};
+use afterburner_sandbox::{Language, Limits};
 use serde::{Deserialize, Serialize};
 
 use crate::pool::Worker;
 
 /// A solution judged over its suite, possibly several times.
-#[derive(Debug, Clone)]
-pub(crate) struct Graded {
-    /// The first run, judged (its status is the verdict unless a repeat failed).
-    pub evaluation: Evaluation,
-    /// Whether every run passed.
-    pub passed: bool,
-    /// Median figures over the runs, when it passed.
-    pub performance: Option<RecordedPerformance>,
-    /// Medians and dispersion, when it passed.
-    pub summary: Option<RepeatSummary>,
-}
+pub(crate) type Graded = Measured;
 
 /// Runs `code` over `suite` up to `repeats` times (stopping at the first failure); the figures
-/// are the medians of wall time, peak memory and memory integral, as in `Harness::measure`.
+/// are the medians of wall time, peak memory and memory integral ([`Harness::measure_within`]).
+/// When a repeat fails after a passing first run, which run failed becomes the answer's message.
+///
+/// [`Harness::measure_within`]: afterburner_benchmarks::Harness::measure_within
 pub(crate) fn grade(
     w: &Worker<'_>,
     problem: &Problem,
@@ -33,51 +26,15 @@ pub(crate) fn grade(
     limits: &Limits,
     repeats: usize,
 ) -> Result<Graded, HarnessError> {
-    let first = w
+    let mut graded = w
         .harness
-        .evaluate_within(problem, suite, language, code, limits, w.cpu)?;
-    if !first.passed() {
-        return Ok(Graded {
-            evaluation: first,
-            passed: false,
-            performance: None,
-            summary: None,
-        });
+        .measure_within(problem, suite, language, code, limits, repeats, w.cpu)?;
+    let e = &graded.evaluation;
+    let repeat_failed = !graded.passed && e.message.is_none() && e.first_failure().is_none();
+    if repeat_failed {
+        graded.evaluation.message = graded.detail.clone();
     }
-    let repeats = repeats.max(1);
-    let mut runs = vec![first.measurement.clone()];
-    for k in 1..repeats {
-        let again = w
-            .harness
-            .evaluate_within(problem, suite, language, code, limits, w.cpu)?;
-        if !again.passed() {
-            let mut evaluation = first;
-            evaluation.status = again.status;
-            evaluation.message = Some(format!(
-                "run {} of {repeats} failed: {}",
-                k + 1,
-                again.failure_reason().unwrap_or_default()
-            ));
-            return Ok(Graded {
-                evaluation,
-                passed: false,
-                performance: None,
-                summary: None,
-            });
-        }
-        runs.push(again.measurement);
-    }
-    let summary = RepeatSummary::of(&runs);
-    Ok(Graded {
-        performance: Some(RecordedPerformance {
-            time_ms: summary.wall_ms,
-            memory_kb: summary.peak_rss_kb,
-            integral: summary.integral_kb_ms,
-        }),
-        summary: Some(summary),
-        evaluation: first,
-        passed: true,
-    })
+    Ok(graded)
 }
 
 /// The original solution's verdict and figures, as a prompt carried them.

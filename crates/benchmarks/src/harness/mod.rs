@@ -329,6 +329,20 @@ fn clip(text: &str, max: usize) -> String {
 }
 
 /// Frames a header and inputs for the harness scripts' stdin.
+/// Why a helper process left an item without a record: its status, message and stderr.
+fn stopped_before(who: &str, what: &str, result: &RunResult) -> String {
+    format!(
+        "{who} stopped before {what} ({}{}; stderr: {})",
+        result.measurement.status,
+        result
+            .message
+            .as_deref()
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default(),
+        clip(&result.stderr_text(), 500)
+    )
+}
+
 fn frame(header: &Value, frames: &[&[u8]]) -> Vec<u8> {
     let mut out = header.to_string().into_bytes();
     out.push(b'\n');
@@ -645,16 +659,7 @@ impl<'s> Harness<'s> {
         }
         let why_missing = match setup_error {
             Some(e) => format!("the dataset's evaluator does not load: {}", clip(&e, 1000)),
-            None => format!(
-                "the evaluator stopped before judging it ({}{}; stderr: {})",
-                result.measurement.status,
-                result
-                    .message
-                    .as_deref()
-                    .map(|m| format!(": {m}"))
-                    .unwrap_or_default(),
-                clip(&result.stderr_text(), 500)
-            ),
+            None => stopped_before("the evaluator", "judging it", &result),
         };
         Ok(verdicts
             .into_iter()
@@ -873,7 +878,24 @@ impl<'s> Harness<'s> {
         code: &str,
         cpu: Option<usize>,
     ) -> Result<Measured, HarnessError> {
-        let first = self.evaluate(problem, suite, language, code, cpu)?;
+        let (limits, repeats) = (&self.config.limits, self.config.repeats);
+        self.measure_within(problem, suite, language, code, limits, repeats, cpu)
+    }
+
+    /// [`Harness::measure`] under `limits` with `repeats` runs instead of the configured ones (a
+    /// service applying each request's own limits and repeats).
+    #[allow(clippy::too_many_arguments)]
+    pub fn measure_within(
+        &self,
+        problem: &Problem,
+        suite: &Suite,
+        language: Language,
+        code: &str,
+        limits: &Limits,
+        repeats: usize,
+        cpu: Option<usize>,
+    ) -> Result<Measured, HarnessError> {
+        let first = self.evaluate_within(problem, suite, language, code, limits, cpu)?;
         if !first.passed() {
             let detail = first.failure_reason();
             return Ok(Measured {
@@ -884,10 +906,10 @@ impl<'s> Harness<'s> {
                 detail,
             });
         }
-        let repeats = self.config.repeats.max(1);
+        let repeats = repeats.max(1);
         let mut runs = vec![first.measurement.clone()];
         for k in 1..repeats {
-            let again = self.evaluate(problem, suite, language, code, cpu)?;
+            let again = self.evaluate_within(problem, suite, language, code, limits, cpu)?;
             if !again.passed() {
                 let detail = Some(format!(
                     "run {} of {repeats} failed: {}",
@@ -956,16 +978,7 @@ impl<'s> Harness<'s> {
                 });
             }
         }
-        let missing = format!(
-            "the generator stopped before this input ({}{}; stderr: {})",
-            result.measurement.status,
-            result
-                .message
-                .as_deref()
-                .map(|m| format!(": {m}"))
-                .unwrap_or_default(),
-            clip(&result.stderr_text(), 500)
-        );
+        let missing = stopped_before("the generator", "this input", &result);
         Ok(out
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Err(missing.clone())))

@@ -15,21 +15,22 @@ use afterburner_sandbox::{Language, Sandbox, SandboxConfig};
 /// The real data (see `../shared/data/README.md`).
 pub const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data");
 
+/// A path under the target's temporary folder, unique to this process and moment.
+fn unique_dir(prefix: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}-{}-{nanos}", std::process::id()))
+}
+
 /// A sandbox shared by the tests of one binary (tests run as root).
 pub fn sandbox() -> &'static Sandbox {
     static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
     SANDBOX.get_or_init(|| {
         // Statics are never dropped: keep the sandbox's state under the target directory.
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "bench-sandbox-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
         Sandbox::with_config(SandboxConfig {
-            state_dir: Some(dir),
+            state_dir: Some(unique_dir("bench-sandbox")),
             ..SandboxConfig::default()
         })
         .expect("sandbox available (tests run as root)")
@@ -40,14 +41,7 @@ pub fn sandbox() -> &'static Sandbox {
 pub fn cache_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "bench-cache-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
+        let dir = unique_dir("bench-cache");
         std::fs::create_dir_all(&dir).unwrap();
         dir
     })
