@@ -5,24 +5,34 @@
 //! [`CalibrationRecord`] keyed by problem, solution, a hash of its code, a digest of the suite
 //! it ran on, the machine fingerprint and the protocol id; a lookup only matches when all six
 //! agree, so a different machine, protocol or dataset version never reuses a figure. Records
-//! are appended and flushed one by one as they complete: stopping a calibration loses nothing
-//! already measured, and re-running it skips what is cached. A line that does not parse (for
-//! example one cut short by a crash) is reported in [`CalibrationCache::issues`] and ignored.
+//! are appended and flushed one by one as they complete, and re-running a calibration skips
+//! what is cached.
+//!
+//! A reference's runs are interleaved with other references' (round `r` runs every reference
+//! once before round `r + 1` begins), so a record completes only in the last round. Until then
+//! each run is kept in a second file, `calibration-runs.jsonl`, as a [`CalibrationRun`]: stopping
+//! a calibration loses no run already made, and the next one resumes each reference from its
+//! last run. A line of either file that does not parse (for example one cut short by a crash)
+//! is reported in [`CalibrationCache::issues`] and ignored.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use afterburner_sandbox::{Dispersion, Language, Sandbox, Status};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::harness::{Measured, short_hash};
+use crate::harness::{Conclusion, RunOutcome, short_hash};
 use crate::problem::RecordedPerformance;
 
 /// File name of the calibration cache inside its folder.
 pub const CACHE_FILE: &str = "calibration.jsonl";
+
+/// File name, inside the cache folder, of the runs of references whose records are not complete.
+pub const RUNS_FILE: &str = "calibration-runs.jsonl";
 
 /// What a cached measurement is valid for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -91,24 +101,44 @@ pub struct CalibrationRecord {
 }
 
 impl CalibrationRecord {
-    /// The record of a measured solution.
-    pub fn from_measured(key: CalibrationKey, language: Language, measured: &Measured) -> Self {
+    /// The record of a solution from its `runs` of `repeats`, in the order they were made.
+    pub fn from_runs(
+        key: CalibrationKey,
+        language: Language,
+        runs: &[RunOutcome],
+        repeats: usize,
+    ) -> Self {
+        let c = Conclusion::of(runs, repeats);
         CalibrationRecord {
             key,
             language,
-            status: measured.evaluation.status,
-            passed: measured.passed,
-            performance: measured.performance,
-            cv: measured.summary.as_ref().map(|s| s.cv.clone()),
-            runs: measured.summary.as_ref().map_or(1, |s| s.runs),
-            tests_passed: measured.evaluation.accepted_cases(),
-            tests_total: measured.evaluation.cases.len(),
-            detail: measured.detail.clone(),
+            status: c.status,
+            passed: c.passed,
+            performance: c.performance,
+            cv: c.summary.as_ref().map(|s| s.cv.clone()),
+            runs: c.summary.as_ref().map_or(runs.len(), |s| s.runs),
+            tests_passed: runs.first().map_or(0, |r| r.tests_passed),
+            tests_total: runs.first().map_or(0, |r| r.tests_total),
+            detail: c.detail,
             measured_at: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         }
     }
+}
+
+/// One run of a reference, kept until its record is complete, so that an interrupted
+/// calibration resumes from the last run made rather than the last reference finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationRun {
+    /// Whose run it is.
+    #[serde(flatten)]
+    pub key: CalibrationKey,
+    /// Which round it was made in (0 first).
+    pub round: usize,
+    /// How it ended and what it cost.
+    #[serde(flatten)]
+    pub outcome: RunOutcome,
 }
 
 /// Why the calibration cache could not be used.
@@ -139,14 +169,72 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> C
 struct Inner {
     records: HashMap<CalibrationKey, CalibrationRecord>,
     file: File,
+    runs: HashMap<CalibrationKey, BTreeMap<usize, RunOutcome>>,
+    runs_file: File,
+}
+
+/// Opens (creating) an append-only JSONL file and reads its lines as `T`; lines that do not
+/// parse are described in `issues` and skipped.
+fn open_jsonl<T: DeserializeOwned>(
+    path: &Path,
+    what: &str,
+    issues: &mut Vec<String>,
+) -> Result<(File, Vec<T>), CalibrationError> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(io_err("open", path))?;
+    let mut text = Vec::new();
+    file.read_to_end(&mut text).map_err(io_err("read", path))?;
+    let mut items = Vec::new();
+    for (n, line) in text.split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<T>(line) {
+            Ok(item) => items.push(item),
+            Err(e) => issues.push(format!(
+                "{}:{}: not {what} ({e}); ignored",
+                path.display(),
+                n + 1
+            )),
+        }
+    }
+    if text.last().is_some_and(|&b| b != b'\n') {
+        // A line cut short: start the next one on a line of its own.
+        file.seek(SeekFrom::End(0))
+            .and_then(|_| file.write_all(b"\n"))
+            .map_err(io_err("append to", path))?;
+    }
+    Ok((file, items))
+}
+
+/// Appends one JSON line to `file` and flushes it.
+fn append_line<T: Serialize>(
+    file: &mut File,
+    path: &Path,
+    item: &T,
+) -> Result<(), CalibrationError> {
+    let mut line = serde_json::to_vec(item).map_err(|e| CalibrationError::Io {
+        action: "serialise a line for",
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
+    line.push(b'\n');
+    file.write_all(&line)
+        .and_then(|()| file.flush())
+        .map_err(io_err("append to", path))
 }
 
 /// The calibration cache: lookups, and appends flushed as each result completes; thread-safe.
 #[derive(Debug)]
 pub struct CalibrationCache {
     path: PathBuf,
+    runs_path: PathBuf,
     inner: Mutex<Inner>,
-    /// Lines of the file that could not be read, each with its line number and reason.
+    /// Lines of the files that could not be read, each with its line number and reason.
     pub issues: Vec<String>,
 }
 
@@ -154,41 +242,27 @@ impl CalibrationCache {
     /// Opens (creating if needed) the cache in folder `dir`.
     pub fn open(dir: &Path) -> Result<Self, CalibrationError> {
         fs::create_dir_all(dir).map_err(io_err("create cache folder", dir))?;
-        let path = dir.join(CACHE_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(io_err("open", &path))?;
-        let mut text = Vec::new();
-        file.read_to_end(&mut text).map_err(io_err("read", &path))?;
-        let mut records = HashMap::new();
         let mut issues = Vec::new();
-        for (n, line) in text.split(|&b| b == b'\n').enumerate() {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            match serde_json::from_slice::<CalibrationRecord>(line) {
-                Ok(r) => {
-                    records.insert(r.key.clone(), r);
-                }
-                Err(e) => issues.push(format!(
-                    "{}:{}: not a calibration record ({e}); ignored",
-                    path.display(),
-                    n + 1
-                )),
-            }
-        }
-        if text.last().is_some_and(|&b| b != b'\n') {
-            // A line cut short: start the next record on a line of its own.
-            file.seek(SeekFrom::End(0))
-                .and_then(|_| file.write_all(b"\n"))
-                .map_err(io_err("append to", &path))?;
+        let path = dir.join(CACHE_FILE);
+        let (file, lines) =
+            open_jsonl::<CalibrationRecord>(&path, "a calibration record", &mut issues)?;
+        let records = lines.into_iter().map(|r| (r.key.clone(), r)).collect();
+        let runs_path = dir.join(RUNS_FILE);
+        let (runs_file, lines) =
+            open_jsonl::<CalibrationRun>(&runs_path, "a calibration run", &mut issues)?;
+        let mut runs: HashMap<CalibrationKey, BTreeMap<usize, RunOutcome>> = HashMap::new();
+        for r in lines {
+            runs.entry(r.key).or_default().insert(r.round, r.outcome);
         }
         Ok(CalibrationCache {
             path,
-            inner: Mutex::new(Inner { records, file }),
+            runs_path,
+            inner: Mutex::new(Inner {
+                records,
+                file,
+                runs,
+                runs_file,
+            }),
             issues,
         })
     }
@@ -220,19 +294,36 @@ impl CalibrationCache {
 
     /// Appends a record to the file (flushed) and to the in-memory index.
     pub fn append(&self, record: CalibrationRecord) -> Result<(), CalibrationError> {
-        let mut line = serde_json::to_vec(&record).map_err(|e| CalibrationError::Io {
-            action: "serialise a record for",
-            path: self.path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        line.push(b'\n');
-        let mut inner = self.lock();
-        inner
-            .file
-            .write_all(&line)
-            .and_then(|()| inner.file.flush())
-            .map_err(io_err("append to", &self.path))?;
+        let inner = &mut *self.lock();
+        append_line(&mut inner.file, &self.path, &record)?;
         inner.records.insert(record.key.clone(), record);
+        Ok(())
+    }
+
+    /// The runs saved for `key` whose record is not complete, rounds 0, 1, ... up to the first
+    /// missing one.
+    pub fn runs(&self, key: &CalibrationKey) -> Vec<RunOutcome> {
+        let inner = self.lock();
+        let Some(rounds) = inner.runs.get(key) else {
+            return Vec::new();
+        };
+        rounds
+            .iter()
+            .enumerate()
+            .take_while(|(k, (round, _))| *k == **round)
+            .map(|(_, (_, outcome))| outcome.clone())
+            .collect()
+    }
+
+    /// Saves one run of a reference (flushed).
+    pub fn append_run(&self, run: CalibrationRun) -> Result<(), CalibrationError> {
+        let inner = &mut *self.lock();
+        append_line(&mut inner.runs_file, &self.runs_path, &run)?;
+        inner
+            .runs
+            .entry(run.key)
+            .or_default()
+            .insert(run.round, run.outcome);
         Ok(())
     }
 }
@@ -325,6 +416,99 @@ mod tests {
         drop(cache);
         let cache = CalibrationCache::open(dir.path()).unwrap();
         assert_eq!(cache.len(), 3);
+    }
+
+    fn run(status: Status, wall_ms: f64, peak_rss_kb: u64) -> RunOutcome {
+        let mut measurement = afterburner_sandbox::Measurement::not_run(status);
+        measurement.wall_ms = wall_ms;
+        measurement.peak_rss_kb = peak_rss_kb;
+        measurement.integral_kb_ms = wall_ms * peak_rss_kb as f64;
+        RunOutcome {
+            status,
+            measurement,
+            tests_passed: if status == Status::Accepted { 4 } else { 3 },
+            tests_total: 4,
+            failure: (status != Status::Accepted).then(|| format!("{status}: test 3")),
+        }
+    }
+
+    #[test]
+    fn a_record_from_runs_takes_medians_and_the_first_failure() {
+        let key = record("p", "p/ref-0", 0.0).key;
+        let ok = [
+            run(Status::Accepted, 30.0, 100),
+            run(Status::Accepted, 10.0, 300),
+            run(Status::Accepted, 20.0, 200),
+        ];
+        let r = CalibrationRecord::from_runs(key.clone(), Language::Python, &ok, 3);
+        assert!(r.passed);
+        assert_eq!(r.status, Status::Accepted);
+        let p = r.performance.unwrap();
+        assert_eq!((p.time_ms, p.memory_kb), (20.0, 200.0));
+        // Integrals 3000, 3000, 4000: median 3000.
+        assert_eq!(p.integral, 3000.0);
+        assert_eq!((r.runs, r.tests_passed, r.tests_total), (3, 4, 4));
+        assert!(r.cv.unwrap().wall_ms > 0.0);
+
+        let second_fails = [
+            run(Status::Accepted, 30.0, 100),
+            run(Status::TimeLimit, 60.0, 100),
+        ];
+        let r = CalibrationRecord::from_runs(key.clone(), Language::Python, &second_fails, 3);
+        assert!(!r.passed);
+        assert_eq!(r.status, Status::TimeLimit);
+        assert!(r.performance.is_none());
+        assert_eq!(
+            r.detail.as_deref(),
+            Some("run 2 of 3 failed: time_limit: test 3")
+        );
+        assert_eq!(r.tests_passed, 4, "tests passed are the first run's");
+
+        let first_fails = [run(Status::WrongAnswer, 5.0, 100)];
+        let r = CalibrationRecord::from_runs(key.clone(), Language::Python, &first_fails, 3);
+        assert_eq!(r.detail.as_deref(), Some("wrong_answer: test 3"));
+        assert_eq!((r.runs, r.tests_passed), (1, 3));
+
+        // Too few runs is never a pass.
+        let r = CalibrationRecord::from_runs(key, Language::Python, &ok[..2], 3);
+        assert!(!r.passed && r.performance.is_none(), "{r:?}");
+    }
+
+    #[test]
+    fn runs_survive_reopening_in_round_order_up_to_the_first_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = record("p", "p/ref-0", 0.0).key;
+        let b = record("p", "p/ref-1", 0.0).key;
+        {
+            let cache = CalibrationCache::open(dir.path()).unwrap();
+            for (key, round, wall) in [(&a, 1, 11.0), (&a, 0, 10.0), (&b, 0, 20.0), (&b, 2, 22.0)] {
+                cache
+                    .append_run(CalibrationRun {
+                        key: key.clone(),
+                        round,
+                        outcome: run(Status::Accepted, wall, 100),
+                    })
+                    .unwrap();
+            }
+            assert_eq!(cache.runs(&a).len(), 2);
+        }
+        let cache = CalibrationCache::open(dir.path()).unwrap();
+        assert!(cache.issues.is_empty(), "{:?}", cache.issues);
+        let walls = |k: &CalibrationKey| -> Vec<f64> {
+            cache
+                .runs(k)
+                .iter()
+                .map(|r| r.measurement.wall_ms)
+                .collect()
+        };
+        assert_eq!(walls(&a), [10.0, 11.0]);
+        assert_eq!(
+            walls(&b),
+            [20.0],
+            "round 1 is missing, so round 2 is not used"
+        );
+        assert!(cache.runs(&record("q", "q/ref-0", 0.0).key).is_empty());
+        assert!(cache.is_empty(), "runs are not records");
     }
 
     #[test]

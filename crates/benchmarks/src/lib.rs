@@ -21,13 +21,13 @@ pub mod metrics;
 pub mod problem;
 
 pub use calibration::{
-    CalibrationCache, CalibrationError, CalibrationKey, CalibrationRecord, default_cache_dir,
-    machine_description, machine_fingerprint,
+    CalibrationCache, CalibrationError, CalibrationKey, CalibrationRecord, CalibrationRun,
+    default_cache_dir, machine_description, machine_fingerprint,
 };
 pub use dataset::{Dataset, DatasetSpec, Format, LoadError, LoadReport, RowIssue, load};
 pub use harness::{
     Case, CaseOrigin, CaseResult, Evaluation, Harness, HarnessConfig, HarnessError, Measured,
-    Suite, Verdict,
+    RunOutcome, Suite, Verdict,
 };
 pub use import::coffe::coffe_id;
 pub use import::venus::{VenusRow, VenusSolution, write_venus_jsonl, write_venus_parquet};

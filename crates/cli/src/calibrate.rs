@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use afterburner_benchmarks::calibration::default_cache_dir;
 use afterburner_benchmarks::{
-    CalibrationCache, CalibrationKey, CalibrationRecord, Harness, HarnessConfig, Problem,
-    RecordedPerformance, ReferenceSolution, Suite, machine_description, machine_fingerprint,
+    CalibrationCache, CalibrationKey, CalibrationRecord, CalibrationRun, Evaluation, Harness,
+    HarnessConfig, Problem, RecordedPerformance, ReferenceSolution, RunOutcome, Suite,
+    machine_description, machine_fingerprint,
 };
-use afterburner_sandbox::{Limits, Sandbox, Status};
+use afterburner_sandbox::{Language, Limits, Sandbox, Status};
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -239,6 +240,121 @@ pub fn say(pb: &ProgressBar, line: String) {
     }
 }
 
+/// A solution to measure with the protocol.
+pub struct Subject<'a> {
+    /// Its problem.
+    pub problem: &'a Problem,
+    /// The problem's suite.
+    pub suite: &'a Suite,
+    /// Its language.
+    pub language: Language,
+    /// Its source.
+    pub code: &'a str,
+    /// Runs made earlier (resumed from a cache), in round order.
+    pub done: Vec<RunOutcome>,
+}
+
+/// A subject's runs after [`measure_interleaved`].
+#[derive(Debug, Default)]
+pub struct SubjectRuns {
+    /// Every run in round order, resumed ones first.
+    pub runs: Vec<RunOutcome>,
+    /// The judged first run, when it was made now.
+    pub first: Option<Evaluation>,
+    /// Why the harness could not run it.
+    pub error: Option<String>,
+}
+
+impl SubjectRuns {
+    /// Whether nothing is left to run: all `repeats` runs made, a run failed, or an error.
+    pub fn complete(&self, repeats: usize) -> bool {
+        self.error.is_some() || self.runs.len() >= repeats || self.runs.iter().any(|r| !r.passed())
+    }
+}
+
+/// Measures `subjects` with `repeats` runs each, in rounds: round `r` runs once every subject
+/// that passed its first `r` runs, so the runs of one solution are spread over the whole
+/// measurement and a burst of machine noise falls on one run of many solutions (which the
+/// medians absorb) instead of on every run of one. `on_run(i, round, outcome)` sees each run of
+/// an unfinished subject as it completes, `on_complete(i, runs)` each subject with nothing left
+/// to run; both on this thread, and an error they return is printed at once. Stops after the
+/// runs in progress when interrupted.
+pub fn measure_interleaved(
+    ctx: &Context<'_>,
+    subjects: &[Subject<'_>],
+    what: &str,
+    mut on_run: impl FnMut(usize, usize, &RunOutcome) -> Result<(), String>,
+    mut on_complete: impl FnMut(usize, &SubjectRuns) -> Result<(), String>,
+) -> Vec<SubjectRuns> {
+    let repeats = ctx.harness.config().repeats.max(1);
+    let mut state: Vec<SubjectRuns> = subjects
+        .iter()
+        .map(|s| SubjectRuns {
+            runs: s.done.clone(),
+            ..SubjectRuns::default()
+        })
+        .collect();
+    let left = state
+        .iter()
+        .filter(|st| !st.complete(repeats))
+        .map(|st| repeats - st.runs.len())
+        .sum();
+    let pb = progress(left, what);
+    for (i, st) in state.iter().enumerate() {
+        if st.complete(repeats)
+            && let Err(e) = on_complete(i, st)
+        {
+            say(&pb, format!("error: {e}"));
+        }
+    }
+    for round in 0..repeats {
+        if interrupted() {
+            break;
+        }
+        let todo: Vec<usize> = (0..state.len())
+            .filter(|&i| !state[i].complete(repeats) && state[i].runs.len() == round)
+            .collect();
+        pb.set_message(format!("round {} of {repeats}", round + 1));
+        parallel(
+            &todo,
+            &ctx.cpus,
+            |&i, cpu| {
+                let s = &subjects[i];
+                ctx.harness
+                    .evaluate(s.problem, s.suite, s.language, s.code, cpu)
+            },
+            |k, result| {
+                let i = todo[k];
+                let st = &mut state[i];
+                pb.inc(1);
+                match result {
+                    Ok(evaluation) => {
+                        let outcome = RunOutcome::from(&evaluation);
+                        if st.runs.is_empty() {
+                            st.first = Some(evaluation);
+                        }
+                        st.runs.push(outcome);
+                        if !st.complete(repeats)
+                            && let Err(e) = on_run(i, round, &st.runs[round])
+                        {
+                            say(&pb, format!("error: {e}"));
+                        }
+                    }
+                    Err(e) => st.error = Some(e.to_string()),
+                }
+                if st.complete(repeats) {
+                    pb.inc(repeats.saturating_sub(round + 1) as u64);
+                    if let Err(e) = on_complete(i, st) {
+                        say(&pb, format!("error: {e}"));
+                    }
+                }
+            },
+        );
+    }
+    pb.finish_and_clear();
+    state
+}
+
 /// A problem after calibration: its suite and its references' records.
 pub struct Calibrated<'p> {
     /// The problem.
@@ -271,6 +387,10 @@ pub struct Totals {
     pub measured: usize,
     /// References found in the cache.
     pub cached: usize,
+    /// Runs made now.
+    pub runs: usize,
+    /// Runs of unfinished references resumed from the cache.
+    pub resumed_runs: usize,
     /// References that did not pass (now or cached).
     pub failed: usize,
     /// Problems whose suite could not be prepared, or references the harness could not run.
@@ -380,38 +500,69 @@ pub fn prepare_problems<'p>(
     if !measure {
         jobs.clear();
     }
-    let pb = progress(jobs.len(), "references");
-    let suites: Vec<Option<&Suite>> = out.iter().map(|c| c.suite.as_ref()).collect();
+    let subjects: Vec<Subject> = jobs
+        .iter()
+        .filter_map(|(i, r, key)| {
+            Some(Subject {
+                problem: problems[*i],
+                suite: out[*i].suite.as_ref()?,
+                language: r.language,
+                code: &r.code,
+                done: ctx.cache.runs(key),
+            })
+        })
+        .collect();
+    totals.resumed_runs = subjects.iter().map(|s| s.done.len()).sum();
+    let repeats = ctx.harness.config().repeats;
     let mut fresh: Vec<(usize, CalibrationRecord)> = Vec::new();
-    parallel(
-        &jobs,
-        &ctx.cpus,
-        |(i, r, key), cpu| -> Result<CalibrationRecord> {
-            let problem = problems[*i];
-            let suite = suites[*i].context("no suite")?;
-            let measured = ctx
-                .harness
-                .measure(problem, suite, r.language, &r.code, cpu)?;
-            let record = CalibrationRecord::from_measured(key.clone(), r.language, &measured);
-            ctx.cache.append(record.clone())?;
-            Ok(record)
+    let errors = std::cell::Cell::new(0);
+    let state = measure_interleaved(
+        ctx,
+        &subjects,
+        "references",
+        |k, round, outcome| {
+            let (_, _, key) = &jobs[k];
+            let run = CalibrationRun {
+                key: key.clone(),
+                round,
+                outcome: outcome.clone(),
+            };
+            ctx.cache.append_run(run).map_err(|e| {
+                errors.set(errors.get() + 1);
+                format!("cannot save a run of {}: {e}", key.solution_id)
+            })
         },
-        |k, result| {
-            pb.inc(1);
-            let (i, r, _) = &jobs[k];
-            match result {
+        |k, runs| {
+            let (i, r, key) = &jobs[k];
+            let record = match &runs.error {
+                Some(e) => Err(e.clone()),
+                None => {
+                    let record =
+                        CalibrationRecord::from_runs(key.clone(), r.language, &runs.runs, repeats);
+                    ctx.cache
+                        .append(record.clone())
+                        .map(|()| record)
+                        .map_err(|e| e.to_string())
+                }
+            };
+            match record {
                 Ok(record) => {
-                    pb.set_message(format!("{} {}", r.id, record.status));
                     fresh.push((*i, record));
+                    Ok(())
                 }
                 Err(e) => {
-                    say(&pb, format!("error: {}: {e:#}", r.id));
-                    totals.errors += 1;
+                    errors.set(errors.get() + 1);
+                    Err(format!("{}: {e}", r.id))
                 }
             }
         },
     );
-    pb.finish_and_clear();
+    totals.errors += errors.get();
+    totals.runs = state
+        .iter()
+        .zip(&subjects)
+        .map(|(st, s)| st.runs.len() - s.done.len())
+        .sum();
     totals.measured = fresh.len();
     for (i, record) in fresh {
         out[i].records.push(record);

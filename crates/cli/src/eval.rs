@@ -18,8 +18,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::calibrate::{
-    Calibrated, Context, ProtocolArgs, calibrate_problems, install_interrupt_handler, interrupted,
-    parallel, progress, select_problems,
+    Calibrated, Context, ProtocolArgs, Subject, calibrate_problems, install_interrupt_handler,
+    interrupted, measure_interleaved, select_problems,
 };
 use crate::dataset::load_dataset;
 
@@ -199,47 +199,63 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
         .map(|c| (c.problem.id.as_str(), c))
         .collect();
 
-    let pb = progress(submissions.len(), "solutions");
+    // Candidates are measured with the references' protocol, their runs interleaved in rounds.
     let mut outcomes: Vec<Option<Outcome>> = (0..submissions.len()).map(|_| None).collect();
-    parallel(
-        &submissions,
-        &ctx.cpus,
-        |s, cpu| {
-            let Some(c) = by_id.get(s.problem_id.as_str()) else {
-                return Outcome {
-                    measured: None,
-                    error: Some("problem not evaluated".into()),
-                };
-            };
-            let Some(suite) = &c.suite else {
-                return Outcome {
-                    measured: None,
-                    error: Some(format!(
-                        "the problem's tests could not be prepared: {}",
-                        c.error.as_deref().unwrap_or("unknown error")
-                    )),
-                };
-            };
-            match ctx
-                .harness
-                .measure(c.problem, suite, s.language, &s.code, cpu)
-            {
-                Ok(m) => Outcome {
-                    measured: Some(m),
-                    error: None,
-                },
-                Err(e) => Outcome {
-                    measured: None,
-                    error: Some(e.to_string()),
-                },
-            }
-        },
-        |i, outcome| {
-            pb.inc(1);
-            outcomes[i] = Some(outcome);
-        },
+    let mut subjects: Vec<Subject> = Vec::new();
+    let mut subject_of: Vec<usize> = Vec::new();
+    for (k, s) in submissions.iter().enumerate() {
+        let error = match by_id.get(s.problem_id.as_str()) {
+            None => "problem not evaluated".to_string(),
+            Some(c) => match &c.suite {
+                Some(suite) => {
+                    subjects.push(Subject {
+                        problem: c.problem,
+                        suite,
+                        language: s.language,
+                        code: &s.code,
+                        done: Vec::new(),
+                    });
+                    subject_of.push(k);
+                    continue;
+                }
+                None => format!(
+                    "the problem's tests could not be prepared: {}",
+                    c.error.as_deref().unwrap_or("unknown error")
+                ),
+            },
+        };
+        outcomes[k] = Some(Outcome {
+            measured: None,
+            error: Some(error),
+        });
+    }
+    let repeats = ctx.harness.config().repeats;
+    let measured = measure_interleaved(
+        &ctx,
+        &subjects,
+        "solutions",
+        |_, _, _| Ok(()),
+        |_, _| Ok(()),
     );
-    pb.finish_and_clear();
+    for (runs, k) in measured.into_iter().zip(subject_of) {
+        if !runs.complete(repeats) {
+            continue;
+        }
+        outcomes[k] = Some(match (runs.error, runs.first) {
+            (Some(e), _) => Outcome {
+                measured: None,
+                error: Some(e),
+            },
+            (None, Some(first)) => Outcome {
+                measured: Some(Measured::from_runs(first, &runs.runs, repeats)),
+                error: None,
+            },
+            (None, None) => Outcome {
+                measured: None,
+                error: Some("no run was made".to_string()),
+            },
+        });
+    }
     if interrupted() {
         eprintln!("interrupted: no metrics written (calibration results are saved)");
         return Ok(ExitCode::from(130));

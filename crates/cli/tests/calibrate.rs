@@ -175,3 +175,70 @@ fn unknown_problems_and_bad_options_are_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--repeats"));
 }
+
+fn run_lines(dir: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(dir.join("calibration-runs.jsonl")).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad run line {l}: {e}")))
+        .collect()
+}
+
+#[test]
+fn repeats_are_interleaved_in_rounds_and_an_interrupted_calibration_resumes_from_its_last_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().to_str().unwrap();
+    let mut args = calibrate_args(cache, &["--problem-id", QUICK[0], "--max-solutions", "4"]);
+    args[6] = "3".into();
+    let child = Command::new(env!("CARGO_BIN_EXE_afterburner"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    // Round 1 has measured all four references once, and round 2 has begun.
+    while run_lines(dir.path()).len() < 5 {
+        assert!(start.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+
+    let runs = run_lines(dir.path());
+    let rounds: Vec<u64> = runs.iter().map(|r| r["round"].as_u64().unwrap()).collect();
+    assert_eq!(
+        &rounds[..4],
+        [0, 0, 0, 0],
+        "every reference once first: {rounds:?}"
+    );
+    assert!(rounds.windows(2).all(|w| w[0] <= w[1]), "{rounds:?}");
+    for r in &runs {
+        assert_eq!(r["status"], "accepted", "{r}");
+        assert!(r["measurement"]["wall_ms"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    // A reference's record is only written once all its runs are in.
+    let complete = cache_lines(dir.path()).len();
+    assert!(
+        complete < 4,
+        "interrupted before the last round ended: {complete}"
+    );
+
+    let mut rerun = args.clone();
+    rerun.push("--json".into());
+    let v = json(&afterburner(&rerun));
+    let saved = runs.len() - 2 * complete;
+    assert_eq!(v["totals"]["resumed_runs"], saved, "{v}");
+    assert_eq!(v["totals"]["runs"], 12 - runs.len() - complete, "{v}");
+    assert_eq!(v["totals"]["measured"], 4 - complete, "{v}");
+    let lines = cache_lines(dir.path());
+    assert_eq!(lines.len(), 4);
+    for l in &lines {
+        assert_eq!(l["runs"], 3, "{l}");
+        assert_eq!(l["passed"], true, "{l}");
+    }
+}

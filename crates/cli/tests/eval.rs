@@ -231,3 +231,48 @@ fn rows_are_written_even_when_no_metric_can_be_computed() {
     assert_eq!(row["problem_id"], QUICK[0]);
     assert_eq!(row["status"], "accepted", "{row}");
 }
+
+#[test]
+fn candidates_are_measured_with_the_references_repeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!("coffe:{DATA}/coffe-code-contests");
+    let solutions = write_solutions(dir.path());
+    let cache = dir.path().join("cache");
+    let rows_path = dir.path().join("rows.jsonl");
+    let out = afterburner(&[
+        "eval",
+        "--dataset",
+        &spec,
+        "--solutions",
+        &solutions,
+        "--cache",
+        cache.to_str().unwrap(),
+        "--repeats",
+        "3",
+        "--max-solutions",
+        "2",
+        "--problem-id",
+        QUICK[0],
+        "--json",
+        "--out",
+        rows_path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let rows: Vec<Value> = std::fs::read_to_string(&rows_path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["passed"], true, "{}", rows[0]);
+    assert_eq!(rows[0]["runs"], 3, "{}", rows[0]);
+    assert!(rows[0]["cv"]["wall_ms"].as_f64().unwrap() >= 0.0);
+    // The references were measured with the same three runs.
+    let text = std::fs::read_to_string(cache.join("calibration.jsonl")).unwrap();
+    let refs: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(refs.len(), 2);
+    assert!(refs.iter().all(|r| r["runs"] == 3), "{refs:?}");
+}

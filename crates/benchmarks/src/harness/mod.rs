@@ -286,6 +286,127 @@ pub struct Measured {
     pub detail: Option<String>,
 }
 
+/// One run of a solution reduced to what the protocol keeps of it: how it ended, what it cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunOutcome {
+    /// `accepted` when every test passed; otherwise why not.
+    pub status: Status,
+    /// The sandbox's measurement of the run.
+    pub measurement: Measurement,
+    /// Tests passed.
+    pub tests_passed: usize,
+    /// Tests in the suite.
+    pub tests_total: usize,
+    /// Why it failed, when it did ([`Evaluation::failure_reason`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+impl RunOutcome {
+    /// Whether every test passed.
+    pub fn passed(&self) -> bool {
+        self.status == Status::Accepted
+    }
+}
+
+impl From<&Evaluation> for RunOutcome {
+    fn from(e: &Evaluation) -> Self {
+        RunOutcome {
+            status: e.status,
+            measurement: e.measurement.clone(),
+            tests_passed: e.accepted_cases(),
+            tests_total: e.cases.len(),
+            failure: e.failure_reason(),
+        }
+    }
+}
+
+/// What the protocol concludes from a solution's runs, in the order they were made.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Conclusion {
+    /// Whether `repeats` runs were made and every one passed.
+    pub passed: bool,
+    /// `accepted`, or the status of the first run that failed.
+    pub status: Status,
+    /// Medians and dispersion, when it passed.
+    pub summary: Option<RepeatSummary>,
+    /// The figures Beyond-T/M/I compare, when it passed.
+    pub performance: Option<RecordedPerformance>,
+    /// Why it failed, when it did.
+    pub detail: Option<String>,
+}
+
+impl Conclusion {
+    /// The protocol's verdict on `runs` of `repeats`: a solution passes when all `repeats` runs
+    /// passed (runs after the first failure are ignored), and its figures are the medians.
+    pub(crate) fn of(runs: &[RunOutcome], repeats: usize) -> Conclusion {
+        let repeats = repeats.max(1);
+        if let Some(k) = runs.iter().position(|r| !r.passed()) {
+            let reason = runs[k]
+                .failure
+                .clone()
+                .unwrap_or_else(|| runs[k].status.to_string());
+            return Conclusion {
+                passed: false,
+                status: runs[k].status,
+                summary: None,
+                performance: None,
+                detail: Some(if k == 0 {
+                    reason
+                } else {
+                    format!("run {} of {repeats} failed: {reason}", k + 1)
+                }),
+            };
+        }
+        if runs.len() < repeats {
+            return Conclusion {
+                passed: false,
+                status: Status::Accepted,
+                summary: None,
+                performance: None,
+                detail: Some(format!("only {} of {repeats} runs were made", runs.len())),
+            };
+        }
+        let measurements: Vec<Measurement> = runs[..repeats]
+            .iter()
+            .map(|r| r.measurement.clone())
+            .collect();
+        let summary = RepeatSummary::of(&measurements);
+        let performance = RecordedPerformance {
+            time_ms: summary.wall_ms,
+            memory_kb: summary.peak_rss_kb,
+            integral: summary.integral_kb_ms,
+        };
+        Conclusion {
+            passed: true,
+            status: Status::Accepted,
+            summary: Some(summary),
+            performance: Some(performance),
+            detail: None,
+        }
+    }
+}
+
+impl Measured {
+    /// The protocol applied to a solution's `runs` (see [`RunOutcome`]), `first` being the
+    /// judged first run; the runs may have been made back to back or interleaved with others.
+    pub fn from_runs(first: Evaluation, runs: &[RunOutcome], repeats: usize) -> Measured {
+        let c = Conclusion::of(runs, repeats);
+        let mut evaluation = first;
+        if !c.passed && evaluation.passed() {
+            // A later run failed: that is the solution's verdict.
+            evaluation.status = c.status;
+        }
+        Measured {
+            evaluation,
+            passed: c.passed,
+            summary: c.summary,
+            performance: c.performance,
+            detail: c.detail,
+        }
+    }
+}
+
 /// The output of one test as the driver reported it.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum RawOutput {
@@ -895,52 +1016,14 @@ impl<'s> Harness<'s> {
         repeats: usize,
         cpu: Option<usize>,
     ) -> Result<Measured, HarnessError> {
-        let first = self.evaluate_within(problem, suite, language, code, limits, cpu)?;
-        if !first.passed() {
-            let detail = first.failure_reason();
-            return Ok(Measured {
-                evaluation: first,
-                passed: false,
-                summary: None,
-                performance: None,
-                detail,
-            });
-        }
         let repeats = repeats.max(1);
-        let mut runs = vec![first.measurement.clone()];
-        for k in 1..repeats {
+        let first = self.evaluate_within(problem, suite, language, code, limits, cpu)?;
+        let mut runs = vec![RunOutcome::from(&first)];
+        while runs.len() < repeats && runs.iter().all(RunOutcome::passed) {
             let again = self.evaluate_within(problem, suite, language, code, limits, cpu)?;
-            if !again.passed() {
-                let detail = Some(format!(
-                    "run {} of {repeats} failed: {}",
-                    k + 1,
-                    again.failure_reason().unwrap_or_default()
-                ));
-                let mut evaluation = first;
-                evaluation.status = again.status;
-                return Ok(Measured {
-                    evaluation,
-                    passed: false,
-                    summary: None,
-                    performance: None,
-                    detail,
-                });
-            }
-            runs.push(again.measurement);
+            runs.push(RunOutcome::from(&again));
         }
-        let summary = RepeatSummary::of(&runs);
-        let performance = RecordedPerformance {
-            time_ms: summary.wall_ms,
-            memory_kb: summary.peak_rss_kb,
-            integral: summary.integral_kb_ms,
-        };
-        Ok(Measured {
-            evaluation: first,
-            passed: true,
-            summary: Some(summary),
-            performance: Some(performance),
-            detail: None,
-        })
+        Ok(Measured::from_runs(first, &runs, repeats))
     }
 
     /// Runs the stress generator `source` (see [`crate::StressSource::Generator`]); returns per
