@@ -227,7 +227,48 @@ pub fn progress(len: usize, what: &str) -> ProgressBar {
     pb.set_style(style);
     pb.set_prefix(what.to_string());
     pb.enable_steady_tick(Duration::from_millis(500));
+    if pb.is_hidden() && len > 0 {
+        let every = std::env::var(PLAIN_PROGRESS_VAR)
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map_or(Duration::from_secs(60), Duration::from_secs_f64);
+        plain_progress(&pb, every);
+    }
     pb
+}
+
+/// Environment variable: seconds between plain progress lines when stderr is not a terminal
+/// (default 60).
+pub const PLAIN_PROGRESS_VAR: &str = "AFTERBURNER_PROGRESS_SECS";
+
+/// Writes `pb`'s progress as a plain line on stderr every `every` until it is finished or
+/// dropped (for logs of long runs, where the bar is not drawn).
+fn plain_progress(pb: &ProgressBar, every: Duration) {
+    let weak = pb.downgrade();
+    std::thread::spawn(move || {
+        let mut last = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let Some(pb) = weak.upgrade() else { break };
+            if pb.is_finished() {
+                break;
+            }
+            if last.elapsed() < every {
+                continue;
+            }
+            last = Instant::now();
+            let (pos, len) = (pb.position(), pb.length().unwrap_or(0));
+            eprintln!(
+                "{}: {pos}/{len} ({:.1}%), {} elapsed, eta {} {}",
+                pb.prefix(),
+                100.0 * pos as f64 / len.max(1) as f64,
+                indicatif::HumanDuration(pb.elapsed()),
+                indicatif::HumanDuration(pb.eta()),
+                pb.message()
+            );
+        }
+    });
 }
 
 /// Prints a line above the progress bar, or plainly on stderr when the bar is not drawn

@@ -242,3 +242,27 @@ fn repeats_are_interleaved_in_rounds_and_an_interrupted_calibration_resumes_from
         assert_eq!(l["passed"], true, "{l}");
     }
 }
+
+#[test]
+fn progress_is_written_as_plain_lines_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().to_str().unwrap();
+    let mut args = calibrate_args(cache, &["--problem-id", QUICK[0], "--max-solutions", "6"]);
+    args[6] = "3".into();
+    let out = Command::new(env!("CARGO_BIN_EXE_afterburner"))
+        .args(&args)
+        .env("AFTERBURNER_PROGRESS_SECS", "0.2")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("references: ") && l.contains("/18 ("))
+        .collect();
+    assert!(!lines.is_empty(), "{stderr}");
+    assert!(
+        lines.iter().all(|l| l.contains("elapsed, eta")),
+        "{lines:?}"
+    );
+}
