@@ -45,11 +45,20 @@ fn json(out: &Output) -> Value {
     serde_json::from_str(&text).expect("stdout is one JSON object")
 }
 
-fn cache_lines(dir: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(dir.join("calibration.jsonl")).unwrap_or_default();
+/// The JSON lines of `file` in the cache folder `dir` (none when it does not exist).
+fn jsonl(dir: &Path, file: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
     text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad cache line {l}: {e}")))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line of {file} {l}: {e}")))
         .collect()
+}
+
+fn cache_lines(dir: &Path) -> Vec<Value> {
+    jsonl(dir, "calibration.jsonl")
+}
+
+fn run_lines(dir: &Path) -> Vec<Value> {
+    jsonl(dir, "calibration-runs.jsonl")
 }
 
 #[test]
@@ -174,13 +183,6 @@ fn unknown_problems_and_bad_options_are_errors() {
     let out = afterburner(&args);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--repeats"));
-}
-
-fn run_lines(dir: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(dir.join("calibration-runs.jsonl")).unwrap_or_default();
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad run line {l}: {e}")))
-        .collect()
 }
 
 #[test]

@@ -53,7 +53,8 @@ fn write_solutions(dir: &Path) -> String {
     path.display().to_string()
 }
 
-fn eval(dir: &Path, extra: &[&str]) -> Output {
+/// `afterburner eval` of [`write_solutions`] on `problems`, with `protocol` options and `extra`.
+fn eval_with(dir: &Path, problems: &[&str], protocol: &[&str], extra: &[&str]) -> Output {
     let spec = format!("coffe:{DATA}/coffe-code-contests");
     let solutions = write_solutions(dir);
     let cache = dir.join("cache");
@@ -65,6 +66,17 @@ fn eval(dir: &Path, extra: &[&str]) -> Output {
         &solutions,
         "--cache",
         cache.to_str().unwrap(),
+    ];
+    args.extend(protocol);
+    for id in problems {
+        args.extend(["--problem-id", id]);
+    }
+    args.extend(extra);
+    afterburner(&args)
+}
+
+fn eval(dir: &Path, extra: &[&str]) -> Output {
+    let protocol = [
         "--repeats",
         "1",
         "--max-solutions",
@@ -72,11 +84,7 @@ fn eval(dir: &Path, extra: &[&str]) -> Output {
         "--resamples",
         "2000",
     ];
-    for id in QUICK {
-        args.extend(["--problem-id", id]);
-    }
-    args.extend(extra);
-    afterburner(&args)
+    eval_with(dir, &QUICK, &protocol, extra)
 }
 
 #[test]
@@ -235,28 +243,14 @@ fn rows_are_written_even_when_no_metric_can_be_computed() {
 #[test]
 fn candidates_are_measured_with_the_references_repeats() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = format!("coffe:{DATA}/coffe-code-contests");
-    let solutions = write_solutions(dir.path());
     let cache = dir.path().join("cache");
     let rows_path = dir.path().join("rows.jsonl");
-    let out = afterburner(&[
-        "eval",
-        "--dataset",
-        &spec,
-        "--solutions",
-        &solutions,
-        "--cache",
-        cache.to_str().unwrap(),
-        "--repeats",
-        "3",
-        "--max-solutions",
-        "2",
-        "--problem-id",
-        QUICK[0],
-        "--json",
-        "--out",
-        rows_path.to_str().unwrap(),
-    ]);
+    let out = eval_with(
+        dir.path(),
+        &[QUICK[0]],
+        &["--repeats", "3", "--max-solutions", "2"],
+        &["--json", "--out", rows_path.to_str().unwrap()],
+    );
     assert!(out.status.success(), "{out:?}");
     let rows: Vec<Value> = std::fs::read_to_string(&rows_path)
         .unwrap()
