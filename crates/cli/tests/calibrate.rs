@@ -39,6 +39,30 @@ fn afterburner(args: &[String]) -> Output {
         .expect("run the afterburner binary")
 }
 
+/// Runs `afterburner args`, sends it SIGINT once `ready()` holds, and returns its output after
+/// checking that it exited as interrupted (130).
+fn interrupt_when(args: &[String], ready: impl Fn() -> bool) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_afterburner"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    out
+}
+
 fn json(out: &Output) -> Value {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.trim().lines().count(), 1, "one JSON line: {text}");
@@ -136,28 +160,11 @@ fn interrupting_keeps_every_finished_measurement_and_a_rerun_resumes() {
     for id in QUICK {
         args.extend(["--problem-id".to_string(), id.to_string()]);
     }
-    let child = Command::new(env!("CARGO_BIN_EXE_afterburner"))
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
     let complete = || {
         std::fs::read_to_string(dir.path().join("calibration.jsonl"))
             .map_or(0, |t| t.matches('\n').count())
     };
-    while complete() < 2 {
-        assert!(start.elapsed() < Duration::from_secs(120), "no progress");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    let out = interrupt_when(&args, || complete() >= 2);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("interrupted"), "{stderr}");
     let saved = cache_lines(dir.path()).len();
@@ -191,25 +198,8 @@ fn repeats_are_interleaved_in_rounds_and_an_interrupted_calibration_resumes_from
     let cache = dir.path().to_str().unwrap();
     let mut args = calibrate_args(cache, &["--problem-id", QUICK[0], "--max-solutions", "4"]);
     args[6] = "3".into();
-    let child = Command::new(env!("CARGO_BIN_EXE_afterburner"))
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
     // Round 1 has measured all four references once, and round 2 has begun.
-    while run_lines(dir.path()).len() < 5 {
-        assert!(start.elapsed() < Duration::from_secs(120), "no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    interrupt_when(&args, || run_lines(dir.path()).len() >= 5);
 
     let runs = run_lines(dir.path());
     let rounds: Vec<u64> = runs.iter().map(|r| r["round"].as_u64().unwrap()).collect();

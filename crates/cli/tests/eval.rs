@@ -19,6 +19,15 @@ fn afterburner(args: &[&str]) -> Output {
 }
 
 /// The verified solutions of a COFFE problem, from the upstream file.
+/// The JSON lines of the file at `path`.
+fn jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn coffe_solution(id: &str, k: usize) -> String {
     let spec = format!("coffe:{DATA}/coffe-code-contests");
     let out = afterburner(&["dataset", "ls", "--dataset", &spec, "--json"]);
@@ -139,11 +148,7 @@ fn json_metrics_follow_the_spec_and_rows_describe_each_solution() {
     assert!(stderr.contains("solutions.jsonl:2:"), "{stderr}");
 
     // One row per usable solution.
-    let rows: Vec<Value> = std::fs::read_to_string(&out_path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = jsonl(&out_path);
     assert_eq!(rows.len(), 2);
     let good = &rows[0];
     assert_eq!(good["line"], 1);
@@ -252,21 +257,13 @@ fn candidates_are_measured_with_the_references_repeats() {
         &["--json", "--out", rows_path.to_str().unwrap()],
     );
     assert!(out.status.success(), "{out:?}");
-    let rows: Vec<Value> = std::fs::read_to_string(&rows_path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = jsonl(&rows_path);
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["passed"], true, "{}", rows[0]);
     assert_eq!(rows[0]["runs"], 3, "{}", rows[0]);
     assert!(rows[0]["cv"]["wall_ms"].as_f64().unwrap() >= 0.0);
     // The references were measured with the same three runs.
-    let text = std::fs::read_to_string(cache.join("calibration.jsonl")).unwrap();
-    let refs: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let refs = jsonl(&cache.join("calibration.jsonl"));
     assert_eq!(refs.len(), 2);
     assert!(refs.iter().all(|r| r["runs"] == 3), "{refs:?}");
 }
