@@ -73,6 +73,9 @@ pub(crate) enum Refusal {
 struct Queue {
     jobs: VecDeque<Job>,
     closed: bool,
+    /// Workers blocked waiting for a job: each takes one of the queued jobs as soon as it wakes,
+    /// so that many jobs beyond the capacity never wait.
+    idle: usize,
 }
 
 /// The bounded queue and the workers' shared state.
@@ -120,6 +123,7 @@ impl Pool {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
                 closed: false,
+                idle: 0,
             }),
             ready: Condvar::new(),
             capacity,
@@ -131,7 +135,9 @@ impl Pool {
         }
     }
 
-    /// Admits all `jobs` or none.
+    /// Admits all `jobs` or none: they are admitted when, once every idle worker has taken one,
+    /// at most the capacity are left waiting (so admission does not depend on how fast a woken
+    /// worker takes its job).
     pub fn submit(&self, jobs: Vec<(JobFn, Box<dyn Fn() -> bool + Send>)>) -> Result<(), Refusal> {
         let n = jobs.len();
         let refusal = {
@@ -146,7 +152,7 @@ impl Pool {
                     },
                     "batch_too_large",
                 ))
-            } else if q.jobs.len() + n > self.capacity {
+            } else if q.jobs.len() + n > self.capacity + q.idle {
                 Some((
                     Refusal::Full {
                         retry_after_s: self.retry_after_s(q.jobs.len()),
@@ -239,7 +245,9 @@ impl Pool {
                 self.running.fetch_add(1, Ordering::SeqCst);
                 return Some(job);
             }
+            q.idle += 1;
             q = self.ready.wait(q).ok()?;
+            q.idle -= 1;
         }
     }
 
@@ -518,6 +526,28 @@ mod tests {
                 capacity: 3
             })
         ));
+    }
+
+    #[test]
+    fn jobs_an_idle_worker_is_about_to_take_do_not_count_against_the_queue() {
+        let pool = Arc::new(Pool::new(2, 1, Arc::new(Metrics::new())));
+        let worker = {
+            let pool = pool.clone();
+            std::thread::spawn(move || pool.next().is_some())
+        };
+        while pool.queue.lock().map_or(0, |q| q.idle) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Whether or not the woken worker has taken the first job yet, one job runs and two wait.
+        for _ in 0..3 {
+            assert!(pool.submit(vec![noop()]).is_ok());
+        }
+        assert!(matches!(
+            pool.submit(vec![noop()]),
+            Err(Refusal::Full { capacity: 2, .. })
+        ));
+        assert!(worker.join().is_ok_and(|took| took));
+        assert_eq!(pool.depth(), 2);
     }
 
     #[test]
