@@ -1,12 +1,13 @@
 //! The `afterburner calibrate` contract: cached, resumable, interruptible without loss.
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data");
+use support::*;
 
 /// COFFE problems whose stress inputs are quick to generate and check.
 const QUICK: [&str; 3] = ["cc-4a4036eefa", "cc-660ac1d198", "cc-ca387e1d5e"];
@@ -32,17 +33,10 @@ fn calibrate_args<'a>(cache: &'a str, extra: &[&'a str]) -> Vec<String> {
     args
 }
 
-fn afterburner(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_afterburner"))
-        .args(args)
-        .output()
-        .expect("run the afterburner binary")
-}
-
 /// Runs `afterburner args`, sends it SIGINT once `ready()` holds, and returns its output after
 /// checking that it exited as interrupted (130).
 fn interrupt_when(args: &[String], ready: impl Fn() -> bool) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_afterburner"))
+    let child = command()
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -69,20 +63,12 @@ fn json(out: &Output) -> Value {
     serde_json::from_str(&text).expect("stdout is one JSON object")
 }
 
-/// The JSON lines of `file` in the cache folder `dir` (none when it does not exist).
-fn jsonl(dir: &Path, file: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line of {file} {l}: {e}")))
-        .collect()
-}
-
 fn cache_lines(dir: &Path) -> Vec<Value> {
-    jsonl(dir, "calibration.jsonl")
+    jsonl(&dir.join("calibration.jsonl"))
 }
 
 fn run_lines(dir: &Path) -> Vec<Value> {
-    jsonl(dir, "calibration-runs.jsonl")
+    jsonl(&dir.join("calibration-runs.jsonl"))
 }
 
 #[test]
@@ -241,7 +227,7 @@ fn progress_is_written_as_plain_lines_when_stderr_is_not_a_terminal() {
     let cache = dir.path().to_str().unwrap();
     let mut args = calibrate_args(cache, &["--problem-id", QUICK[0], "--max-solutions", "6"]);
     args[6] = "3".into();
-    let out = Command::new(env!("CARGO_BIN_EXE_afterburner"))
+    let out = command()
         .args(&args)
         .env("AFTERBURNER_PROGRESS_SECS", "0.2")
         .output()

@@ -1,17 +1,9 @@
 //! The `afterburner dataset ls` contract.
 
-use std::process::{Command, Output};
+mod support;
 
 use serde_json::Value;
-
-const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data");
-
-fn afterburner(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_afterburner"))
-        .args(args)
-        .output()
-        .expect("run the afterburner binary")
-}
+use support::*;
 
 #[test]
 fn ls_json_lists_every_problem_with_its_counts() {

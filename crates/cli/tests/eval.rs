@@ -1,33 +1,18 @@
 //! The `afterburner eval` contract: metrics as SPEC section 5 defines them, rows per solution,
 //! malformed lines and missing problems reported.
 
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::{Value, json};
-
-const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data");
+use support::*;
 
 /// COFFE problems whose stress inputs are quick to generate and check.
 const QUICK: [&str; 3] = ["cc-4a4036eefa", "cc-660ac1d198", "cc-ca387e1d5e"];
 
-fn afterburner(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_afterburner"))
-        .args(args)
-        .output()
-        .expect("run the afterburner binary")
-}
-
 /// The verified solutions of a COFFE problem, from the upstream file.
-/// The JSON lines of the file at `path`.
-fn jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn coffe_solution(id: &str, k: usize) -> String {
     let spec = format!("coffe:{DATA}/coffe-code-contests");
     let out = afterburner(&["dataset", "ls", "--dataset", &spec, "--json"]);

@@ -2,20 +2,15 @@
 //! and a small Venus-format dataset written by the test: trajectory rows, the JSON summary, the
 //! report files, resuming, per-problem errors and exit codes.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use afterburner_benchmarks::{VenusRow, VenusSolution, write_venus_jsonl};
 use afterburner_optimize::scripted::{Reply, ScriptedServer};
 use serde_json::Value;
-
-fn afterburner(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_afterburner"))
-        .args(args)
-        .env_remove("OPENAI_API_KEY")
-        .output()
-        .expect("run the afterburner binary")
-}
+use support::*;
 
 /// A `Solution.total(n)` that sleeps `seconds` per call (0: none).
 fn solution(seconds: f64) -> String {

@@ -1,16 +1,12 @@
 //! The `afterburner run` contract: JSON fields, human summary, repeats and clear errors.
 
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
-
-fn afterburner(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_afterburner"))
-        .args(args)
-        .output()
-        .expect("run the afterburner binary")
-}
+use support::*;
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
@@ -176,7 +172,7 @@ fn bad_input_is_a_clear_error_not_a_panic() {
 fn a_missing_toolchain_is_a_sandbox_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let src = write(dir.path(), "main.go", "package main\nfunc main() {}\n");
-    let out = Command::new(env!("CARGO_BIN_EXE_afterburner"))
+    let out = command()
         .args(["run", &src, "--json"])
         .env("PATH", "/nonexistent")
         .output()
@@ -205,7 +201,7 @@ fn without_cgroups_limits_fall_back_to_rlimits_with_a_warning() {
     let ok = write(dir.path(), "ok.py", "print('fine')\n");
     let big = write(dir.path(), "big.py", "x = bytearray(300 * 1024 * 1024)\n");
     let run = |src: &str, extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_afterburner"))
+        command()
             .args(["run", src, "--json"])
             .args(extra)
             .env("AFTERBURNER_CGROUP", "none")

@@ -1,6 +1,8 @@
 //! The `afterburner serve` contract: it serves on the address it prints, stops on SIGTERM after
 //! answering the request in flight, and refuses bad flags with exit code 2.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -8,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use afterburner_server::client;
 use serde_json::json;
+use support::command;
 
 /// Starts `afterburner serve ARGS` and returns the child and the address it announced.
 fn serve(args: &[&str]) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_afterburner"))
+    let mut child = command()
         .arg("serve")
         .args(args)
         .stdout(Stdio::null())
@@ -97,7 +100,7 @@ fn bad_flags_are_refused_with_exit_code_2_and_a_message() {
         ),
         (vec!["--workers", "0"], "worker"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_afterburner"))
+        let out = command()
             .args(["serve", "--addr", "127.0.0.1:0"])
             .args(&args)
             .output()

@@ -74,7 +74,7 @@ struct Queue {
     jobs: VecDeque<Job>,
     closed: bool,
     /// Workers blocked waiting for a job: each takes one of the queued jobs as soon as it wakes,
-    /// so that many jobs beyond the capacity never wait.
+    /// so that many of the queued jobs never wait.
     idle: usize,
 }
 
