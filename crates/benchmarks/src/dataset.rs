@@ -1,4 +1,6 @@
 //! Datasets on disk: which format at which path, what was loaded, and what went wrong.
+//!
+//! Plain values only; reading a dataset ([`crate::load`]) is the importers' job (`import/`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -7,7 +9,6 @@ use std::str::FromStr;
 use afterburner_sandbox::Language;
 use serde::Serialize;
 
-use crate::import;
 use crate::problem::Problem;
 
 /// An upstream dataset file format.
@@ -82,11 +83,6 @@ impl DatasetSpec {
             format,
             path: path.into(),
         }
-    }
-
-    /// Loads the dataset: see [`load`].
-    pub fn load(&self) -> Result<Dataset, LoadError> {
-        load(self)
     }
 }
 
@@ -264,24 +260,4 @@ impl LoadError {
             reason: reason.into(),
         }
     }
-}
-
-/// Loads a dataset. Malformed rows are reported in [`Dataset::report`] and the rest still
-/// loads; a missing or unreadable file, or a file that is not the format at all, is an error.
-pub fn load(spec: &DatasetSpec) -> Result<Dataset, LoadError> {
-    let mut collector = import::Collector::default();
-    let path = spec.path.as_path();
-    match spec.format {
-        Format::Venus(language) => import::venus::load(path, language, &mut collector)?,
-        Format::Apps => import::apps::load(path, &mut collector)?,
-        Format::Coffe => import::coffe::load(path, &mut collector)?,
-        Format::LeetCode => import::leetcode::load(path, &mut collector)?,
-        Format::Enamel => import::enamel::load(path, &mut collector)?,
-    }
-    let (problems, report) = collector.finish();
-    Ok(Dataset {
-        spec: spec.clone(),
-        problems,
-        report,
-    })
 }

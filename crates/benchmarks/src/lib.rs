@@ -24,13 +24,15 @@ pub use calibration::{
     CalibrationCache, CalibrationError, CalibrationKey, CalibrationRecord, CalibrationRun,
     default_cache_dir, machine_description, machine_fingerprint,
 };
-pub use dataset::{Dataset, DatasetSpec, Format, LoadError, LoadReport, RowIssue, load};
+pub use dataset::{Dataset, DatasetSpec, Format, LoadError, LoadReport, RowIssue};
+pub use import::load;
 pub use harness::{
     Case, CaseOrigin, CaseResult, Evaluation, Harness, HarnessConfig, HarnessError, Measured,
     RunOutcome, Suite, Verdict,
 };
 pub use import::coffe::coffe_id;
 pub use import::venus::{VenusRow, VenusSolution, write_venus_jsonl, write_venus_parquet};
+pub use metrics::Objective;
 pub use problem::{
     Checker, Entry, Problem, RecordedPerformance, ReferenceSolution, StressSource, TestCase,
     VENUS_PLACEHOLDER,

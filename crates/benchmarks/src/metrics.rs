@@ -17,41 +17,15 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::problem::RecordedPerformance;
+/// Re-exported from the sandbox crate, where the measurement vocabulary lives.
+pub use afterburner_sandbox::{Objective, RecordedPerformance};
 
-/// The efficiency objective a Beyond metric compares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Objective {
-    /// Run time (Beyond-T).
-    Time,
-    /// Peak memory (Beyond-M).
-    Memory,
-    /// Memory-time integral (Beyond-I).
-    Integral,
-}
-
-impl Objective {
-    /// All objectives, in the order T, M, I.
-    pub const ALL: [Objective; 3] = [Objective::Time, Objective::Memory, Objective::Integral];
-
-    fn index(self) -> usize {
-        match self {
-            Objective::Time => 0,
-            Objective::Memory => 1,
-            Objective::Integral => 2,
-        }
-    }
-}
-
-impl RecordedPerformance {
-    /// The measured value on one objective (lower is better).
-    pub fn value(&self, objective: Objective) -> f64 {
-        match objective {
-            Objective::Time => self.time_ms,
-            Objective::Memory => self.memory_kb,
-            Objective::Integral => self.integral,
-        }
+/// The position of an objective in per-objective arrays (T, M, I).
+fn index(objective: Objective) -> usize {
+    match objective {
+        Objective::Time => 0,
+        Objective::Memory => 1,
+        Objective::Integral => 2,
     }
 }
 
@@ -260,7 +234,7 @@ impl Summary {
 
     /// The bucket counts for one objective.
     pub fn bucket_counts(&self, objective: Objective) -> BucketCounts {
-        self.buckets[objective.index()]
+        self.buckets[index(objective)]
     }
 }
 
@@ -307,7 +281,7 @@ pub fn summarize(
             Some(runs) if !runs.is_empty() => {
                 for run in &runs {
                     for objective in Objective::ALL {
-                        buckets[objective.index()].add(run.bucket(objective));
+                        buckets[index(objective)].add(run.bucket(objective));
                     }
                 }
                 scores.push(runs.iter().map(RunScore::values).collect());
@@ -423,11 +397,7 @@ mod tests {
     use super::*;
 
     fn perf(time_ms: f64, memory_kb: f64, integral: f64) -> RecordedPerformance {
-        RecordedPerformance {
-            time_ms,
-            memory_kb,
-            integral,
-        }
+        RecordedPerformance::new(time_ms, memory_kb, integral)
     }
 
     fn one_run(

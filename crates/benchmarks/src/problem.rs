@@ -31,6 +31,8 @@
 use std::collections::BTreeMap;
 
 use afterburner_sandbox::Language;
+/// Re-exported from the sandbox crate, where the measurement vocabulary lives.
+pub use afterburner_sandbox::RecordedPerformance;
 use serde::{Deserialize, Serialize};
 
 /// One benchmark problem with its tests and reference solutions.
@@ -160,17 +162,6 @@ pub struct ReferenceSolution {
     pub verified: bool,
     /// Performance recorded upstream (Venus), if any and finite.
     pub recorded: Option<RecordedPerformance>,
-}
-
-/// Measured performance of one solution: the values Beyond-T/M/I compare.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct RecordedPerformance {
-    /// Run time in milliseconds.
-    pub time_ms: f64,
-    /// Peak memory in kilobytes.
-    pub memory_kb: f64,
-    /// Memory-time integral in kilobyte-milliseconds.
-    pub integral: f64,
 }
 
 impl Problem {

@@ -109,13 +109,10 @@ impl FromStr for Instruction {
 
     /// Parses `time`, `memory` or `integral`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "time" => Ok(Instruction::Time),
-            "memory" => Ok(Instruction::Memory),
-            "integral" => Ok(Instruction::Integral),
-            other => Err(format!(
-                "unknown instruction `{other}` (expected time, memory or integral)"
-            )),
+        match s.parse::<Objective>().map_err(|e| e.to_string())? {
+            Objective::Time => Ok(Instruction::Time),
+            Objective::Memory => Ok(Instruction::Memory),
+            Objective::Integral => Ok(Instruction::Integral),
         }
     }
 }

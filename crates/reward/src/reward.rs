@@ -9,8 +9,7 @@
 //!   clipped to its ceiling (time 90 s, memory 1 GiB, integral their product), all in the units
 //!   of [`RecordedPerformance`] (ms, KiB, KiB*ms). Otherwise it is 0.
 
-use afterburner_benchmarks::RecordedPerformance;
-use afterburner_benchmarks::metrics::Objective;
+use afterburner_sandbox::{Objective, RecordedPerformance};
 use serde::{Deserialize, Serialize};
 
 /// Upper clips applied to both values before the efficiency ratio, in ms, KiB and KiB*ms.
@@ -156,11 +155,7 @@ mod tests {
     use super::*;
 
     fn perf(time_ms: f64, memory_kb: f64, integral: f64) -> RecordedPerformance {
-        RecordedPerformance {
-            time_ms,
-            memory_kb,
-            integral,
-        }
+        RecordedPerformance::new(time_ms, memory_kb, integral)
     }
 
     fn input(original_passed: bool, candidate_passed: bool) -> RewardInput {

@@ -18,6 +18,7 @@ mod language;
 mod limits;
 mod measurement;
 mod monitor;
+mod objective;
 mod sandbox;
 mod seccomp;
 mod toolchain;
@@ -29,4 +30,5 @@ pub use measurement::{
     Dispersion, Measurement, MemorySample, RepeatSummary, RunResult, Status,
     coefficient_of_variation, median,
 };
+pub use objective::{Objective, RecordedPerformance, UnknownObjective};
 pub use sandbox::{Capabilities, Compilation, Program, RunRequest, Sandbox, SandboxConfig};

@@ -324,14 +324,8 @@ struct Outcome {
 }
 
 fn parse_objective(s: &str, at: &str) -> Result<Objective, ApiError> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "time" => Ok(Objective::Time),
-        "memory" => Ok(Objective::Memory),
-        "integral" => Ok(Objective::Integral),
-        other => Err(ApiError::bad_request(format!(
-            "`{at}instruction`: unknown instruction `{other}` (expected time, memory or integral)"
-        ))),
-    }
+    s.parse::<Objective>()
+        .map_err(|e| ApiError::bad_request(format!("`{at}instruction`: {e}")))
 }
 
 fn prepare(

@@ -18,7 +18,7 @@ use afterburner_sandbox::Language;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Collector, for_each_line, json_to_python, parse_json, title_from_text};
+use super::{Collector, load_rows, json_to_python, parse_json, title_from_text};
 use crate::dataset::LoadError;
 use crate::problem::{Checker, Entry, Problem, ReferenceSolution, TestCase};
 
@@ -46,15 +46,7 @@ struct InputOutput {
 
 /// Loads an APPS JSONL file.
 pub(crate) fn load(path: &Path, collector: &mut Collector) -> Result<(), LoadError> {
-    for_each_line(path, collector, |row, line, collector| {
-        match parse_json::<Row>(line) {
-            Ok(r) => match problem(r, path, row, collector) {
-                Ok(p) => collector.push(p, path, row),
-                Err(reason) => collector.skip(path, row, reason),
-            },
-            Err(e) => collector.skip(path, row, format!("not an APPS row: {e}")),
-        }
-    })
+    load_rows(path, collector, "an APPS row", problem)
 }
 
 fn problem(

@@ -16,7 +16,7 @@ use std::path::Path;
 use afterburner_sandbox::Language;
 use serde::Deserialize;
 
-use super::{Collector, for_each_line, parse_json, title_from_slug};
+use super::{Collector, load_rows, parse_json, title_from_slug};
 use crate::dataset::LoadError;
 use crate::problem::{Checker, Entry, Problem, ReferenceSolution, TestCase};
 
@@ -46,15 +46,7 @@ struct IoPair {
 
 /// Loads a LeetCodeDataset JSONL file.
 pub(crate) fn load(path: &Path, collector: &mut Collector) -> Result<(), LoadError> {
-    for_each_line(path, collector, |row, line, collector| {
-        match parse_json::<Row>(line) {
-            Ok(r) => match problem(r, path, row, collector) {
-                Ok(p) => collector.push(p, path, row),
-                Err(reason) => collector.skip(path, row, reason),
-            },
-            Err(e) => collector.skip(path, row, format!("not a LeetCodeDataset row: {e}")),
-        }
-    })
+    load_rows(path, collector, "a LeetCodeDataset row", problem)
 }
 
 /// Splits `Solution().twoSum` into the class and method names.

@@ -1,4 +1,5 @@
-//! Importers, one per upstream format, and the helpers they share.
+//! Importers, one per upstream format, the helpers they share, and [`load`], which picks the
+//! importer a [`DatasetSpec`] names.
 //!
 //! Each importer reads its files, turns every row into a [`Problem`] or a
 //! [`RowIssue`](crate::RowIssue) saying why not, and hands the problems to a
@@ -21,8 +22,35 @@ use std::path::{Path, PathBuf};
 use flate2::read::MultiGzDecoder;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 
-use crate::dataset::{LoadError, LoadReport};
+use crate::dataset::{Dataset, DatasetSpec, Format, LoadError, LoadReport};
 use crate::problem::Problem;
+
+/// Loads a dataset. Malformed rows are reported in [`Dataset::report`] and the rest still
+/// loads; a missing or unreadable file, or a file that is not the format at all, is an error.
+pub fn load(spec: &DatasetSpec) -> Result<Dataset, LoadError> {
+    let mut collector = Collector::default();
+    let path = spec.path.as_path();
+    match spec.format {
+        Format::Venus(language) => venus::load(path, language, &mut collector)?,
+        Format::Apps => apps::load(path, &mut collector)?,
+        Format::Coffe => coffe::load(path, &mut collector)?,
+        Format::LeetCode => leetcode::load(path, &mut collector)?,
+        Format::Enamel => enamel::load(path, &mut collector)?,
+    }
+    let (problems, report) = collector.finish();
+    Ok(Dataset {
+        spec: spec.clone(),
+        problems,
+        report,
+    })
+}
+
+impl DatasetSpec {
+    /// Loads the dataset: see [`load`].
+    pub fn load(&self) -> Result<Dataset, LoadError> {
+        load(self)
+    }
+}
 
 /// Gathers the problems of one load and its report, rejecting duplicate ids.
 ///
@@ -90,6 +118,26 @@ pub(crate) fn read_text(path: &Path) -> Result<String, LoadError> {
         .read_to_string(&mut text)
         .map_err(|e| LoadError::io("read", path, e))?;
     Ok(text)
+}
+
+/// Loads a JSONL file of one row `R` per line: each row becomes a problem through `problem`
+/// (called with the row, the path, the line number and the collector) or is skipped with the
+/// reason it returns; a line that is not an `R` at all is skipped as `not {what}: ...`.
+pub(crate) fn load_rows<R: serde::de::DeserializeOwned>(
+    path: &Path,
+    collector: &mut Collector,
+    what: &str,
+    problem: impl Fn(R, &Path, usize, &mut Collector) -> Result<Problem, String>,
+) -> Result<(), LoadError> {
+    for_each_line(path, collector, |row, line, collector| {
+        match parse_json::<R>(line) {
+            Ok(r) => match problem(r, path, row, collector) {
+                Ok(p) => collector.push(p, path, row),
+                Err(reason) => collector.skip(path, row, reason),
+            },
+            Err(e) => collector.skip(path, row, format!("not {what}: {e}")),
+        }
+    })
 }
 
 /// Calls `each(row, line)` for every non-blank line of a (possibly gzipped) JSONL file.
