@@ -21,7 +21,9 @@ use std::collections::BTreeMap;
 
 use afterburner_benchmarks::harness::case_times_by_origin;
 use afterburner_benchmarks::metrics::{Objective, percentile_beaten};
-use afterburner_benchmarks::{CalibrationRecord, DatasetSpec, Harness, HarnessConfig, Suite};
+use afterburner_benchmarks::{
+    CalibrationRecord, DatasetSpec, Harness, HarnessConfig, Submission, Suite,
+};
 use afterburner_sandbox::{Language, Sandbox, Status};
 
 const USAGE: &str = "usage: datasets_report leetcode [ID...] | enamel [CACHE_DIR] | coffe CACHE_DIR \
@@ -76,12 +78,15 @@ fn coffe_tests() -> Result<(), String> {
                 loop {
                     let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some((p, r)) = jobs.get(k) else { break };
-                    let reason =
-                        match h.evaluate(p, &suites[p.id.as_str()], r.language, &r.code, None) {
-                            Ok(e) if e.passed() => None,
-                            Ok(e) => Some(e.failure_reason().unwrap_or_default()),
-                            Err(e) => Some(e.to_string()),
-                        };
+                    let reason = match h.evaluate(
+                        &Submission::new(p, r.language, &r.code),
+                        &suites[p.id.as_str()],
+                        None,
+                    ) {
+                        Ok(e) if e.passed() => None,
+                        Ok(e) => Some(e.failure_reason().unwrap_or_default()),
+                        Err(e) => Some(e.to_string()),
+                    };
                     if let Some(reason) = reason {
                         let line = reason.lines().next().unwrap_or("").replace('|', "/");
                         if let Ok(mut f) = failures.lock() {
@@ -280,7 +285,7 @@ fn coffe(cache: Option<String>) -> Result<(), String> {
             .ok_or(format!("{}: not in the data", r.key.solution_id))?;
         let suite = h.suite(p, None).map_err(|e| e.to_string())?;
         let full = h
-            .evaluate(p, &suite, code.language, &code.code, None)
+            .evaluate(&Submission::new(p, code.language, &code.code), &suite, None)
             .map_err(|e| e.to_string())?;
         let case = full
             .first_failure()
@@ -305,7 +310,7 @@ fn coffe(cache: Option<String>) -> Result<(), String> {
             .unwrap_or_default();
         let tests = suite.filtered(|o| !o.is_stress());
         let alone = h
-            .evaluate(p, &tests, code.language, &code.code, None)
+            .evaluate(&Submission::new(p, code.language, &code.code), &tests, None)
             .map_err(|e| e.to_string())?;
         println!(
             "| {} | {} (now: {}) | {} | {} |",
@@ -345,7 +350,7 @@ fn leetcode(only: &[String]) -> Result<(), String> {
             continue;
         };
         let e = h
-            .evaluate(p, &suite, r.language, &r.code, None)
+            .evaluate(&Submission::new(p, r.language, &r.code), &suite, None)
             .map_err(|e| e.to_string())?;
         if e.passed() {
             refs_ok += 1;
@@ -365,7 +370,11 @@ fn leetcode(only: &[String]) -> Result<(), String> {
             .map(|s| format!("{}\n        pass\n", s.trim_end()))
             .unwrap_or_default();
         let e = h
-            .evaluate(p, &suite, Language::Python, &starter, None)
+            .evaluate(
+                &Submission::new(p, Language::Python, &starter),
+                &suite,
+                None,
+            )
             .map_err(|e| e.to_string())?;
         if e.passed() {
             empty_ok += 1;
@@ -420,7 +429,7 @@ fn enamel(cache: Option<String>) -> Result<(), String> {
         let mut wall = Vec::new();
         for r in &p.references {
             let e = h
-                .evaluate(p, &suite, r.language, &r.code, None)
+                .evaluate(&Submission::new(p, r.language, &r.code), &suite, None)
                 .map_err(|e| format!("{}: {e}", r.id))?;
             let times = case_times_by_origin(&suite, &e);
             let t_top = last_level.as_ref().and_then(|l| times.get(l)).copied();

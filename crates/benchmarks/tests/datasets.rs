@@ -3,7 +3,7 @@
 
 mod support;
 
-use afterburner_benchmarks::{Dataset, Format, Problem, Suite};
+use afterburner_benchmarks::{Dataset, Format, Problem, Submission, Suite};
 use afterburner_sandbox::{Language, Status};
 use support::{harness, real};
 
@@ -18,7 +18,11 @@ fn evaluate_all(
         .map(|p| {
             let suite = Suite::tests_only(p);
             let e = harness()
-                .evaluate(p, &suite, Language::Python, &code(p), None)
+                .evaluate(
+                    &Submission::new(p, Language::Python, &code(p)),
+                    &suite,
+                    None,
+                )
                 .unwrap_or_else(|e| panic!("{}: {e}", p.id));
             (p.id.clone(), e.status, e.failure_reason())
         })
@@ -86,7 +90,7 @@ fn coffe_verified_solutions_pass_their_problems_with_stress_inputs() {
         assert!(suite.stress_cases() >= 4, "{id}: {:?}", suite.dropped);
         for r in p.verified_references().take(2) {
             let e = harness()
-                .evaluate(p, &suite, r.language, &r.code, None)
+                .evaluate(&Submission::new(p, r.language, &r.code), &suite, None)
                 .unwrap_or_else(|e| panic!("{}: {e}", r.id));
             assert_eq!(
                 e.status,
@@ -97,7 +101,11 @@ fn coffe_verified_solutions_pass_their_problems_with_stress_inputs() {
             );
         }
         let wrong = harness()
-            .evaluate(p, &suite, Language::Python, "print(0)\n", None)
+            .evaluate(
+                &Submission::new(p, Language::Python, "print(0)\n"),
+                &suite,
+                None,
+            )
             .unwrap();
         assert_eq!(wrong.status, Status::WrongAnswer, "{}", p.id);
     }
@@ -116,7 +124,7 @@ fn enamel_experts_and_canonical_solutions_pass_on_generated_inputs() {
         assert_eq!(suite.cases.len(), 20, "{id}: {:?}", suite.dropped);
         for r in &p.references {
             let e = harness()
-                .evaluate(p, &suite, r.language, &r.code, None)
+                .evaluate(&Submission::new(p, r.language, &r.code), &suite, None)
                 .unwrap_or_else(|e| panic!("{}: {e}", r.id));
             assert_eq!(
                 e.status,
@@ -128,7 +136,11 @@ fn enamel_experts_and_canonical_solutions_pass_on_generated_inputs() {
         }
         // The prompt alone (a stub returning None) fails.
         let stub = harness()
-            .evaluate(p, &suite, Language::Python, &p.description, None)
+            .evaluate(
+                &Submission::new(p, Language::Python, &p.description),
+                &suite,
+                None,
+            )
             .unwrap();
         assert_ne!(stub.status, Status::Accepted, "{id}");
     }

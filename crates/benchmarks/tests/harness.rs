@@ -6,8 +6,8 @@ mod support;
 use std::time::Duration;
 
 use afterburner_benchmarks::{
-    CaseOrigin, Checker, Entry, Evaluation, Harness, HarnessConfig, Problem, StressSource, Suite,
-    Verdict,
+    CaseOrigin, Checker, Entry, Evaluation, Harness, HarnessConfig, Problem, StressSource,
+    Submission, Suite, Verdict,
 };
 use afterburner_sandbox::{Language, Status};
 use support::{harness, problem, reference, sandbox};
@@ -27,7 +27,7 @@ fn run(problem: &Problem, code: &str) -> Evaluation {
 
 fn run_in(h: &Harness<'_>, problem: &Problem, language: Language, code: &str) -> Evaluation {
     let suite = Suite::tests_only(problem);
-    match h.evaluate(problem, &suite, language, code, None) {
+    match h.evaluate(&Submission::new(problem, language, code), &suite, None) {
         Ok(e) => e,
         Err(e) => panic!("{}: {e}", problem.id),
     }
@@ -523,11 +523,19 @@ fn stress_inputs_are_generated_once_checked_by_consensus_and_cached() {
 
     // A slow solution must pass the stress inputs too, and is measured on them.
     let e = h
-        .evaluate(&p, &suite, Language::Python, &p.references[0].code, None)
+        .evaluate(
+            &Submission::new(&p, Language::Python, &p.references[0].code),
+            &suite,
+            None,
+        )
         .unwrap();
     assert_eq!(e.status, Status::Accepted, "{e:?}");
     let measured = h
-        .measure(&p, &suite, Language::Python, &p.references[2].code, None)
+        .measure(
+            &Submission::new(&p, Language::Python, &p.references[2].code),
+            &suite,
+            None,
+        )
         .unwrap();
     assert!(
         measured.passed,
@@ -577,16 +585,18 @@ fn enamel_style_generators_get_levels_seeds_and_helpers() {
     assert!(suite.cases.iter().all(|c| c.input.starts_with('\'')));
     for code in [expert, canonical] {
         let e = h
-            .evaluate(&p, &suite, Language::Python, code, None)
+            .evaluate(&Submission::new(&p, Language::Python, code), &suite, None)
             .unwrap();
         assert_eq!(e.status, Status::Accepted, "{e:?}");
     }
     let wrong = h
         .evaluate(
-            &p,
+            &Submission::new(
+                &p,
+                Language::Python,
+                "def depth(s):\n    return len(s) // 2\n",
+            ),
             &suite,
-            Language::Python,
-            "def depth(s):\n    return len(s) // 2\n",
             None,
         )
         .unwrap();
@@ -635,7 +645,7 @@ fn venus_rows_load_and_their_solutions_are_judged_end_to_end() {
         .iter()
         .map(|r| {
             harness()
-                .evaluate(p, &suite, r.language, &r.code, None)
+                .evaluate(&Submission::new(p, r.language, &r.code), &suite, None)
                 .unwrap()
                 .status
         })

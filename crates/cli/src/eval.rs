@@ -1,34 +1,33 @@
-//! `afterburner eval`: pass@1 and Beyond-T/M/I of a solutions file against calibrated references.
+//! `afterburner eval`: pass@1 and Beyond-T/M/I of a solutions file against calibrated
+//! references. Calibration, measurement and scoring are the benchmarks crate's
+//! ([`Workbench::calibrate`], [`Workbench::measure_candidates`], [`Scores::of`]); this module
+//! reads the solutions file, shows progress and prints.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use afterburner_benchmarks::metrics::{
-    BootstrapConfig, BucketCounts, Estimate, Objective, ProblemRuns, RunScore, Summary, score_run,
-    summarize,
+    BootstrapConfig, BucketCounts, Estimate, Objective, Summary, summarize,
 };
-use afterburner_benchmarks::{Measured, Problem, RecordedPerformance, Verdict};
-use afterburner_sandbox::{Language, Sandbox, Status};
+use afterburner_benchmarks::{Candidate, EvalRow, Problem, Scores, Workbench};
+use afterburner_sandbox::{Language, Sandbox};
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::calibrate::{
-    Calibrated, Context, ProtocolArgs, Subject, calibrate_problems, install_interrupt_handler,
-    interrupted, measure_interleaved, select_problems,
-};
+use crate::args::{ProblemArgs, ProtocolArgs, select_problems};
 use crate::dataset::load_dataset;
+use crate::interrupt::stop_flag;
+use crate::progress::Bars;
 
 /// Arguments of `afterburner eval`.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// The dataset, as FORMAT:PATH (venus, venus-<language>, apps, coffe, leetcode, enamel).
-    #[arg(long)]
-    pub dataset: String,
+    #[command(flatten)]
+    pub problems: ProblemArgs,
     /// JSONL file, one solution per line: {"problem_id", "code", "language" (default python)}.
     #[arg(long, value_name = "FILE.jsonl")]
     pub solutions: PathBuf,
@@ -38,13 +37,6 @@ pub struct EvalArgs {
     /// Print one JSON object with the metrics and their intervals on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Only score these problems (repeatable); by default every problem of the dataset counts,
-    /// and one without a solution counts as failed.
-    #[arg(long = "problem-id", value_name = "ID")]
-    pub problem_ids: Vec<String>,
-    /// Measure at most N reference solutions per problem (verified ones first).
-    #[arg(long, value_name = "N")]
-    pub max_solutions: Option<usize>,
     /// Bootstrap resamples for the confidence intervals.
     #[arg(long, default_value_t = 10_000)]
     pub resamples: usize,
@@ -59,20 +51,11 @@ struct Malformed {
     reason: String,
 }
 
-/// A usable line of the solutions file.
-#[derive(Debug, Clone)]
-struct Submission {
-    line: usize,
-    problem_id: String,
-    code: String,
-    language: Language,
-}
-
 /// Reads the solutions file; bad lines are returned with their number and reason.
 fn read_solutions(
     path: &PathBuf,
     known: &dyn Fn(&str) -> bool,
-) -> Result<(Vec<Submission>, Vec<Malformed>)> {
+) -> Result<(Vec<Candidate>, Vec<Malformed>)> {
     let file = File::open(path)
         .with_context(|| format!("cannot open solutions file {}", path.display()))?;
     let mut ok = Vec::new();
@@ -91,7 +74,7 @@ fn read_solutions(
             continue;
         }
         match parse_line(text, known) {
-            Ok((problem_id, code, language)) => ok.push(Submission {
+            Ok((problem_id, code, language)) => ok.push(Candidate {
                 line: line_no,
                 problem_id,
                 code,
@@ -137,39 +120,78 @@ fn parse_line(
     Ok((problem_id, code, language))
 }
 
-/// The outcome of one submission.
-struct Outcome {
-    measured: Option<Measured>,
-    error: Option<String>,
+/// Counts per bucket, as `eval --json` writes them.
+#[derive(Serialize)]
+struct BucketsJson {
+    #[serde(rename = "B")]
+    best: usize,
+    #[serde(rename = "F")]
+    failed: usize,
+    #[serde(rename = "M")]
+    middle: usize,
+    #[serde(rename = "W")]
+    worst: usize,
 }
 
-impl Outcome {
-    fn performance(&self) -> Option<RecordedPerformance> {
-        self.measured
-            .as_ref()
-            .filter(|m| m.passed)
-            .and_then(|m| m.performance)
+impl From<BucketCounts> for BucketsJson {
+    fn from(b: BucketCounts) -> Self {
+        BucketsJson {
+            best: b.best,
+            failed: b.failed,
+            middle: b.middle,
+            worst: b.worst,
+        }
     }
+}
+
+/// One value per metric, as `eval --json` writes them.
+#[derive(Serialize)]
+struct PerMetric<T> {
+    beyond_i: T,
+    beyond_m: T,
+    beyond_t: T,
+    pass_at_1: T,
+}
+
+/// One value per objective, as `eval --json` writes them.
+#[derive(Serialize)]
+struct PerObjective<T> {
+    integral: T,
+    memory: T,
+    time: T,
+}
+
+/// `eval --json`: the metrics with their intervals (a stable contract; printed with its keys
+/// sorted).
+#[derive(Serialize)]
+struct EvalSummary<'a> {
+    dataset: &'a str,
+    problems: usize,
+    solutions: usize,
+    pass_at_1: f64,
+    beyond_t: f64,
+    beyond_m: f64,
+    beyond_i: f64,
+    confidence: f64,
+    intervals: PerMetric<[f64; 2]>,
+    buckets: PerObjective<BucketsJson>,
+    missing: &'a [String],
+    excluded: &'a [String],
+    malformed: &'a [Malformed],
+    fingerprint: &'a str,
+    protocol: &'a str,
 }
 
 fn interval(e: &Estimate) -> [f64; 2] {
     [e.low, e.high]
 }
 
-fn buckets_json(b: &BucketCounts) -> Value {
-    json!({"B": b.best, "M": b.middle, "W": b.worst, "F": b.failed})
-}
-
-fn bucket_letter(score: &RunScore, objective: Objective) -> Value {
-    serde_json::to_value(score.bucket(objective)).unwrap_or(Value::Null)
-}
-
 /// Runs `afterburner eval`.
 pub fn eval(args: EvalArgs) -> Result<ExitCode> {
-    let dataset = load_dataset(&args.dataset)?;
-    let problems = select_problems(&dataset.problems, &args.problem_ids)?;
+    let dataset = load_dataset(&args.problems.dataset)?;
+    let problems = select_problems(&dataset.problems, &args.problems.problem_ids)?;
     let in_scope = |id: &str| problems.iter().any(|p| p.id == id);
-    let (submissions, malformed) = read_solutions(&args.solutions, &in_scope)?;
+    let (candidates, malformed) = read_solutions(&args.solutions, &in_scope)?;
     for m in &malformed {
         eprintln!(
             "{}:{}: skipped: {}",
@@ -179,116 +201,28 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
         );
     }
     let sandbox = Sandbox::new()?;
-    let ctx = Context::new(&sandbox, &args.protocol)?;
-    install_interrupt_handler();
+    let bench: Workbench = args.protocol.workbench(&sandbox, stop_flag())?;
 
     eprintln!(
         "calibrating the references of {} problems on {} worker(s)",
         problems.len(),
-        ctx.cpus.len()
+        bench.cpus().len()
     );
-    let (calibrated, totals) = calibrate_problems(&ctx, &problems, args.max_solutions);
+    let mut bars = Bars::default();
+    let (calibrated, totals) = bench.calibrate(&problems, args.problems.max_solutions, &mut bars);
     if totals.interrupted {
         eprintln!(
             "interrupted during calibration: measured references are saved; re-run to resume"
         );
         return Ok(ExitCode::from(130));
     }
-    let by_id: BTreeMap<&str, &Calibrated> = calibrated
-        .iter()
-        .map(|c| (c.problem.id.as_str(), c))
-        .collect();
-
     // Candidates are measured with the references' protocol, their runs interleaved in rounds.
-    let mut outcomes: Vec<Option<Outcome>> = (0..submissions.len()).map(|_| None).collect();
-    let mut subjects: Vec<Subject> = Vec::new();
-    let mut subject_of: Vec<usize> = Vec::new();
-    for (k, s) in submissions.iter().enumerate() {
-        let error = match by_id.get(s.problem_id.as_str()) {
-            None => "problem not evaluated".to_string(),
-            Some(c) => match &c.suite {
-                Some(suite) => {
-                    subjects.push(Subject {
-                        problem: c.problem,
-                        suite,
-                        language: s.language,
-                        code: &s.code,
-                        done: Vec::new(),
-                    });
-                    subject_of.push(k);
-                    continue;
-                }
-                None => format!(
-                    "the problem's tests could not be prepared: {}",
-                    c.error.as_deref().unwrap_or("unknown error")
-                ),
-            },
-        };
-        outcomes[k] = Some(Outcome {
-            measured: None,
-            error: Some(error),
-        });
-    }
-    let repeats = ctx.harness.config().repeats;
-    let measured = measure_interleaved(
-        &ctx,
-        &subjects,
-        "solutions",
-        |_, _, _| Ok(()),
-        |_, _| Ok(()),
-    );
-    for (runs, k) in measured.into_iter().zip(subject_of) {
-        if !runs.complete(repeats) {
-            continue;
-        }
-        outcomes[k] = Some(match (runs.error, runs.first) {
-            (Some(e), _) => Outcome {
-                measured: None,
-                error: Some(e),
-            },
-            (None, Some(first)) => Outcome {
-                measured: Some(Measured::from_runs(first, &runs.runs, repeats)),
-                error: None,
-            },
-            (None, None) => Outcome {
-                measured: None,
-                error: Some("no run was made".to_string()),
-            },
-        });
-    }
-    if interrupted() {
+    let outcomes = bench.measure_candidates(&calibrated, &candidates, &mut bars);
+    if bench.stopped() {
         eprintln!("interrupted: no metrics written (calibration results are saved)");
         return Ok(ExitCode::from(130));
     }
-
-    // Per-solution rows and per-problem runs.
-    let mut runs: BTreeMap<&str, Vec<Option<RecordedPerformance>>> = BTreeMap::new();
-    let mut rows: Vec<Value> = Vec::new();
-    for (s, outcome) in submissions.iter().zip(&outcomes) {
-        let Some(outcome) = outcome else { continue };
-        let perf = outcome.performance();
-        runs.entry(s.problem_id.as_str()).or_default().push(perf);
-        let c = by_id.get(s.problem_id.as_str());
-        let refs = c.map(|c| c.distribution()).unwrap_or_default();
-        let score = score_run(perf.as_ref(), &refs);
-        rows.push(solution_row(s, outcome, perf, score, refs.len()));
-    }
-    let missing: Vec<&str> = problems
-        .iter()
-        .map(|p| p.id.as_str())
-        .filter(|id| !runs.contains_key(id))
-        .collect();
-    let problem_runs: Vec<ProblemRuns> = calibrated
-        .iter()
-        .map(|c| ProblemRuns {
-            problem_id: c.problem.id.clone(),
-            runs: runs
-                .get(c.problem.id.as_str())
-                .cloned()
-                .unwrap_or_else(|| vec![None]),
-            references: c.distribution(),
-        })
-        .collect();
+    let scores = Scores::of(&calibrated, &candidates, &outcomes);
     let config = BootstrapConfig {
         resamples: args.resamples,
         ..BootstrapConfig::default()
@@ -299,31 +233,50 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
         let file =
             File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
         let mut w = BufWriter::new(file);
-        for row in &rows {
-            writeln!(w, "{row}").with_context(|| format!("cannot write {}", path.display()))?;
+        for row in &scores.rows {
+            // Through a JSON value: the row's keys come out sorted, as they always have.
+            let line = serde_json::to_value(row)?;
+            writeln!(w, "{line}").with_context(|| format!("cannot write {}", path.display()))?;
         }
         w.flush()
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
 
-    let summary = summarize(&problem_runs, &config).map_err(|e| {
+    let summary = summarize(&scores.problem_runs, &config).map_err(|e| {
         anyhow::anyhow!("cannot compute metrics: {e} (do the references pass on this machine?)")
     })?;
     if args.json {
-        println!(
-            "{}",
-            summary_json(
-                &args,
-                &summary,
-                &missing,
-                &malformed,
-                &ctx,
-                submissions.len()
-            )
-        );
+        let buckets = |o| BucketsJson::from(summary.bucket_counts(o));
+        let json = EvalSummary {
+            dataset: &args.problems.dataset,
+            problems: summary.problems,
+            solutions: candidates.len(),
+            pass_at_1: summary.pass_at_1.mean,
+            beyond_t: summary.beyond_time.mean,
+            beyond_m: summary.beyond_memory.mean,
+            beyond_i: summary.beyond_integral.mean,
+            confidence: BootstrapConfig::default().confidence,
+            intervals: PerMetric {
+                beyond_i: interval(&summary.beyond_integral),
+                beyond_m: interval(&summary.beyond_memory),
+                beyond_t: interval(&summary.beyond_time),
+                pass_at_1: interval(&summary.pass_at_1),
+            },
+            buckets: PerObjective {
+                integral: buckets(Objective::Integral),
+                memory: buckets(Objective::Memory),
+                time: buckets(Objective::Time),
+            },
+            missing: &scores.missing,
+            excluded: &summary.excluded,
+            malformed: &malformed,
+            fingerprint: bench.fingerprint(),
+            protocol: bench.protocol(),
+        };
+        println!("{}", serde_json::to_value(&json)?);
     } else {
-        print_table(&problems, &submissions, &rows);
-        print_summary(&summary, &missing, &malformed);
+        print_table(&problems, &scores.rows);
+        print_summary(&summary, &scores.missing, &malformed);
     }
     if summary.problems == 0 {
         bail!("no problem could be scored");
@@ -331,95 +284,7 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn solution_row(
-    s: &Submission,
-    outcome: &Outcome,
-    perf: Option<RecordedPerformance>,
-    score: Option<RunScore>,
-    references: usize,
-) -> Value {
-    let m = outcome.measured.as_ref();
-    // `harness_error`: the solution could not be run at all (e.g. a language the problem's entry
-    // style does not support); it counts as failed and `detail` says why.
-    let status = match m {
-        Some(m) if !m.passed && m.evaluation.status == Status::Accepted => {
-            Status::WrongAnswer.as_str()
-        }
-        Some(m) => m.evaluation.status.as_str(),
-        None => "harness_error",
-    };
-    let verdicts: Vec<Verdict> = m
-        .map(|m| m.evaluation.cases.iter().map(|c| c.verdict).collect())
-        .unwrap_or_default();
-    let percentiles = score
-        .filter(|s| s.passed)
-        .map(|s| json!({"time": s.time, "memory": s.memory, "integral": s.integral}));
-    let buckets = score.map(|s| {
-        json!({
-            "time": bucket_letter(&s, Objective::Time),
-            "memory": bucket_letter(&s, Objective::Memory),
-            "integral": bucket_letter(&s, Objective::Integral),
-        })
-    });
-    json!({
-        "line": s.line,
-        "problem_id": s.problem_id,
-        "language": s.language,
-        "status": status,
-        "passed": perf.is_some(),
-        "tests_passed": m.map(|m| m.evaluation.accepted_cases()),
-        "tests_total": m.map(|m| m.evaluation.cases.len()),
-        "verdicts": verdicts,
-        "time_ms": perf.map(|p| p.time_ms),
-        "memory_kb": perf.map(|p| p.memory_kb),
-        "integral_kb_ms": perf.map(|p| p.integral),
-        "cv": m.and_then(|m| m.summary.as_ref()).map(|s| &s.cv),
-        "runs": m.and_then(|m| m.summary.as_ref()).map_or(1, |s| s.runs),
-        "first_run": m.map(|m| &m.evaluation.measurement),
-        "references": references,
-        "percentiles": percentiles,
-        "buckets": buckets,
-        "detail": outcome.error.clone().or_else(|| m.and_then(|m| m.detail.clone())),
-    })
-}
-
-fn summary_json(
-    args: &EvalArgs,
-    s: &Summary,
-    missing: &[&str],
-    malformed: &[Malformed],
-    ctx: &Context<'_>,
-    solutions: usize,
-) -> Value {
-    json!({
-        "dataset": args.dataset,
-        "problems": s.problems,
-        "solutions": solutions,
-        "pass_at_1": s.pass_at_1.mean,
-        "beyond_t": s.beyond_time.mean,
-        "beyond_m": s.beyond_memory.mean,
-        "beyond_i": s.beyond_integral.mean,
-        "confidence": BootstrapConfig::default().confidence,
-        "intervals": {
-            "pass_at_1": interval(&s.pass_at_1),
-            "beyond_t": interval(&s.beyond_time),
-            "beyond_m": interval(&s.beyond_memory),
-            "beyond_i": interval(&s.beyond_integral),
-        },
-        "buckets": {
-            "time": buckets_json(&s.bucket_counts(Objective::Time)),
-            "memory": buckets_json(&s.bucket_counts(Objective::Memory)),
-            "integral": buckets_json(&s.bucket_counts(Objective::Integral)),
-        },
-        "missing": missing,
-        "excluded": s.excluded,
-        "malformed": malformed,
-        "fingerprint": ctx.fingerprint,
-        "protocol": ctx.protocol,
-    })
-}
-
-fn print_table(problems: &[&Problem], submissions: &[Submission], rows: &[Value]) {
+fn print_table(problems: &[&Problem], rows: &[EvalRow]) {
     let width = problems
         .iter()
         .map(|p| p.id.len())
@@ -430,33 +295,35 @@ fn print_table(problems: &[&Problem], submissions: &[Submission], rows: &[Value]
         "{:<width$}  {:>5}  {:<14}  {:>10}  {:>6}  {:>6}  {:>6}  {:>4}",
         "problem", "line", "status", "time ms", "T", "M", "I", "refs"
     );
-    let pct = |v: &Value, k: &str| {
-        v.get("percentiles")
-            .and_then(|p| p.get(k))
-            .and_then(Value::as_f64)
-            .map_or("-".to_string(), |x| format!("{:.0}%", x * 100.0))
+    let pct = |row: &EvalRow, o: Objective| {
+        row.percentiles.map_or("-".to_string(), |p| {
+            let x = match o {
+                Objective::Time => p.time,
+                Objective::Memory => p.memory,
+                Objective::Integral => p.integral,
+            };
+            format!("{:.0}%", x * 100.0)
+        })
     };
-    for (s, row) in submissions.iter().zip(rows) {
+    for row in rows {
         println!(
             "{:<width$}  {:>5}  {:<14}  {:>10}  {:>6}  {:>6}  {:>6}  {:>4}",
-            s.problem_id,
-            s.line,
-            row.get("status").and_then(Value::as_str).unwrap_or("?"),
-            row.get("time_ms")
-                .and_then(Value::as_f64)
-                .map_or("-".to_string(), |t| format!("{t:.1}")),
-            pct(row, "time"),
-            pct(row, "memory"),
-            pct(row, "integral"),
-            row.get("references").and_then(Value::as_u64).unwrap_or(0)
+            row.problem_id,
+            row.line,
+            row.status.as_str(),
+            row.time_ms.map_or("-".to_string(), |t| format!("{t:.1}")),
+            pct(row, Objective::Time),
+            pct(row, Objective::Memory),
+            pct(row, Objective::Integral),
+            row.references
         );
-        if let Some(d) = row.get("detail").and_then(Value::as_str) {
+        if let Some(d) = &row.detail {
             println!("    {}", d.chars().take(160).collect::<String>());
         }
     }
 }
 
-fn print_summary(s: &Summary, missing: &[&str], malformed: &[Malformed]) {
+fn print_summary(s: &Summary, missing: &[String], malformed: &[Malformed]) {
     let line = |name: &str, e: &Estimate| {
         println!(
             "{name:<10} {:>6.1}%   95% CI [{:.1}%, {:.1}%]",
@@ -471,12 +338,8 @@ fn print_summary(s: &Summary, missing: &[&str], malformed: &[Malformed]) {
     line("Beyond-T", &s.beyond_time);
     line("Beyond-M", &s.beyond_memory);
     line("Beyond-I", &s.beyond_integral);
-    for (name, o) in [
-        ("time", Objective::Time),
-        ("memory", Objective::Memory),
-        ("integral", Objective::Integral),
-    ] {
-        let b = s.bucket_counts(o);
+    for o in Objective::ALL {
+        let (name, b) = (o.as_str(), s.bucket_counts(o));
         println!(
             "buckets {name:<8} B {}  M {}  W {}  F {}",
             b.best, b.middle, b.worst, b.failed

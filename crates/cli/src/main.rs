@@ -1,9 +1,13 @@
-//! `afterburner`: the command line of the Afterburner system.
+//! `afterburner`: the command line of the Afterburner system. It parses arguments, shows
+//! progress and prints; every measurement, calibration and score comes from the library crates.
 
+mod args;
 mod calibrate;
 mod dataset;
 mod eval;
+mod interrupt;
 mod optimize;
+mod progress;
 mod run;
 mod serve;
 

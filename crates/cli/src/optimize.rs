@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use afterburner_benchmarks::{Format, Problem, RecordedPerformance, Suite};
+use afterburner_benchmarks::{
+    Format, Problem, RecordedPerformance, Suite, Workbench, parallel, selected_references,
+};
 use afterburner_optimize::report::{Report, RunInfo};
 use afterburner_optimize::trajectory::{
     MANIFEST_FILE, Manifest, TRAJECTORY_FILE, check_and_write_manifest,
@@ -20,13 +22,13 @@ use afterburner_optimize::{
 use afterburner_sandbox::{Language, Sandbox};
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
-use crate::calibrate::{
-    Context, ProtocolArgs, install_interrupt_handler, interrupted, parallel, prepare_problems,
-    progress, say, selected_references,
-};
+use crate::args::{ProtocolArgs, select_problems};
 use crate::dataset::load_dataset;
+use crate::interrupt::stop_flag;
+use crate::progress::{Bars, progress, say};
 
 /// Arguments of `afterburner optimize`.
 #[derive(Debug, Args)]
@@ -218,6 +220,39 @@ fn originals(
     Ok((out, origin))
 }
 
+/// `optimize --json`: the report (without code) and where everything was written (a stable
+/// contract; printed with its keys sorted).
+#[derive(Serialize)]
+struct OptimizeSummary<'a> {
+    #[serde(flatten)]
+    report: Value,
+    out: &'a Path,
+    files: SummaryFiles<'a>,
+    errors: Vec<ProblemError<'a>>,
+    interrupted: bool,
+    protocol: &'a str,
+}
+
+/// The files of a run, as `optimize --json` names them.
+#[derive(Serialize)]
+struct SummaryFiles<'a> {
+    trajectory: &'a Path,
+    manifest: PathBuf,
+    report: &'a Path,
+    markdown: &'a Path,
+    chart_png: &'a Path,
+    chart_svg: &'a Path,
+    #[serde(rename = "final")]
+    r#final: &'a Path,
+}
+
+/// A problem stopped by an error, as `optimize --json` lists it.
+#[derive(Serialize)]
+struct ProblemError<'a> {
+    problem_id: &'a str,
+    error: &'a str,
+}
+
 /// Everything known about one problem before the loop.
 struct Prepared<'p> {
     problem: &'p Problem,
@@ -230,7 +265,7 @@ struct Prepared<'p> {
 pub fn optimize(args: OptimizeArgs) -> Result<ExitCode> {
     args.check()?;
     let dataset = load_dataset(&args.dataset)?;
-    let problems = crate::calibrate::select_problems(&dataset.problems, &args.problem_ids)?;
+    let problems = select_problems(&dataset.problems, &args.problem_ids)?;
     if problems.is_empty() {
         bail!("dataset {} has no problem to optimise", args.dataset);
     }
@@ -282,9 +317,14 @@ pub fn optimize(args: OptimizeArgs) -> Result<ExitCode> {
     let writer = TrajectoryWriter::open(&trajectory_path)?;
 
     let sandbox = Sandbox::new()?;
-    let ctx = Context::new(&sandbox, &args.protocol)?;
-    install_interrupt_handler();
-    let (calibrated, _) = prepare_problems(&ctx, &problems, args.max_solutions, args.calibrate);
+    let bench: Workbench = args.protocol.workbench(&sandbox, stop_flag())?;
+    let mut bars = Bars::default();
+    let (calibrated, _) = if args.calibrate {
+        bench.calibrate(&problems, args.max_solutions, &mut bars)
+    } else {
+        bench.prepare(&problems, args.max_solutions, &mut bars)
+    };
+    let interrupted = || bench.stopped();
     if interrupted() {
         eprintln!("interrupted while preparing the problems' tests; nothing optimised");
         return Ok(ExitCode::from(130));
@@ -302,7 +342,7 @@ pub fn optimize(args: OptimizeArgs) -> Result<ExitCode> {
         .iter_mut()
         .filter_map(|p| Some((p.problem.id.clone(), p.suite.take()?)))
         .collect();
-    let judge = HarnessJudge::new(&ctx.harness, suites, ctx.cpus.clone());
+    let judge = HarnessJudge::new(bench.harness(), suites, bench.cpus().to_vec());
     let optimizer = Optimizer {
         model: &client,
         judge: &judge,
@@ -328,7 +368,7 @@ pub fn optimize(args: OptimizeArgs) -> Result<ExitCode> {
         args.model,
         client.url(),
         scored,
-        ctx.cpus.len(),
+        bench.cpus().len(),
         args.out.display()
     );
     let per_problem = args.iterations + 1;
@@ -367,6 +407,7 @@ pub fn optimize(args: OptimizeArgs) -> Result<ExitCode> {
     parallel(
         &items,
         &threads,
+        bench.stop_flag(),
         |&i, _| {
             let p = &prepared[i];
             let rows = std::mem::take(&mut previous.lock().unwrap_or_else(|e| e.into_inner())[i]);
@@ -439,33 +480,38 @@ pub fn optimize(args: OptimizeArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot write the report into {}", args.out.display()))?;
 
     if args.json {
-        let mut summary = serde_json::to_value(&report)?;
-        if let Some(problems) = summary["problems"].as_array_mut() {
+        let mut report_json = serde_json::to_value(&report)?;
+        if let Some(problems) = report_json["problems"].as_array_mut() {
             for p in problems {
                 if let Some(o) = p.as_object_mut() {
                     o.remove("code");
                 }
             }
         }
-        summary["out"] = json!(args.out);
-        summary["files"] = json!({
-            "trajectory": trajectory_path,
-            "manifest": args.out.join(MANIFEST_FILE),
-            "report": files.json,
-            "markdown": files.markdown,
-            "chart_png": files.png,
-            "chart_svg": files.svg,
-            "final": files.solutions,
-        });
-        summary["errors"] = json!(
-            errors
+        let summary = OptimizeSummary {
+            report: report_json,
+            out: &args.out,
+            files: SummaryFiles {
+                trajectory: &trajectory_path,
+                manifest: args.out.join(MANIFEST_FILE),
+                report: &files.json,
+                markdown: &files.markdown,
+                chart_png: &files.png,
+                chart_svg: &files.svg,
+                r#final: &files.solutions,
+            },
+            errors: errors
                 .iter()
-                .map(|(id, e)| json!({"problem_id": id, "error": e}))
-                .collect::<Vec<_>>()
-        );
-        summary["interrupted"] = json!(was_interrupted);
-        summary["protocol"] = json!(ctx.protocol);
-        println!("{summary}");
+                .map(|(id, e)| ProblemError {
+                    problem_id: id,
+                    error: e,
+                })
+                .collect(),
+            interrupted: was_interrupted,
+            protocol: bench.protocol(),
+        };
+        // Through a JSON value: the keys come out sorted, as they always have.
+        println!("{}", serde_json::to_value(&summary)?);
     } else {
         print_human(&report, &args.out);
     }
@@ -478,69 +524,12 @@ pub fn optimize(args: OptimizeArgs) -> Result<ExitCode> {
     })
 }
 
+/// The human summary: the report's own markdown (run, per iteration, per problem, errors) and
+/// where the files are.
 fn print_human(report: &Report, out: &Path) {
-    let pct = |x: f64| format!("{:.1}%", 100.0 * x);
-    let width = report
-        .problems
-        .iter()
-        .map(|p| p.problem_id.len())
-        .max()
-        .unwrap_or(7)
-        .max(7);
+    print!("{}", report.markdown());
     println!(
-        "{:<width$}  {:>5}  {:>9}  {:<14}  {:>10}  {:>10}  {:>6}  {:>6}  {:>6}  {:>7}",
-        "problem", "iters", "incumbent", "status", "time ms", "memory KB", "T", "M", "I", "gain"
-    );
-    for p in &report.problems {
-        let pc = |f: fn(&afterburner_optimize::trajectory::Percentiles) -> f64| {
-            p.percentiles
-                .as_ref()
-                .map_or("-".to_string(), |x| pct(f(x)))
-        };
-        println!(
-            "{:<width$}  {:>5}  {:>9}  {:<14}  {:>10}  {:>10}  {:>6}  {:>6}  {:>6}  {:>7}",
-            p.problem_id,
-            p.iterations,
-            p.incumbent.map_or("-".to_string(), |k| k.to_string()),
-            p.status.as_deref().unwrap_or("-"),
-            p.time.map_or("-".to_string(), |t| format!("{t:.1}")),
-            p.memory.map_or("-".to_string(), |m| format!("{m:.0}")),
-            pc(|x| x.time),
-            pc(|x| x.memory),
-            pc(|x| x.integral),
-            p.gain.map_or("-".to_string(), pct),
-        );
-        if let Some(e) = &p.error {
-            println!("    error: {}", e.chars().take(200).collect::<String>());
-        }
-    }
-    println!();
-    println!(
-        "{:>9}  {:>8}  {:>7}  {:>9}  {:>9}  {:>9}  {:>8}",
-        "iteration", "problems", "pass@1", "Beyond-T", "Beyond-M", "Beyond-I", "accepted"
-    );
-    let est = |e: &Option<afterburner_benchmarks::metrics::Estimate>| {
-        e.map_or("-".to_string(), |e| pct(e.mean))
-    };
-    for p in &report.per_iteration {
-        println!(
-            "{:>9}  {:>8}  {:>7}  {:>9}  {:>9}  {:>9}  {:>8}",
-            p.iteration,
-            p.problems,
-            pct(p.pass_at_1),
-            est(&p.beyond_t),
-            est(&p.beyond_m),
-            est(&p.beyond_i),
-            p.accepted
-        );
-    }
-    let t = &report.totals;
-    println!(
-        "\n{} problems ({} complete, {} with errors); {} model calls ({} from the cache, {} without code)",
-        t.problems, t.complete, t.errors, t.model_calls, t.cached_calls, t.no_code
-    );
-    println!(
-        "wrote {}/{{trajectory.jsonl, report.json, report.md, chart.png, chart.svg, final.jsonl}}",
+        "\nwrote {}/{{trajectory.jsonl, report.json, report.md, chart.png, chart.svg, final.jsonl}}",
         out.display()
     );
 }

@@ -301,10 +301,17 @@ pub fn doctor(args: DoctorArgs) -> Result<ExitCode> {
         })
         .collect();
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"capabilities": caps, "toolchains": toolchains})
-        );
+        /// `doctor --json` (a stable contract; printed with its keys sorted).
+        #[derive(Serialize)]
+        struct Doctor<'a> {
+            capabilities: &'a afterburner_sandbox::Capabilities,
+            toolchains: &'a [Toolchain],
+        }
+        let doctor = Doctor {
+            capabilities: &caps,
+            toolchains: &toolchains,
+        };
+        println!("{}", serde_json::to_value(&doctor)?);
         return Ok(ExitCode::SUCCESS);
     }
     match caps.cgroup_version {

@@ -17,7 +17,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use afterburner_benchmarks::metrics::score_run;
-use afterburner_benchmarks::{Harness, Measured, Problem, RecordedPerformance, Suite};
+use afterburner_benchmarks::{Harness, Measured, Problem, RecordedPerformance, Submission, Suite};
 use afterburner_reward::parse_response;
 use afterburner_sandbox::{Language, Status};
 
@@ -152,7 +152,11 @@ impl Judge for HarnessJudge<'_> {
         let lease = self.cores.acquire();
         let measured = self
             .harness
-            .measure(problem, suite, language, code, lease.cpu())
+            .measure(
+                &Submission::new(problem, language, code),
+                suite,
+                lease.cpu(),
+            )
             .map_err(|e| e.to_string())?;
         Ok(Judged::from_measured(&measured))
     }

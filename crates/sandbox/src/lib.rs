@@ -27,7 +27,7 @@ pub use error::SandboxError;
 pub use language::{Language, UnknownLanguage};
 pub use limits::Limits;
 pub use measurement::{
-    Dispersion, Measurement, MemorySample, RepeatSummary, RunResult, Status,
+    Dispersion, Measurement, MemorySample, RepeatSummary, RunResult, Status, clip,
     coefficient_of_variation, median,
 };
 pub use objective::{Objective, RecordedPerformance, UnknownObjective};

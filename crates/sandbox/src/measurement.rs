@@ -132,6 +132,17 @@ impl RunResult {
     }
 }
 
+/// The first `max` characters of `text` (a program's output or an error), with `...` when cut:
+/// how every layer shortens what a run printed before putting it in a message.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_string()
+    } else {
+        let cut: String = text.chars().take(max).collect();
+        format!("{cut}...")
+    }
+}
+
 /// Serialises bytes as a (lossy) UTF-8 string, the form every consumer of output expects.
 mod lossy_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -246,6 +257,12 @@ impl RepeatSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clipping_counts_characters_not_bytes() {
+        assert_eq!(clip("héllo", 2), "hé...");
+        assert_eq!(clip("abc", 3), "abc");
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {

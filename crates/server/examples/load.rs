@@ -20,7 +20,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use afterburner_benchmarks::{Checker, Entry, Harness, HarnessConfig, Problem, Suite, TestCase};
+use afterburner_benchmarks::{
+    Checker, Entry, Harness, HarnessConfig, Problem, Submission, Suite, TestCase,
+};
 use afterburner_sandbox::{Language, Limits, RunRequest, Sandbox, Status};
 use afterburner_server::client;
 use afterburner_server::{Server, ServerConfig};
@@ -384,8 +386,13 @@ fn main() {
                     );
                     baseline
                         .call(move |h, cpu| {
-                            h.evaluate_within(&p, &s, Language::Python, EVALUATE_CODE, &l, cpu)
-                                .is_ok_and(|e| e.passed())
+                            h.evaluate_within(
+                                &Submission::new(&p, Language::Python, EVALUATE_CODE),
+                                &s,
+                                &l,
+                                cpu,
+                            )
+                            .is_ok_and(|e| e.passed())
                         })
                         .unwrap_or(false)
                 }

@@ -2,7 +2,9 @@
 //! Afterburner reward: the glue between the harness, the reward crate and the HTTP layer.
 
 use afterburner_benchmarks::metrics::Objective;
-use afterburner_benchmarks::{HarnessError, Measured, Problem, RecordedPerformance, Suite};
+use afterburner_benchmarks::{
+    HarnessError, Measured, Problem, RecordedPerformance, RunSettings, Submission, Suite,
+};
 use afterburner_reward::{Reward, RewardConfig, RewardInput, reward};
 use afterburner_sandbox::{Language, Limits};
 use serde::{Deserialize, Serialize};
@@ -26,9 +28,14 @@ pub(crate) fn grade(
     limits: &Limits,
     repeats: usize,
 ) -> Result<Graded, HarnessError> {
+    let settings = RunSettings {
+        limits: limits.clone(),
+        repeats,
+    };
+    let submission = Submission::new(problem, language, code);
     let mut graded = w
         .harness
-        .measure_within(problem, suite, language, code, limits, repeats, w.cpu)?;
+        .measure_within(&submission, suite, &settings, w.cpu)?;
     let e = &graded.evaluation;
     let repeat_failed = !graded.passed && e.message.is_none() && e.first_failure().is_none();
     if repeat_failed {

@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use afterburner_benchmarks::{Harness, HarnessConfig};
+use afterburner_benchmarks::{Harness, HarnessConfig, WorkerCount, worker_cpus};
 use afterburner_sandbox::{Language, Program, Sandbox, SandboxConfig, SandboxError};
 use tokio::sync::oneshot;
 
@@ -380,7 +380,8 @@ impl PoolHandle {
                     }
                 };
                 let caps = sandbox.capabilities();
-                let cpus = worker_cpus(&caps.cpus, caps.supervisor_cpu, workers);
+                let count = workers.map_or(WorkerCount::EveryFreeCore, WorkerCount::Exactly);
+                let cpus = worker_cpus(&caps.cpus, caps.supervisor_cpu, count);
                 let pool = Arc::new(Pool::new(queue, cpus.len(), metrics));
                 let programs = ProgramCache::new(program_cache);
                 let info = PoolInfo {
@@ -454,47 +455,9 @@ impl Drop for PoolHandle {
     }
 }
 
-/// The cores of the workers: every allowed core but the sampler's (at least one worker), cut
-/// to `asked` or cycled through when more workers are asked for than there are cores.
-pub(crate) fn worker_cpus(
-    cpus: &[usize],
-    supervisor: Option<usize>,
-    asked: Option<usize>,
-) -> Vec<Option<usize>> {
-    let mut free: Vec<Option<usize>> = cpus
-        .iter()
-        .copied()
-        .filter(|&c| Some(c) != supervisor)
-        .map(Some)
-        .collect();
-    if free.is_empty() {
-        free.push(None);
-    }
-    match asked {
-        None => free,
-        Some(n) => (0..n.max(1)).map(|i| free[i % free.len()]).collect(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn workers_default_to_every_core_but_the_samplers() {
-        assert_eq!(worker_cpus(&[0, 1], Some(0), None), vec![Some(1)]);
-        assert_eq!(
-            worker_cpus(&[0, 1, 2, 3], Some(0), None),
-            vec![Some(1), Some(2), Some(3)]
-        );
-        assert_eq!(worker_cpus(&[0], None, None), vec![Some(0)]);
-        assert_eq!(worker_cpus(&[], None, None), vec![None]);
-        assert_eq!(
-            worker_cpus(&[0, 1, 2], Some(0), Some(3)),
-            vec![Some(1), Some(2), Some(1)]
-        );
-        assert_eq!(worker_cpus(&[0, 1, 2], Some(0), Some(1)), vec![Some(1)]);
-    }
 
     fn noop() -> (JobFn, Box<dyn Fn() -> bool + Send>) {
         let (run, _rx, wanted) = job(|_w| ());

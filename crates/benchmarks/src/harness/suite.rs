@@ -9,8 +9,10 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::literal::{leetcode_outputs_match, tokens_match};
-use super::{Harness, HarnessError, PROTOCOL_VERSION, RawOutput, clip, hex, scripts_digest};
+use super::run::RawOutput;
+use super::{Harness, HarnessError, PROTOCOL_VERSION, hex, scripts_digest};
 use crate::problem::{Checker, Entry, Problem, ReferenceSolution, StressSource};
+use afterburner_sandbox::clip;
 
 /// Tests ENAMEL generates per input level (its defaults; levels past the fourth get 4).
 pub const ENAMEL_TESTS_PER_LEVEL: [u64; 4] = [8, 4, 4, 4];

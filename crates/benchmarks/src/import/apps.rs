@@ -18,7 +18,7 @@ use afterburner_sandbox::Language;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Collector, load_rows, json_to_python, parse_json, title_from_text};
+use super::{Collector, RowNotes, json_to_python, load_rows, parse_json, title_from_text};
 use crate::dataset::LoadError;
 use crate::problem::{Checker, Entry, Problem, ReferenceSolution, TestCase};
 
@@ -49,12 +49,7 @@ pub(crate) fn load(path: &Path, collector: &mut Collector) -> Result<(), LoadErr
     load_rows(path, collector, "an APPS row", problem)
 }
 
-fn problem(
-    row: Row,
-    path: &Path,
-    line: usize,
-    collector: &mut Collector,
-) -> Result<Problem, String> {
+fn problem(row: Row, notes: &mut RowNotes<'_>) -> Result<Problem, String> {
     let id = match &row.problem_id {
         Value::Number(n) => n.to_string(),
         Value::String(s) if !s.trim().is_empty() => s.trim().to_string(),
@@ -123,13 +118,9 @@ fn problem(
         return Err(format!("{id}: no usable tests"));
     }
     if dropped > 0 {
-        collector.warn(
-            path,
-            line,
-            format!(
-                "{id}: dropped {dropped} tests whose input or output is not text or a list of lines"
-            ),
-        );
+        notes.warn(format!(
+            "{id}: dropped {dropped} tests whose input or output is not text or a list of lines"
+        ));
     }
 
     let sources: Vec<String> = match row.solutions.filter(|s| !s.trim().is_empty()) {
@@ -137,11 +128,9 @@ fn problem(
         Some(text) => match parse_json(&text) {
             Ok(sources) => sources,
             Err(e) => {
-                collector.warn(
-                    path,
-                    line,
-                    format!("{id}: `solutions` is not a JSON list of strings ({e}); no references"),
-                );
+                notes.warn(format!(
+                    "{id}: `solutions` is not a JSON list of strings ({e}); no references"
+                ));
                 Vec::new()
             }
         },

@@ -16,7 +16,7 @@ use std::path::Path;
 use afterburner_sandbox::Language;
 use serde::Deserialize;
 
-use super::{Collector, load_rows, parse_json, title_from_slug};
+use super::{Collector, RowNotes, load_rows, title_from_slug};
 use crate::dataset::LoadError;
 use crate::problem::{Checker, Entry, Problem, ReferenceSolution, TestCase};
 
@@ -65,12 +65,7 @@ fn is_upstream_failure(output: &str) -> bool {
     output.starts_with("Error:") || output == "Execution timed out"
 }
 
-fn problem(
-    row: Row,
-    path: &Path,
-    line: usize,
-    collector: &mut Collector,
-) -> Result<Problem, String> {
+fn problem(row: Row, notes: &mut RowNotes<'_>) -> Result<Problem, String> {
     let id = row.task_id.trim().to_string();
     if id.is_empty() {
         return Err("empty `task_id`".to_string());
@@ -99,13 +94,9 @@ fn problem(
         ));
     }
     if dropped > 0 {
-        collector.warn(
-            path,
-            line,
-            format!(
-                "{id}: dropped {dropped} of {total} tests whose output is an upstream error or timeout"
-            ),
-        );
+        notes.warn(format!(
+            "{id}: dropped {dropped} of {total} tests whose output is an upstream error or timeout"
+        ));
     }
 
     let mut starter_code = BTreeMap::new();

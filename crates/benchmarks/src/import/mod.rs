@@ -121,23 +121,44 @@ pub(crate) fn read_text(path: &Path) -> Result<String, LoadError> {
 }
 
 /// Loads a JSONL file of one row `R` per line: each row becomes a problem through `problem`
-/// (called with the row, the path, the line number and the collector) or is skipped with the
-/// reason it returns; a line that is not an `R` at all is skipped as `not {what}: ...`.
+/// (given the row and where to note what it loses) or is skipped with the reason it returns; a
+/// line that is not an `R` at all is skipped as `not {what}: ...`.
 pub(crate) fn load_rows<R: serde::de::DeserializeOwned>(
     path: &Path,
     collector: &mut Collector,
     what: &str,
-    problem: impl Fn(R, &Path, usize, &mut Collector) -> Result<Problem, String>,
+    problem: impl Fn(R, &mut RowNotes<'_>) -> Result<Problem, String>,
 ) -> Result<(), LoadError> {
     for_each_line(path, collector, |row, line, collector| {
         match parse_json::<R>(line) {
-            Ok(r) => match problem(r, path, row, collector) {
-                Ok(p) => collector.push(p, path, row),
-                Err(reason) => collector.skip(path, row, reason),
-            },
+            Ok(r) => {
+                let mut notes = RowNotes {
+                    collector: &mut *collector,
+                    path,
+                    row,
+                };
+                match problem(r, &mut notes) {
+                    Ok(p) => collector.push(p, path, row),
+                    Err(reason) => collector.skip(path, row, reason),
+                }
+            }
             Err(e) => collector.skip(path, row, format!("not {what}: {e}")),
         }
     })
+}
+
+/// Where the losses of one row being imported are noted (its file and row are known).
+pub(crate) struct RowNotes<'a> {
+    collector: &'a mut Collector,
+    path: &'a Path,
+    row: usize,
+}
+
+impl RowNotes<'_> {
+    /// Records a loss in this row (reported if the row ends up loaded).
+    pub(crate) fn warn(&mut self, reason: impl Into<String>) {
+        self.collector.warn(self.path, self.row, reason);
+    }
 }
 
 /// Calls `each(row, line)` for every non-blank line of a (possibly gzipped) JSONL file.

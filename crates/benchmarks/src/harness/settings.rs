@@ -1,0 +1,131 @@
+//! What a harness is set to do: the measurement protocol's limits, repeats and seeds
+//! ([`HarnessConfig`]), the settings of one measurement ([`RunSettings`]), and the protocol id
+//! that makes two measurements comparable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use afterburner_sandbox::Limits;
+use sha2::{Digest, Sha256};
+
+use super::scripts::{COMMON_PY, DRIVER_PY, EVALUATOR_PY, GENERATOR_PY};
+
+/// Version of the measurement protocol; part of every cache key.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+const MIB: u64 = 1024 * 1024;
+
+/// How one solution is measured: the limits of each run and how many runs make its figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSettings {
+    /// Limits of one run of a solution over its whole suite.
+    pub limits: Limits,
+    /// Runs per solution; its figures are the medians (a solution must pass every run).
+    pub repeats: usize,
+}
+
+/// Settings of a [`Harness`](super::Harness): the measurement protocol and where stress suites are cached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HarnessConfig {
+    /// Limits of one run of a solution over its whole suite.
+    pub limits: Limits,
+    /// Runs per solution; its figures are the medians (a solution must pass every run).
+    pub repeats: usize,
+    /// Seed of stress-input generators.
+    pub stress_seed: u64,
+    /// How many reference solutions must agree on a stress input's expected output.
+    pub consensus_references: usize,
+    /// Limits of one reference run while deriving stress outputs.
+    pub consensus_limits: Limits,
+    /// Limits of one generator run.
+    pub generator_limits: Limits,
+    /// Limits of one run of a dataset's evaluator.
+    pub evaluator_limits: Limits,
+    /// Folder for cached stress suites (`<dir>/stress/`); `None`: regenerate every time.
+    pub cache_dir: Option<PathBuf>,
+}
+
+fn limits(seconds: u64, memory_mib: u64) -> Limits {
+    Limits {
+        wall_time: Duration::from_secs(seconds),
+        cpu_time: Duration::from_secs(seconds),
+        memory_bytes: memory_mib * MIB,
+        output_bytes: 256 * MIB,
+        ..Limits::default()
+    }
+}
+
+impl Default for HarnessConfig {
+    /// 60 s and 1 GiB per run, 3 repeats, ENAMEL's seed 998244353, 3 agreeing references.
+    fn default() -> Self {
+        HarnessConfig {
+            limits: limits(60, 1024),
+            repeats: 3,
+            stress_seed: 998_244_353,
+            consensus_references: 3,
+            consensus_limits: limits(60, 2048),
+            generator_limits: limits(120, 2048),
+            evaluator_limits: limits(120, 2048),
+            cache_dir: None,
+        }
+    }
+}
+
+/// SHA-256 of the harness scripts: changing them changes every protocol id.
+pub fn scripts_digest() -> String {
+    let mut h = Sha256::new();
+    for s in [COMMON_PY, DRIVER_PY, EVALUATOR_PY, GENERATOR_PY] {
+        h.update(s.as_bytes());
+        h.update([0]);
+    }
+    hex(&h.finalize()[..8])
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The first 16 hex digits of the SHA-256 of `text`.
+pub fn short_hash(text: &str) -> String {
+    hex(&Sha256::digest(text.as_bytes())[..8])
+}
+
+impl HarnessConfig {
+    /// The limits and repeats this configuration measures a solution with.
+    pub fn run_settings(&self) -> RunSettings {
+        RunSettings {
+            limits: self.limits.clone(),
+            repeats: self.repeats,
+        }
+    }
+
+    /// A stable id of the measurement protocol: what makes two measurements comparable.
+    pub fn protocol_id(&self) -> String {
+        format!(
+            "v{PROTOCOL_VERSION}/repeats={}/time={}ms/memory={}MiB/seed={}/consensus={}/scripts={}",
+            self.repeats,
+            self.limits.wall_time.as_millis(),
+            self.limits.memory_bytes / MIB,
+            self.stress_seed,
+            self.consensus_references,
+            scripts_digest()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_ids_change_with_the_protocol() {
+        let a = HarnessConfig::default();
+        let b = HarnessConfig {
+            repeats: 5,
+            ..HarnessConfig::default()
+        };
+        assert_ne!(a.protocol_id(), b.protocol_id());
+        assert_eq!(a.protocol_id(), HarnessConfig::default().protocol_id());
+        assert!(a.protocol_id().contains(&scripts_digest()));
+    }
+}
