@@ -20,6 +20,7 @@ mod measurement;
 mod monitor;
 mod sandbox;
 mod seccomp;
+mod sys;
 mod toolchain;
 
 pub use error::SandboxError;
@@ -30,3 +31,4 @@ pub use measurement::{
     coefficient_of_variation, median,
 };
 pub use sandbox::{Capabilities, Compilation, Program, RunRequest, Sandbox, SandboxConfig};
+pub use sys::random_u64;
