@@ -502,7 +502,7 @@ fn print_human(report: &Report, out: &Path) {
             p.problem_id,
             p.iterations,
             p.incumbent.map_or("-".to_string(), |k| k.to_string()),
-            p.status.as_deref().unwrap_or("-"),
+            p.status.map_or("-", |s| s.as_str()),
             p.time.map_or("-".to_string(), |t| format!("{t:.1}")),
             p.memory.map_or("-".to_string(), |m| format!("{m:.0}")),
             pc(|x| x.time),
