@@ -165,6 +165,30 @@ pub struct ReferenceSolution {
 }
 
 impl Problem {
+    /// A problem given by its tests alone: no title, statement, tags, starter code, prelude,
+    /// stress inputs or references (as a client sending inline tests describes one).
+    pub fn from_tests(
+        id: impl Into<String>,
+        entry: Entry,
+        tests: Vec<TestCase>,
+        checker: Checker,
+    ) -> Problem {
+        Problem {
+            id: id.into(),
+            title: String::new(),
+            description: String::new(),
+            difficulty: None,
+            tags: Vec::new(),
+            starter_code: BTreeMap::new(),
+            entry,
+            prelude: None,
+            tests,
+            checker,
+            stress: Vec::new(),
+            references: Vec::new(),
+        }
+    }
+
     /// The reference solutions upstream reports as passing.
     pub fn verified_references(&self) -> impl Iterator<Item = &ReferenceSolution> {
         self.references.iter().filter(|r| r.verified)

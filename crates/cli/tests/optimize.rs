@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use afterburner_benchmarks::{VenusRow, VenusSolution, write_venus_jsonl};
-use afterburner_optimize::scripted::{Reply, ScriptedServer};
+use afterburner_testkit::scripted::{Reply, ScriptedServer};
 use serde_json::Value;
 use support::*;
 

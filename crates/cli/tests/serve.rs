@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use afterburner_server::client;
+use afterburner_testkit::client;
 use serde_json::json;
 use support::command;
 

@@ -10,7 +10,7 @@
 
 use std::io::Write;
 
-use afterburner_optimize::scripted::{Reply, ScriptedServer};
+use afterburner_testkit::scripted::{Reply, ScriptedServer};
 
 fn main() {
     let files: Vec<String> = std::env::args().skip(1).collect();

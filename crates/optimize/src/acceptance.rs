@@ -213,6 +213,11 @@ mod tests {
         min_gain: 0.03,
     };
 
+    /// Whether `RULE` accepts `candidate` over `incumbent` on `objective`.
+    fn accepts(objective: Objective, incumbent: &Observation, candidate: &Observation) -> bool {
+        RULE.decide(objective, Some(incumbent), candidate).accepted
+    }
+
     #[test]
     fn the_first_candidate_is_accepted_even_when_it_fails() {
         assert!(RULE.decide(Objective::Time, None, &failing()).accepted);
@@ -222,9 +227,9 @@ mod tests {
     fn a_pass_beats_a_fail_and_a_fail_never_replaces_anything() {
         let pass = passing(500.0, 1000.0, 5e5, 0.01);
         let fail = failing();
-        assert!(RULE.decide(Objective::Time, Some(&fail), &pass).accepted);
-        assert!(!RULE.decide(Objective::Time, Some(&pass), &fail).accepted);
-        assert!(!RULE.decide(Objective::Time, Some(&fail), &fail).accepted);
+        assert!(accepts(Objective::Time, &fail, &pass));
+        assert!(!accepts(Objective::Time, &pass, &fail));
+        assert!(!accepts(Objective::Time, &fail, &fail));
     }
 
     #[test]
@@ -234,7 +239,7 @@ mod tests {
         let d = RULE.decide(Objective::Time, Some(&slow), &fast);
         assert!(d.accepted, "{}", d.reason);
         assert!(d.reason.contains("lower"), "{}", d.reason);
-        assert!(!RULE.decide(Objective::Time, Some(&fast), &slow).accepted);
+        assert!(!accepts(Objective::Time, &fast, &slow));
     }
 
     #[test]
@@ -244,30 +249,16 @@ mod tests {
         let incumbent = passing(100.0, 9000.0, 1_000_000.0, 0.01);
         let smaller = passing(100.0, 9000.0, 600_000.0, 0.01);
         let larger = passing(100.0, 9000.0, 1_400_000.0, 0.01);
-        assert!(
-            RULE.decide(Objective::Integral, Some(&incumbent), &smaller)
-                .accepted
-        );
-        assert!(
-            !RULE
-                .decide(Objective::Integral, Some(&incumbent), &larger)
-                .accepted
-        );
+        assert!(accepts(Objective::Integral, &incumbent, &smaller));
+        assert!(!accepts(Objective::Integral, &incumbent, &larger));
     }
 
     #[test]
     fn only_the_instructed_objective_counts() {
         let incumbent = passing(100.0, 20_000.0, 2e6, 0.01);
         let less_memory_slower = passing(150.0, 10_000.0, 1.5e6, 0.01);
-        assert!(
-            RULE.decide(Objective::Memory, Some(&incumbent), &less_memory_slower)
-                .accepted
-        );
-        assert!(
-            !RULE
-                .decide(Objective::Time, Some(&incumbent), &less_memory_slower)
-                .accepted
-        );
+        assert!(accepts(Objective::Memory, &incumbent, &less_memory_slower));
+        assert!(!accepts(Objective::Time, &incumbent, &less_memory_slower));
     }
 
     #[test]
@@ -282,10 +273,7 @@ mod tests {
         // The same gain with quiet measurements (1%) is beyond the noise.
         let quiet_incumbent = passing(100.0, 9000.0, 9e5, 0.01);
         let quiet_candidate = passing(90.0, 9000.0, 8e5, 0.01);
-        assert!(
-            RULE.decide(Objective::Time, Some(&quiet_incumbent), &quiet_candidate)
-                .accepted
-        );
+        assert!(accepts(Objective::Time, &quiet_incumbent, &quiet_candidate));
     }
 
     #[test]
@@ -294,15 +282,8 @@ mod tests {
         let incumbent = passing(100.0, 10_000.0, 1e6, 0.0);
         let two_percent = passing(100.0, 9_800.0, 1e6, 0.0);
         let five_percent = passing(100.0, 9_500.0, 1e6, 0.0);
-        assert!(
-            !RULE
-                .decide(Objective::Memory, Some(&incumbent), &two_percent)
-                .accepted
-        );
-        assert!(
-            RULE.decide(Objective::Memory, Some(&incumbent), &five_percent)
-                .accepted
-        );
+        assert!(!accepts(Objective::Memory, &incumbent, &two_percent));
+        assert!(accepts(Objective::Memory, &incumbent, &five_percent));
     }
 
     #[test]

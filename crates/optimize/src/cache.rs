@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::client::Completion;
+use crate::chat::Completion;
 
 /// What is stored per entry: enough to audit it by hand.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

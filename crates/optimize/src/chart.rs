@@ -108,28 +108,37 @@ fn draw<DB: DrawingBackend>(
     root.present().map_err(e)
 }
 
-/// Writes the chart as a PNG (`width` x `height` pixels).
-pub fn write_png(
-    path: &Path,
-    title: &str,
-    series: &[Series],
-    size: (u32, u32),
-) -> Result<(), String> {
-    font_ready()?;
-    let root = BitMapBackend::new(path, size).into_drawing_area();
-    draw(root, title, series).map_err(|e| format!("cannot draw {}: {e}", path.display()))
+/// An image format a chart is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// A PNG bitmap.
+    Png,
+    /// An SVG drawing.
+    Svg,
 }
 
-/// Writes the chart as an SVG.
-pub fn write_svg(
+/// Writes the chart to `path` in `format`, `size` being (width, height) in pixels.
+pub fn write(
     path: &Path,
+    format: ImageFormat,
     title: &str,
     series: &[Series],
     size: (u32, u32),
 ) -> Result<(), String> {
     font_ready()?;
-    let root = SVGBackend::new(path, size).into_drawing_area();
-    draw(root, title, series).map_err(|e| format!("cannot draw {}: {e}", path.display()))
+    let drawn = match format {
+        ImageFormat::Png => draw(
+            BitMapBackend::new(path, size).into_drawing_area(),
+            title,
+            series,
+        ),
+        ImageFormat::Svg => draw(
+            SVGBackend::new(path, size).into_drawing_area(),
+            title,
+            series,
+        ),
+    };
+    drawn.map_err(|e| format!("cannot draw {}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -154,8 +163,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let png = dir.path().join("chart.png");
         let svg = dir.path().join("chart.svg");
-        write_png(&png, "IOF: time", &series(), (800, 480)).unwrap();
-        write_svg(&svg, "IOF: time", &series(), (800, 480)).unwrap();
+        write(&png, ImageFormat::Png, "IOF: time", &series(), (800, 480)).unwrap();
+        write(&svg, ImageFormat::Svg, "IOF: time", &series(), (800, 480)).unwrap();
         let png_bytes = std::fs::read(&png).unwrap();
         assert_eq!(&png_bytes[..8], b"\x89PNG\r\n\x1a\n");
         assert!(png_bytes.len() > 5_000, "{} bytes", png_bytes.len());
@@ -173,7 +182,21 @@ mod tests {
             name: "pass@1".into(),
             points: vec![(0, 100.0)],
         }];
-        write_svg(&dir.path().join("c.svg"), "one", &one, (400, 300)).unwrap();
-        write_png(&dir.path().join("c.png"), "one", &[], (400, 300)).unwrap();
+        write(
+            &dir.path().join("c.svg"),
+            ImageFormat::Svg,
+            "one",
+            &one,
+            (400, 300),
+        )
+        .unwrap();
+        write(
+            &dir.path().join("c.png"),
+            ImageFormat::Png,
+            "one",
+            &[],
+            (400, 300),
+        )
+        .unwrap();
     }
 }

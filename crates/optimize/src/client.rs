@@ -10,122 +10,17 @@
 //! At most [`ClientConfig::concurrency`] requests are in flight at once across all threads, and
 //! with a [`ResponseCache`] an answer already stored is replayed without a request.
 //!
-//! The wire format lives here and nowhere else: the rest of the crate sees [`Message`] and
-//! [`Completion`].
+//! The wire format lives here and nowhere else: the rest of the crate sees the backend-neutral
+//! vocabulary of [`crate::chat`] ([`Message`], [`Completion`], [`ChatModel`]).
 
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::cache::{CacheEntry, ResponseCache, cache_key};
-
-/// One chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Message {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
-    /// The text.
-    pub content: String,
-}
-
-impl Message {
-    /// A system message.
-    pub fn system(content: impl Into<String>) -> Self {
-        Message {
-            role: "system".into(),
-            content: content.into(),
-        }
-    }
-
-    /// A user message.
-    pub fn user(content: impl Into<String>) -> Self {
-        Message {
-            role: "user".into(),
-            content: content.into(),
-        }
-    }
-}
-
-/// Token counts a server reported.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    /// Tokens in the prompt.
-    pub prompt_tokens: Option<u64>,
-    /// Tokens generated.
-    pub completion_tokens: Option<u64>,
-}
-
-/// A model's answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Completion {
-    /// The message text (empty when the server sent none).
-    pub content: String,
-    /// Why generation stopped (`stop`, `length`...), when the server said.
-    #[serde(default)]
-    pub finish_reason: Option<String>,
-    /// The model that answered, as the server named it.
-    #[serde(default)]
-    pub model: Option<String>,
-    /// Token counts, when reported.
-    #[serde(default)]
-    pub usage: Option<Usage>,
-    /// Whether it was replayed from the response cache.
-    #[serde(default)]
-    pub from_cache: bool,
-    /// Requests it took (0 when replayed from the cache).
-    #[serde(default)]
-    pub attempts: u32,
-    /// Wall time of the call, ms, retries and backoff included.
-    #[serde(default)]
-    pub elapsed_ms: f64,
-}
-
-/// Why a model call failed (after any retries).
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum LlmError {
-    /// The endpoint is not a usable base URL.
-    #[error("endpoint `{url}`: {reason}")]
-    BadEndpoint {
-        /// The URL given.
-        url: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// No answer: connection refused or reset, name not resolved, or timed out.
-    #[error("{url}: no answer after {attempts} attempt(s): {reason}")]
-    Unreachable {
-        /// The request URL.
-        url: String,
-        /// Requests made.
-        attempts: u32,
-        /// The last failure.
-        reason: String,
-    },
-    /// The server answered with an error status.
-    #[error("{url}: HTTP {status} after {attempts} attempt(s): {body}")]
-    Status {
-        /// The request URL.
-        url: String,
-        /// The last status.
-        status: u16,
-        /// Requests made.
-        attempts: u32,
-        /// The start of the error body.
-        body: String,
-    },
-    /// The server answered 2xx with something that is not a chat completion.
-    #[error("{url}: the answer is not a chat completion: {reason} (body starts: {excerpt:?})")]
-    BadResponse {
-        /// The request URL.
-        url: String,
-        /// What is wrong.
-        reason: String,
-        /// The start of the body.
-        excerpt: String,
-    },
-}
+use crate::chat::{ChatModel, Completion, LlmError, Message, Usage};
+use crate::now_secs;
 
 /// Where and how to call the model.
 #[derive(Debug, Clone, PartialEq)]
@@ -201,13 +96,6 @@ impl ClientConfig {
     }
 }
 
-/// Anything that answers chat messages: the HTTP client, or a script in tests.
-pub trait ChatModel: Sync {
-    /// Answers `messages`; `tag` names the draw (`<problem>/<iteration>`) for caching, and
-    /// `draw` numbers it (for per-draw seeds).
-    fn complete(&self, messages: &[Message], tag: &str, draw: u64) -> Result<Completion, LlmError>;
-}
-
 /// A counting semaphore: at most `n` holders at once.
 #[derive(Debug)]
 struct Gate {
@@ -275,12 +163,6 @@ fn excerpt(text: &str) -> String {
         s.push_str("...");
     }
     s
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// A small jitter factor in [1, 1.25) from the clock, so that parallel retries spread out.

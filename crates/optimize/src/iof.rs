@@ -22,15 +22,16 @@ use afterburner_reward::parse_response;
 use afterburner_sandbox::{Language, Status};
 
 use crate::acceptance::{AcceptanceRule, Observation};
-use crate::client::ChatModel;
+use crate::chat::ChatModel;
+use crate::now_secs;
 use crate::prompt::{Instruction, OriginalView, PromptContext, Templates};
-use crate::trajectory::{IterationRecord, Percentiles, Source};
+use crate::trajectory::{CandidateStatus, IterationRecord, Percentiles, Source};
 
 /// A measured candidate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Judged {
-    /// A sandbox status (`accepted`, `wrong_answer`...).
-    pub status: String,
+    /// The sandbox's verdict (`accepted`, `wrong_answer`...).
+    pub status: Status,
     /// What acceptance compares.
     pub observation: Observation,
     /// Tests passed in the first run.
@@ -50,7 +51,7 @@ impl Judged {
             m.evaluation.status
         };
         Judged {
-            status: status.as_str().to_string(),
+            status,
             observation: Observation {
                 passed: m.passed,
                 performance: m.performance.filter(|_| m.passed),
@@ -226,12 +227,6 @@ pub struct Optimizer<'a> {
     pub config: LoopConfig,
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// The row's percentiles against `references` (none when there are none).
 fn percentiles(judged: &Judged, references: &[RecordedPerformance]) -> Option<Percentiles> {
     if references.is_empty() {
@@ -250,37 +245,13 @@ fn percentiles(judged: &Judged, references: &[RecordedPerformance]) -> Option<Pe
 
 impl Optimizer<'_> {
     fn blank(&self, task: &Task<'_>, iteration: usize, source: Source) -> IterationRecord {
-        IterationRecord {
-            problem_id: task.problem.id.clone(),
+        IterationRecord::new(
+            &task.problem.id,
             iteration,
             source,
-            accepted: false,
-            decision: String::new(),
-            incumbent: None,
-            status: String::new(),
-            passed: false,
-            time: None,
-            memory: None,
-            integral: None,
-            cv: None,
-            runs: 0,
-            tests_passed: None,
-            tests_total: None,
-            detail: None,
-            percentiles: None,
-            code: None,
-            language: self.config.language,
-            instruction: self.config.instruction,
-            prompt: None,
-            response: None,
-            well_formed: None,
-            finish_reason: None,
-            usage: None,
-            cached: None,
-            llm_ms: None,
-            measure_ms: None,
-            finished_at: 0,
-        }
+            self.config.language,
+            self.config.instruction,
+        )
     }
 
     fn measure_into(
@@ -296,7 +267,7 @@ impl Optimizer<'_> {
             .map_err(|e| format!("iteration {}: measuring failed: {e}", record.iteration))?;
         record.measure_ms = Some(start.elapsed().as_secs_f64() * 1e3);
         record.percentiles = percentiles(&judged, &task.references);
-        record.status = judged.status;
+        record.status = CandidateStatus::Ran(judged.status);
         record.passed = judged.observation.passed;
         let perf = judged.observation.performance;
         record.time = perf.map(|p| p.time_ms);
@@ -332,7 +303,7 @@ impl Optimizer<'_> {
                 code,
                 language,
                 inc.passed,
-                &inc.status,
+                inc.status.as_str(),
                 inc.detail.as_deref(),
                 inc.time,
                 inc.memory,
@@ -366,7 +337,7 @@ impl Optimizer<'_> {
         match parsed.code {
             Some(code) => self.measure_into(task, &mut record, code)?,
             None => {
-                record.status = "no_code".to_string();
+                record.status = CandidateStatus::NoCode;
                 let why = parsed
                     .problem
                     .unwrap_or_else(|| "no usable code".to_string());
@@ -451,7 +422,7 @@ impl Optimizer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::{Completion, LlmError, Message};
+    use crate::chat::{Completion, LlmError, Message};
     use afterburner_benchmarks::{Checker, Entry};
     use std::sync::Mutex;
 
@@ -508,11 +479,10 @@ mod tests {
                 .and_then(|s| s.parse().ok());
             Ok(Judged {
                 status: if ms.is_some() {
-                    "accepted"
+                    Status::Accepted
                 } else {
-                    "wrong_answer"
-                }
-                .into(),
+                    Status::WrongAnswer
+                },
                 observation: Observation {
                     passed: ms.is_some(),
                     performance: ms.map(|t| RecordedPerformance {
@@ -532,18 +502,9 @@ mod tests {
 
     fn problem() -> Problem {
         Problem {
-            id: "p".into(),
             title: "P".into(),
             description: "Print something fast.".into(),
-            difficulty: None,
-            tags: Vec::new(),
-            starter_code: Default::default(),
-            entry: Entry::StdinStdout,
-            prelude: None,
-            tests: Vec::new(),
-            checker: Checker::Exact,
-            stress: Vec::new(),
-            references: Vec::new(),
+            ..Problem::from_tests("p", Entry::StdinStdout, Vec::new(), Checker::Exact)
         }
     }
 
@@ -567,6 +528,23 @@ mod tests {
         previous: Vec<IterationRecord>,
         references: Vec<RecordedPerformance>,
     ) -> Outcome {
+        let task = Task {
+            problem: &problem(),
+            original: original.map(str::to_string),
+            references,
+        };
+        optimize(script, iterations, &task, previous, &|_| Ok(()), &|| false)
+    }
+
+    /// Runs the loop on `task` with the paper's templates, judging by value.
+    fn optimize(
+        script: &Script,
+        iterations: usize,
+        task: &Task<'_>,
+        previous: Vec<IterationRecord>,
+        emit: &(dyn Fn(&IterationRecord) -> Result<(), String> + Sync),
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Outcome {
         let templates = Templates::paper();
         let optimizer = Optimizer {
             model: script,
@@ -574,13 +552,7 @@ mod tests {
             templates: &templates,
             config: config(iterations),
         };
-        let p = problem();
-        let task = Task {
-            problem: &p,
-            original: original.map(str::to_string),
-            references,
-        };
-        optimizer.run(&task, previous, &|_| Ok(()), &|| false)
+        optimizer.run(task, previous, emit, stop)
     }
 
     #[test]
@@ -597,15 +569,16 @@ mod tests {
         assert_eq!(out.error, None);
         let accepted: Vec<bool> = out.records.iter().map(|r| r.accepted).collect();
         assert_eq!(accepted, [true, false, false, true, false]);
-        let statuses: Vec<&str> = out.records.iter().map(|r| r.status.as_str()).collect();
+        let ran = CandidateStatus::Ran;
+        let statuses: Vec<CandidateStatus> = out.records.iter().map(|r| r.status).collect();
         assert_eq!(
             statuses,
             [
-                "accepted",
-                "wrong_answer",
-                "no_code",
-                "accepted",
-                "accepted"
+                ran(Status::Accepted),
+                ran(Status::WrongAnswer),
+                CandidateStatus::NoCode,
+                ran(Status::Accepted),
+                ran(Status::Accepted),
             ]
         );
         let incumbents: Vec<Option<usize>> = out.records.iter().map(|r| r.incumbent).collect();
@@ -752,20 +725,19 @@ mod tests {
     fn an_emit_failure_stops_the_problem() {
         let slow = answer("400");
         let script = Script::new(vec![Ok(&slow)]);
-        let templates = Templates::paper();
-        let optimizer = Optimizer {
-            model: &script,
-            judge: &ByValue,
-            templates: &templates,
-            config: config(2),
-        };
-        let p = problem();
         let task = Task {
-            problem: &p,
+            problem: &problem(),
             original: None,
             references: Vec::new(),
         };
-        let out = optimizer.run(&task, Vec::new(), &|_| Err("disk full".into()), &|| false);
+        let out = optimize(
+            &script,
+            2,
+            &task,
+            Vec::new(),
+            &|_| Err("disk full".into()),
+            &|| false,
+        );
         assert!(out.error.unwrap().contains("disk full"));
         assert!(out.records.is_empty());
     }
@@ -773,20 +745,12 @@ mod tests {
     #[test]
     fn a_stop_request_ends_the_problem_between_iterations() {
         let script = Script::new(vec![]);
-        let templates = Templates::paper();
-        let optimizer = Optimizer {
-            model: &script,
-            judge: &ByValue,
-            templates: &templates,
-            config: config(2),
-        };
-        let p = problem();
         let task = Task {
-            problem: &p,
+            problem: &problem(),
             original: None,
             references: Vec::new(),
         };
-        let out = optimizer.run(&task, Vec::new(), &|_| Ok(()), &|| true);
+        let out = optimize(&script, 2, &task, Vec::new(), &|_| Ok(()), &|| true);
         assert!(out.interrupted);
         assert!(out.records.is_empty());
     }

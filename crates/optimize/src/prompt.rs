@@ -46,12 +46,12 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use afterburner_benchmarks::metrics::Objective;
-use afterburner_benchmarks::{Entry, Problem};
+use afterburner_benchmarks::{Checker, Entry, Problem};
 use afterburner_sandbox::Language;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::client::Message;
+use crate::chat::Message;
 
 const SYSTEM: &str = include_str!("prompts/system.j2");
 const GENERATE: &str = include_str!("prompts/generate.j2");
@@ -391,18 +391,9 @@ impl Templates {
     /// Renders every template on a sample problem, so that errors surface at start-up.
     fn check(&self) -> Result<(), PromptError> {
         let problem = Problem {
-            id: "sample".into(),
             title: "Sample".into(),
             description: "Print the sum of two integers.".into(),
-            difficulty: None,
-            tags: Vec::new(),
-            starter_code: Default::default(),
-            entry: Entry::StdinStdout,
-            prelude: None,
-            tests: Vec::new(),
-            checker: afterburner_benchmarks::Checker::Exact,
-            stress: Vec::new(),
-            references: Vec::new(),
+            ..Problem::from_tests("sample", Entry::StdinStdout, Vec::new(), Checker::Exact)
         };
         let generate = PromptContext::new(&problem, Language::Python, Instruction::Time, None);
         self.messages(&generate)?;
@@ -455,6 +446,7 @@ impl Templates {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat::Role;
     use std::collections::BTreeMap;
 
     fn problem(entry: Entry) -> Problem {
@@ -466,18 +458,10 @@ mod tests {
             );
         }
         Problem {
-            id: "p1".into(),
             title: "Sum".into(),
             description: "Given n, return 1 + 2 + ... + n.".into(),
-            difficulty: None,
-            tags: Vec::new(),
             starter_code,
-            entry,
-            prelude: None,
-            tests: Vec::new(),
-            checker: afterburner_benchmarks::Checker::Exact,
-            stress: Vec::new(),
-            references: Vec::new(),
+            ..Problem::from_tests("p1", entry, Vec::new(), Checker::Exact)
         }
     }
 
@@ -488,18 +472,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_generation_prompt_follows_the_paper() {
-        let t = Templates::paper();
+    /// The messages `t` renders to generate a time-efficient Python solution of the method
+    /// problem.
+    fn generation_messages(t: &Templates) -> Vec<Message> {
         let ctx = PromptContext::new(
             &problem(method()),
             Language::Python,
             Instruction::Time,
             None,
         );
-        let m = t.messages(&ctx).unwrap();
+        t.messages(&ctx).unwrap()
+    }
+
+    #[test]
+    fn the_generation_prompt_follows_the_paper() {
+        let m = generation_messages(&Templates::paper());
         assert_eq!(m.len(), 2);
-        assert_eq!(m[0].role, "system");
+        assert_eq!(m[0].role, Role::System);
         assert!(
             m[0].content
                 .contains("<thinking> </thinking> and <solution> </solution>")
@@ -653,15 +642,9 @@ mod tests {
     #[test]
     fn an_empty_system_template_sends_only_the_user_message() {
         let t = Templates::build([Some((String::new(), "test".into())), None, None]).unwrap();
-        let ctx = PromptContext::new(
-            &problem(method()),
-            Language::Python,
-            Instruction::Time,
-            None,
-        );
-        let m = t.messages(&ctx).unwrap();
+        let m = generation_messages(&t);
         assert_eq!(m.len(), 1);
-        assert_eq!(m[0].role, "user");
+        assert_eq!(m[0].role, Role::User);
     }
 
     #[test]

@@ -21,9 +21,9 @@ use afterburner_sandbox::Language;
 use serde::{Deserialize, Serialize};
 
 use crate::acceptance::unit;
-use crate::chart::{self, Series};
+use crate::chart::{self, ImageFormat, Series};
 use crate::prompt::Instruction;
-use crate::trajectory::{IterationRecord, Percentiles};
+use crate::trajectory::{CandidateStatus, IterationRecord, Percentiles};
 
 /// What the run was.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,7 +83,7 @@ pub struct ProblemResult {
     /// The iteration of the final incumbent.
     pub incumbent: Option<usize>,
     /// The final incumbent's status.
-    pub status: Option<String>,
+    pub status: Option<CandidateStatus>,
     /// Whether it passes.
     pub passed: bool,
     /// Its median time, ms.
@@ -233,7 +233,7 @@ impl Report {
                 point.problems += 1;
                 point.accepted += usize::from(row.accepted);
                 point.candidates_passed += usize::from(row.passed);
-                point.no_code += usize::from(row.status == "no_code");
+                point.no_code += usize::from(row.status == CandidateStatus::NoCode);
                 let inc = incumbents(problem_rows)[k];
                 let perf = inc.and_then(IterationRecord::performance);
                 point.passed += usize::from(perf.is_some());
@@ -287,7 +287,7 @@ impl Report {
                     totals.model_calls += 1;
                     totals.cached_calls += usize::from(r.cached == Some(true));
                 }
-                totals.no_code += usize::from(r.status == "no_code");
+                totals.no_code += usize::from(r.status == CandidateStatus::NoCode);
             }
             problems.push(ProblemResult {
                 problem_id: id.clone(),
@@ -295,7 +295,7 @@ impl Report {
                 complete,
                 error: errors.get(id).cloned(),
                 incumbent: last.map(|r| r.iteration),
-                status: last.map(|r| r.status.clone()),
+                status: last.map(|r| r.status),
                 passed: perf.is_some(),
                 time: perf.map(|p| p.time_ms),
                 memory: perf.map(|p| p.memory_kb),
@@ -450,7 +450,7 @@ impl Report {
                 p.problem_id,
                 p.iterations,
                 p.incumbent.map_or("-".to_string(), |k| k.to_string()),
-                p.status.as_deref().unwrap_or("-"),
+                p.status.map_or("-", CandidateStatus::as_str),
                 num(p.time, 2),
                 num(p.memory, 0),
                 num(p.integral, 0),
@@ -521,8 +521,12 @@ impl Report {
         write(&files.solutions, lines)?;
         let series = self.series();
         let title = self.title();
-        chart::write_png(&files.png, &title, &series, (960, 560)).map_err(ReportError::Chart)?;
-        chart::write_svg(&files.svg, &title, &series, (960, 560)).map_err(ReportError::Chart)?;
+        for (path, format) in [
+            (&files.png, ImageFormat::Png),
+            (&files.svg, ImageFormat::Svg),
+        ] {
+            chart::write(path, format, &title, &series, (960, 560)).map_err(ReportError::Chart)?;
+        }
         Ok(files)
     }
 }

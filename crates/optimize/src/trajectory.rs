@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use afterburner_benchmarks::RecordedPerformance;
-use afterburner_sandbox::{Dispersion, Language};
-use serde::{Deserialize, Serialize};
+use afterburner_sandbox::{Dispersion, Language, Status};
+use serde::de::IntoDeserializer;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::acceptance::Observation;
-use crate::client::{Message, Usage};
+use crate::chat::{Message, Usage};
 use crate::prompt::Instruction;
 
 /// File name of the trajectory inside the output folder.
@@ -34,6 +35,55 @@ pub enum Source {
     Generate,
     /// The model, asked to improve the incumbent.
     Improve,
+}
+
+/// What became of a candidate: the sandbox's verdict on it, or no code to run. Written as one
+/// string: the sandbox status (`accepted`, `wrong_answer`...) or `no_code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CandidateStatus {
+    /// It was run; the sandbox's status.
+    Ran(Status),
+    /// The response had no usable code (`no_code`).
+    NoCode,
+}
+
+impl CandidateStatus {
+    /// The name written to the trajectory and the report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CandidateStatus::Ran(s) => s.as_str(),
+            CandidateStatus::NoCode => "no_code",
+        }
+    }
+}
+
+impl std::fmt::Display for CandidateStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for CandidateStatus {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for CandidateStatus {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        if name == "no_code" {
+            return Ok(CandidateStatus::NoCode);
+        }
+        let status: Result<Status, serde::de::value::Error> =
+            Status::deserialize(name.as_str().into_deserializer());
+        status.map(CandidateStatus::Ran).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "unknown candidate status `{name}` (expected a sandbox status such as \
+                 `accepted` or `wrong_answer`, or `no_code`)"
+            ))
+        })
+    }
 }
 
 /// Beyond-T/M/I percentiles of one solution (0 when it failed).
@@ -64,7 +114,7 @@ pub struct IterationRecord {
     pub incumbent: Option<usize>,
     /// The candidate's status: a sandbox status (`accepted`, `wrong_answer`...) or `no_code`
     /// (the response had no usable code).
-    pub status: String,
+    pub status: CandidateStatus,
     /// Whether it passed every test in every run.
     pub passed: bool,
     /// Median wall time, ms (when it passed).
@@ -112,6 +162,47 @@ pub struct IterationRecord {
 }
 
 impl IterationRecord {
+    /// A row not yet filled in: no code, nothing measured, no model call, not accepted.
+    pub fn new(
+        problem_id: &str,
+        iteration: usize,
+        source: Source,
+        language: Language,
+        instruction: Instruction,
+    ) -> Self {
+        IterationRecord {
+            problem_id: problem_id.to_string(),
+            iteration,
+            source,
+            accepted: false,
+            decision: String::new(),
+            incumbent: None,
+            status: CandidateStatus::NoCode,
+            passed: false,
+            time: None,
+            memory: None,
+            integral: None,
+            cv: None,
+            runs: 0,
+            tests_passed: None,
+            tests_total: None,
+            detail: None,
+            percentiles: None,
+            code: None,
+            language,
+            instruction,
+            prompt: None,
+            response: None,
+            well_formed: None,
+            finish_reason: None,
+            usage: None,
+            cached: None,
+            llm_ms: None,
+            measure_ms: None,
+            finished_at: 0,
+        }
+    }
+
     /// The measured figures as acceptance sees them.
     pub fn observation(&self) -> Observation {
         Observation {
@@ -366,45 +457,45 @@ pub(crate) mod tests {
         accepted: bool,
         time: Option<f64>,
     ) -> IterationRecord {
-        IterationRecord {
-            problem_id: id.to_string(),
-            iteration,
-            source: if iteration == 0 {
-                Source::Generate
-            } else {
-                Source::Improve
-            },
-            accepted,
-            decision: String::new(),
-            incumbent: Some(0),
-            status: if time.is_some() {
-                "accepted".into()
-            } else {
-                "wrong_answer".into()
-            },
-            passed: time.is_some(),
-            time,
-            memory: time.map(|_| 1000.0),
-            integral: time.map(|t| t * 1000.0),
-            cv: None,
-            runs: 1,
-            tests_passed: None,
-            tests_total: None,
-            detail: None,
-            percentiles: None,
-            code: Some(format!("print({iteration})")),
-            language: Language::Python,
-            instruction: Instruction::Time,
-            prompt: None,
-            response: None,
-            well_formed: None,
-            finish_reason: None,
-            usage: None,
-            cached: None,
-            llm_ms: None,
-            measure_ms: None,
-            finished_at: 0,
+        let source = if iteration == 0 {
+            Source::Generate
+        } else {
+            Source::Improve
+        };
+        let mut r =
+            IterationRecord::new(id, iteration, source, Language::Python, Instruction::Time);
+        r.accepted = accepted;
+        r.incumbent = Some(0);
+        r.status = CandidateStatus::Ran(if time.is_some() {
+            Status::Accepted
+        } else {
+            Status::WrongAnswer
+        });
+        r.passed = time.is_some();
+        r.time = time;
+        r.memory = time.map(|_| 1000.0);
+        r.integral = time.map(|t| t * 1000.0);
+        r.runs = 1;
+        r.code = Some(format!("print({iteration})"));
+        r
+    }
+
+    #[test]
+    fn candidate_statuses_are_written_as_the_sandbox_names_or_no_code() {
+        let all = [
+            (CandidateStatus::Ran(Status::Accepted), "\"accepted\""),
+            (CandidateStatus::Ran(Status::TimeLimit), "\"time_limit\""),
+            (CandidateStatus::NoCode, "\"no_code\""),
+        ];
+        for (status, json) in all {
+            assert_eq!(serde_json::to_string(&status).unwrap(), json);
+            assert_eq!(
+                serde_json::from_str::<CandidateStatus>(json).unwrap(),
+                status
+            );
         }
+        let e = serde_json::from_str::<CandidateStatus>("\"exploded\"").unwrap_err();
+        assert!(e.to_string().contains("exploded"), "{e}");
     }
 
     #[test]

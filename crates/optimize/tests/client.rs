@@ -4,8 +4,9 @@
 use std::time::{Duration, Instant};
 
 use afterburner_optimize::ResponseCache;
-use afterburner_optimize::client::{ChatClient, ChatModel, ClientConfig, LlmError, Message};
-use afterburner_optimize::scripted::{Received, Reply, ScriptedServer};
+use afterburner_optimize::client::{ChatClient, ClientConfig};
+use afterburner_optimize::{ChatModel, LlmError, Message};
+use afterburner_testkit::scripted::{Received, Reply, ScriptedServer};
 
 /// A client with fast retries (10 ms backoff) for `server`.
 fn client(base_url: &str, retries: u32) -> ChatClient {

@@ -3,11 +3,10 @@
 //! The candidates differ by hundreds of milliseconds of `sleep`, far beyond the noise, so the
 //! decisions are deterministic.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 use afterburner_benchmarks::{Checker, Entry, Harness, HarnessConfig, Problem, Suite, TestCase};
-use afterburner_optimize::scripted::{Reply, ScriptedServer};
 use afterburner_optimize::trajectory::{Source, TRAJECTORY_FILE};
 use afterburner_optimize::{
     AcceptanceRule, ChatClient, ClientConfig, HarnessJudge, Instruction, IterationRecord,
@@ -15,27 +14,20 @@ use afterburner_optimize::{
     read_trajectory,
 };
 use afterburner_sandbox::{Language, Sandbox, SandboxConfig};
+use afterburner_testkit::scripted::{Reply, ScriptedServer};
 
 fn problem() -> Problem {
+    let tests = [("10\n", "55\n"), ("100\n", "5050\n")]
+        .iter()
+        .map(|(i, e)| TestCase {
+            input: i.to_string(),
+            expected: e.to_string(),
+        })
+        .collect();
     Problem {
-        id: "triangle".into(),
         title: "Triangle numbers".into(),
         description: "Read n from standard input and print 1 + 2 + ... + n.".into(),
-        difficulty: None,
-        tags: Vec::new(),
-        starter_code: BTreeMap::new(),
-        entry: Entry::StdinStdout,
-        prelude: None,
-        tests: [("10\n", "55\n"), ("100\n", "5050\n")]
-            .iter()
-            .map(|(i, e)| TestCase {
-                input: i.to_string(),
-                expected: e.to_string(),
-            })
-            .collect(),
-        checker: Checker::Exact,
-        stress: Vec::new(),
-        references: Vec::new(),
+        ..Problem::from_tests("triangle", Entry::StdinStdout, tests, Checker::Exact)
     }
 }
 
@@ -121,7 +113,7 @@ fn harness(sandbox: &Sandbox) -> Harness<'_> {
 }
 
 /// What a row says, for comparing rows read back (floats lose their last digit in JSON).
-type RowSummary = (usize, bool, String, Option<String>, Option<usize>);
+type RowSummary = (usize, bool, &'static str, Option<String>, Option<usize>);
 
 fn summary(rows: &[IterationRecord]) -> Vec<RowSummary> {
     rows.iter()
@@ -129,7 +121,7 @@ fn summary(rows: &[IterationRecord]) -> Vec<RowSummary> {
             (
                 r.iteration,
                 r.accepted,
-                r.status.clone(),
+                r.status.as_str(),
                 r.code.clone(),
                 r.incumbent,
             )
@@ -269,7 +261,7 @@ fn a_resumed_run_continues_from_its_incumbent_without_paying_twice_for_an_answer
     assert_eq!(out.ran, 2);
     assert_eq!(out.records.len(), 3);
     assert_eq!(out.records[1].cached, Some(true));
-    assert_eq!(out.records[1].status, "wrong_answer");
+    assert_eq!(out.records[1].status.as_str(), "wrong_answer");
     assert_eq!(out.records[2].cached, Some(false));
     assert!(out.records[2].accepted);
     let prompts = second.user_prompts();

@@ -122,6 +122,7 @@ fn ms(d: Duration) -> f64 {
 
 /// Pins the calling thread (and the children it spawns from now on) to `cpus`.
 fn set_affinity(cpus: &[usize]) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, CPU_SET indexes it with bounds checks, and it is passed with its exact size.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         for &c in cpus {
@@ -134,6 +135,7 @@ fn set_affinity(cpus: &[usize]) {
 
 /// User + system CPU time of all reaped children of this process so far, ms.
 fn children_cpu_ms() -> f64 {
+    // SAFETY: a zeroed rusage is valid, and getrusage writes one into the live `ru`.
     unsafe {
         let mut ru: libc::rusage = std::mem::zeroed();
         libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
@@ -165,8 +167,10 @@ impl Load {
             .skip(1)
             .filter_map(|t| t.parse().ok())
             .collect();
+        // SAFETY: sysconf takes no pointers and has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let tick = |i: usize| ticks.get(i).copied().unwrap_or(0.0) / hz;
+        // SAFETY: a zeroed rusage is valid, and getrusage writes one into the live `ru`.
         let own_s = unsafe {
             let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
             let mut total = 0.0;
@@ -775,6 +779,7 @@ fn thread_cpu_ms() -> f64 {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // SAFETY: clock_gettime writes one timespec into the live `ts`.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 * 1000.0 + ts.tv_nsec as f64 / 1e6
 }

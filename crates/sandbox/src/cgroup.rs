@@ -6,12 +6,13 @@
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::sys::random_u64;
 use crate::{Limits, SandboxError};
 
 /// Where per-run cgroups are created.
@@ -146,7 +147,7 @@ impl Cgroups {
                 hierarchy: Some(h),
                 unavailable_reason: None,
                 counter: AtomicU64::new(0),
-                nonce: format!("{:08x}", crate::sandbox::random_u64() as u32),
+                nonce: format!("{:08x}", random_u64() as u32),
             },
             Err(reason) => Cgroups {
                 hierarchy: None,
@@ -158,6 +159,7 @@ impl Cgroups {
     }
 
     fn find_hierarchy(forced: Option<&str>) -> Result<Hierarchy, String> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             return Err("not running as root, cgroups are not writable".into());
         }
@@ -368,10 +370,12 @@ impl RunCgroup {
                 let c = CString::new(p.as_os_str().as_bytes()).map_err(|_| {
                     SandboxError::io("open", &p, io::ErrorKind::InvalidInput.into())
                 })?;
+                // SAFETY: `c` is a NUL-terminated path that lives across the call.
                 let fd = unsafe { libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
                 if fd < 0 {
                     return Err(SandboxError::io("open", &p, io::Error::last_os_error()));
                 }
+                // SAFETY: open returned a new descriptor (checked >= 0) that nothing else owns.
                 Ok(unsafe { OwnedFd::from_raw_fd(fd) })
             })
             .collect()
@@ -464,6 +468,7 @@ impl RunCgroup {
                 break;
             }
             for p in pids {
+                // SAFETY: kill takes no pointers; a PID that has gone meanwhile only makes it fail (ESRCH).
                 unsafe { libc::kill(p, libc::SIGKILL) };
             }
             std::thread::sleep(Duration::from_micros(200));
@@ -498,6 +503,7 @@ fn c_path(p: &Path) -> Result<CString, String> {
 fn remount(target: &Path, options: &str) -> Result<(), String> {
     let t = c_path(target)?;
     let o = CString::new(options).map_err(|_| "NUL in options".to_string())?;
+    // SAFETY: `t` and `o` are NUL-terminated CStrings that live across the call; MS_REMOUNT takes null source and type.
     let r = unsafe {
         libc::mount(
             std::ptr::null(),
@@ -519,6 +525,7 @@ fn remount(target: &Path, options: &str) -> Result<(), String> {
 
 fn mount_named_v1(dir: &Path) -> Result<(), String> {
     let d = c_path(dir)?;
+    // SAFETY: every string is a NUL-terminated literal or the CString `d`, which lives across the call.
     let r = unsafe {
         libc::mount(
             c"cgroup".as_ptr(),
@@ -536,6 +543,7 @@ fn mount_named_v1(dir: &Path) -> Result<(), String> {
             io::Error::last_os_error()
         ));
     }
+    // SAFETY: `d` is a NUL-terminated CString that lives across the call.
     unsafe { libc::umount2(d.as_ptr(), libc::MNT_DETACH) };
     Ok(())
 }
@@ -546,12 +554,6 @@ pub(crate) fn keyed_value(text: &str, key: &str) -> Option<u64> {
         let mut it = l.split_whitespace();
         (it.next()? == key).then(|| it.next()?.parse().ok())?
     })
-}
-
-/// Reads a whole small file through an open descriptor with `pread` at offset 0.
-pub(crate) fn pread_to_string(file: &fs::File, buf: &mut [u8]) -> Option<usize> {
-    let n = unsafe { libc::pread(file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    (n >= 0).then_some(n as usize)
 }
 
 #[cfg(test)]

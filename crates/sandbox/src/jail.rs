@@ -181,21 +181,26 @@ fn cpath(p: &Path) -> Result<CString, SandboxError> {
 /// Creates a pipe whose both ends are close-on-exec.
 pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
     let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes exactly two descriptors into the two-element array `fds`.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(SandboxError::last_os("pipe2"));
     }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and nothing else owns them.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// An anonymous in-memory file holding the program's standard input.
 fn stdin_file(data: Option<&[u8]>) -> Result<OwnedFd, SandboxError> {
+    // SAFETY: the name is a NUL-terminated literal; memfd_create only returns a new descriptor.
     let fd = unsafe { libc::memfd_create(c"stdin".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
         return Err(SandboxError::last_os("memfd_create"));
     }
+    // SAFETY: memfd_create returned a new descriptor (checked >= 0) that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut rest = data.unwrap_or_default();
     while !rest.is_empty() {
+        // SAFETY: write reads at most `rest.len()` bytes of the live slice `rest` through the open `fd`.
         let n = unsafe { libc::write(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len()) };
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -209,6 +214,7 @@ fn stdin_file(data: Option<&[u8]>) -> Result<OwnedFd, SandboxError> {
         }
         rest = &rest[n as usize..];
     }
+    // SAFETY: lseek on the descriptor `fd` owns touches no memory.
     if unsafe { libc::lseek(fd.as_raw_fd(), 0, libc::SEEK_SET) } < 0 {
         return Err(SandboxError::last_os("lseek stdin"));
     }
@@ -325,8 +331,10 @@ impl Jail {
             cgroup_procs,
             cgroup_count: spec.cgroup_procs.len(),
         };
+        // SAFETY: cpu_set_t is a plain bit array; all zeros is a valid, empty set.
         let mut cpu_set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
         if let Some(cpu) = spec.cpu {
+            // SAFETY: CPU_SET sets one bit of the valid `cpu_set`, with bounds-checked indexing.
             unsafe { libc::CPU_SET(cpu, &mut cpu_set) };
         }
         let rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)> = spec
@@ -359,8 +367,7 @@ impl Jail {
             landlock_abi: spec.landlock_abi,
             box_writable: spec.box_writable,
         };
-        // SAFETY: the child branch only calls async-signal-safe code on prepared data and never
-        // returns (it execs or exits).
+        // SAFETY: the child branch runs only async-signal-safe code on data prepared before the clone and never returns (it execs or exits).
         let pid = unsafe { raw_fork(flags as libc::c_ulong) };
         if pid < 0 {
             return Err(SandboxError::last_os(
@@ -368,6 +375,7 @@ impl Jail {
             ));
         }
         if pid == 0 {
+            // SAFETY: this is the child of raw_fork: init runs only async-signal-safe code on data prepared before the clone and never returns.
             unsafe { child.init() }
         }
         drop((stdin, stdout_w, stderr_w, report_w, go_r, spec.cgroup_procs));
@@ -405,6 +413,7 @@ impl Jail {
             return Ok(());
         };
         let b = [1u8];
+        // SAFETY: write reads the one byte of the live buffer `b` through the open pipe `go`.
         let n = unsafe { libc::write(go.as_raw_fd(), b.as_ptr().cast(), 1) };
         if n != 1 {
             return Err(SandboxError::last_os("write go"));
@@ -420,6 +429,7 @@ impl Jail {
             revents: 0,
         };
         loop {
+            // SAFETY: `pfd` is one valid pollfd, matching the count 1.
             let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
             if r < 0 {
                 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
@@ -440,6 +450,7 @@ impl Jail {
     /// Kills the whole namespace by killing its init, without waiting for the teardown.
     pub(crate) fn kill(&self) {
         if !self.reaped {
+            // SAFETY: kill takes no pointers, and `init_pid` is our unreaped child, so its PID cannot have been reused.
             unsafe { libc::kill(self.init_pid, libc::SIGKILL) };
         }
     }
@@ -449,6 +460,7 @@ impl Jail {
         if self.reaped {
             return;
         }
+        // SAFETY: kill and waitpid act on our own unreaped child (its PID cannot be reused before waitpid), `st` is a live c_int and errno is thread-local.
         unsafe {
             libc::kill(self.init_pid, libc::SIGKILL);
             let mut st = 0;
@@ -471,6 +483,7 @@ pub(crate) fn read_report_now(fd: RawFd) -> Result<Option<Report>, SandboxError>
     let mut buf = [0u8; 16];
     let mut got = 0;
     while got < 16 {
+        // SAFETY: read writes at most `16 - got` bytes into `buf[got..]`, which is exactly that long.
         let n = unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), 16 - got) };
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -508,6 +521,7 @@ fn first_child(pid: libc::pid_t) -> Option<libc::pid_t> {
 /// # Safety
 /// In the child only async-signal-safe code may run.
 unsafe fn raw_fork(flags: libc::c_ulong) -> libc::pid_t {
+    // SAFETY: clone with a null stack acts as fork (the child runs on a copy-on-write copy of this stack); the caller keeps the child async-signal-safe.
     unsafe {
         libc::syscall(
             libc::SYS_clone,
@@ -526,6 +540,7 @@ pub(crate) fn monotonic_ns() -> u64 {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // SAFETY: clock_gettime writes one timespec into the live `ts`; it is async-signal-safe.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
@@ -553,6 +568,7 @@ fn read_status_memory_kb(pid: libc::pid_t) -> (u64, u64) {
         i += 1;
     }
     let mut buf = [0u8; 4096];
+    // SAFETY: `path` is NUL-terminated within its 32 bytes (at most 24 used), read writes at most `buf.len()` bytes into `buf`, and `fd` is closed exactly once.
     let len = unsafe {
         let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
         if fd < 0 {
@@ -605,12 +621,15 @@ impl ChildContext<'_> {
         buf[0..4].copy_from_slice(&tag.to_ne_bytes());
         buf[4..8].copy_from_slice(&step.to_ne_bytes());
         buf[8..16].copy_from_slice(&value.to_ne_bytes());
+        // SAFETY: write reads the 16 bytes of the live array `buf`; it is async-signal-safe.
         unsafe { libc::write(self.fds.report_w, buf.as_ptr().cast(), 16) };
     }
 
     fn fail(&self, step: u32, index: usize) -> ! {
+        // SAFETY: __errno_location returns this thread's errno slot, always valid to read.
         let errno = unsafe { *libc::__errno_location() } as u32 as u64;
         self.report(TAG_FAIL, step, errno | ((index as u64) << 32));
+        // SAFETY: _exit is async-signal-safe and ends the child without running any destructor of the parent's copy.
         unsafe { libc::_exit(127) }
     }
 
@@ -621,7 +640,11 @@ impl ChildContext<'_> {
     }
 
     /// PID 1 of the new namespaces: builds the file system view, forks the program, reaps.
+    ///
+    /// # Safety
+    /// Call only in the child of `raw_fork`, in new namespaces, as their PID 1.
     unsafe fn init(&self) -> ! {
+        // SAFETY: runs only in the child of raw_fork: raw syscalls and async-signal-safe libc calls on NUL-terminated strings and descriptors prepared before the clone.
         unsafe {
             use libc::*;
             let p = self.p;
@@ -765,7 +788,11 @@ impl ChildContext<'_> {
 
     /// Handles a ptrace stop of the program: at its exit, reports the exact high-water mark of its
     /// resident memory (readable only while its memory is still mapped), then lets it go on.
+    ///
+    /// # Safety
+    /// Call only in the init process, for `program`, its traced child, stopped in `status`.
     unsafe fn exit_stop(&self, program: libc::pid_t, status: libc::c_int) {
+        // SAFETY: ptrace acts on our traced, stopped child with a pointer to the live local `status`; read_status_memory_kb and report are async-signal-safe.
         unsafe {
             use libc::*;
             let event = (status >> 16) & 0xff;
@@ -799,7 +826,11 @@ impl ChildContext<'_> {
     }
 
     /// The program process: joins the cgroup, applies limits, waits for go, drops privileges, execs.
+    ///
+    /// # Safety
+    /// Call only in the program child of `init`, between its `raw_fork` and `execve`.
     unsafe fn program(&self) -> ! {
+        // SAFETY: runs only between raw_fork and execve: raw syscalls and async-signal-safe libc calls on data prepared before the clone (argv and env arrays NULL-terminated, in `Prepared`).
         unsafe {
             use libc::*;
             let f = self.fds;
@@ -897,6 +928,7 @@ mod tests {
 
     #[test]
     fn own_memory_is_readable() {
+        // SAFETY: getpid has no preconditions.
         let (hwm, rss) = read_status_memory_kb(unsafe { libc::getpid() });
         assert!(hwm >= rss && rss > 0);
     }

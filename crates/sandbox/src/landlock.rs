@@ -37,6 +37,7 @@ struct PathBeneathAttr {
 
 /// The kernel's Landlock ABI version, 0 when Landlock is absent or disabled.
 pub(crate) fn abi_version() -> i64 {
+    // SAFETY: the version query passes a null attribute of size 0, from which the kernel reads nothing.
     let v = unsafe {
         libc::syscall(
             libc::SYS_landlock_create_ruleset,
@@ -94,6 +95,7 @@ pub(crate) unsafe fn restrict(abi: i64, writable: &[&[u8]]) -> i32 {
     } else {
         8
     };
+    // SAFETY: `attr` and `rule` live on this stack across the calls, the paths are NUL-terminated (the caller's contract), and every descriptor opened here is closed here.
     unsafe {
         let ruleset = libc::syscall(
             libc::SYS_landlock_create_ruleset,

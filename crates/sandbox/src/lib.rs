@@ -21,6 +21,7 @@ mod monitor;
 mod objective;
 mod sandbox;
 mod seccomp;
+mod sys;
 mod toolchain;
 
 pub use error::SandboxError;
@@ -32,3 +33,4 @@ pub use measurement::{
 };
 pub use objective::{Objective, RecordedPerformance, UnknownObjective};
 pub use sandbox::{Capabilities, Compilation, Program, RunRequest, Sandbox, SandboxConfig};
+pub use sys::random_u64;

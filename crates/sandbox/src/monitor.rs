@@ -11,11 +11,12 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use crate::cgroup::{RunCgroup, pread_to_string};
+use crate::cgroup::RunCgroup;
 use crate::jail::{
     self, Jail, Report, TAG_DONE, TAG_EXEC_AT, TAG_EXIT, TAG_EXIT_RSS, TAG_EXIT_STATUS, TAG_FAIL,
     TAG_RUSAGE, monotonic_ns,
 };
+use crate::sys::pread_to_string;
 use crate::{Limits, Measurement, MemorySample, RunResult, SandboxError, Status};
 
 /// How the supervisor watches one run.
@@ -237,6 +238,7 @@ struct Tree {
 
 impl Tree {
     fn new(cgroup: Option<&RunCgroup>, init_pid: i32, program_pid: i32) -> Tree {
+        // SAFETY: sysconf takes no pointers and has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         let mut t = Tree {
             procs: cgroup.and_then(|c| File::open(c.procs_path()).ok()),
@@ -345,6 +347,7 @@ impl InstructionCounter {
             bp_type: 0,
             config1: 0,
         };
+        // SAFETY: `attr` is a live perf_event_attr prefix of the size it declares (64, PERF_ATTR_SIZE_VER0), read only during the call.
         let fd = unsafe {
             libc::syscall(
                 libc::SYS_perf_event_open,
@@ -355,11 +358,13 @@ impl InstructionCounter {
                 8u64, // PERF_FLAG_FD_CLOEXEC
             )
         };
+        // SAFETY: perf_event_open returned a new descriptor (checked >= 0) that nothing else owns.
         (fd >= 0).then(|| InstructionCounter(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
     }
 
     fn read(&self) -> Option<u64> {
         let mut v = 0u64;
+        // SAFETY: read writes at most 8 bytes into the 8-byte `v`.
         let n = unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
         (n == 8).then_some(v)
     }
@@ -373,6 +378,7 @@ struct ThreadTuning {
 
 impl ThreadTuning {
     fn apply(cpu: Option<usize>) -> ThreadTuning {
+        // SAFETY: prctl on the calling thread's timer slack takes no pointers; the cpu_set_t values are zeroed bit arrays (valid, empty) passed with their exact size.
         unsafe {
             let old_slack = libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0);
             libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0);
@@ -398,6 +404,7 @@ impl ThreadTuning {
 
 impl Drop for ThreadTuning {
     fn drop(&mut self) {
+        // SAFETY: restores the calling thread's own settings; `m` is a valid cpu_set_t saved by `apply`, passed with its exact size.
         unsafe {
             if self.old_slack > 0 {
                 libc::prctl(
@@ -437,6 +444,7 @@ impl Capture {
 
     /// Reads what is available; returns true when the cap was exceeded.
     fn read_some(&mut self, buf: &mut [u8]) -> bool {
+        // SAFETY: read writes at most `buf.len()` bytes into the exclusively borrowed `buf`; `self.fd` is a pipe end the jail keeps open while it is captured.
         let n = unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -575,6 +583,7 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
                 revents: 0,
             },
         ];
+        // SAFETY: `fds` holds 3 valid pollfds (the count given), `ts` is a live timespec and a null signal mask is allowed.
         let r = unsafe { libc::ppoll(fds.as_mut_ptr(), 3, &ts, std::ptr::null()) };
         if r <= 0 {
             continue;
@@ -702,6 +711,7 @@ fn drain(out: &mut Capture, err: &mut Capture, buf: &mut [u8], wait: bool) {
             events: libc::POLLIN,
             revents: 0,
         });
+        // SAFETY: `fds` holds 2 valid pollfds, matching the count 2.
         let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, if wait { 100 } else { 0 }) };
         if ready <= 0 {
             if wait {

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::cgroup::Cgroups;
 use crate::jail::{BindMount, Jail, JailSpec};
 use crate::monitor::{Supervision, supervise};
+use crate::sys::random_u64;
 use crate::toolchain::{BOX, SYSTEM_DIRS, Toolchain};
 use crate::{Language, Limits, Measurement, RunResult, SandboxError, Status};
 
@@ -174,21 +175,9 @@ fn make_dir_all(path: &Path) -> Result<(), SandboxError> {
         .map_err(io_err("set permissions of", path))
 }
 
-/// 64 random bits from the kernel.
-pub(crate) fn random_u64() -> u64 {
-    let mut v = 0u64;
-    let n = unsafe { libc::getrandom((&mut v as *mut u64).cast(), 8, 0) };
-    if n != 8 {
-        // Fall back to the clock; uniqueness then also rests on the PID and a counter.
-        v = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-    }
-    v
-}
-
 /// Cores this process may run on.
 fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is a plain bit array (all zeros is a valid, empty set) passed with its exact size; CPU_ISSET only reads it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
@@ -208,6 +197,7 @@ impl Sandbox {
 
     /// A sandbox with the given settings; checks privileges and prepares the root template.
     pub fn with_config(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             return Err(SandboxError::Unsupported(
                 "the sandbox needs root (it creates namespaces, mounts and cgroups and switches \

@@ -169,6 +169,7 @@ pub(crate) unsafe fn install(prog: &[sock_filter]) -> libc::c_int {
         len: prog.len() as libc::c_ushort,
         filter: prog.as_ptr() as *mut sock_filter,
     };
+    // SAFETY: `fprog` points into `prog`, which the caller keeps alive across the call (the kernel copies the filter); the caller has set PR_SET_NO_NEW_PRIVS.
     unsafe {
         libc::prctl(
             libc::PR_SET_SECCOMP,

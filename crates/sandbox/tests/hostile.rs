@@ -284,6 +284,7 @@ fn file_size_limit_applies() {
 fn no_descriptors_are_inherited() {
     contained("no_descriptors_are_inherited", || {
         // A descriptor deliberately opened without close-on-exec in the supervisor.
+        // SAFETY: a NUL-terminated literal path; the descriptor is closed below.
         let fd = unsafe { libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) };
         assert!(fd >= 0);
         let r = run_python(
@@ -299,6 +300,7 @@ fn no_descriptors_are_inherited() {
             .collect();
         assert_eq!(&fds[..3], &[0, 1, 2], "{out}");
         assert!(fds.len() <= 4, "{out}");
+        // SAFETY: `fd` was opened above and is closed exactly once.
         unsafe { libc::close(fd) };
         assert_nothing_left();
     });

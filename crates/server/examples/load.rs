@@ -24,8 +24,8 @@ use afterburner_benchmarks::{
     Checker, Entry, Harness, HarnessConfig, Problem, Submission, Suite, TestCase,
 };
 use afterburner_sandbox::{Language, Limits, RunRequest, Sandbox, Status};
-use afterburner_server::client;
 use afterburner_server::{Server, ServerConfig};
+use afterburner_testkit::client;
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -38,20 +38,7 @@ const SQUARE_PY: &str = "n = int(input())\nprint(n * n)\n";
 const SQUARE_CPP: &str = "#include <cstdio>\nint main(){long long n; if(scanf(\"%lld\",&n)!=1) return 1; printf(\"%lld\\n\", n*n); return 0;}\n";
 
 fn problem(tests: Vec<TestCase>) -> Problem {
-    Problem {
-        id: "load".into(),
-        title: String::new(),
-        description: String::new(),
-        difficulty: None,
-        tags: Vec::new(),
-        starter_code: Default::default(),
-        entry: Entry::StdinStdout,
-        prelude: None,
-        tests,
-        checker: Checker::Exact,
-        stress: Vec::new(),
-        references: Vec::new(),
-    }
+    Problem::from_tests("load", Entry::StdinStdout, tests, Checker::Exact)
 }
 
 fn sum_tests(n: usize) -> Vec<TestCase> {

@@ -1,202 +1,24 @@
-//! The HTTP application: shared state, the router, authentication and request metrics, and the
-//! service endpoints (`/healthz`, `/metrics`, `/status`).
+//! The HTTP application: the router, authentication and request metrics, and the service
+//! endpoints (`/healthz`, `/metrics`, `/status`). The state the handlers share is in
+//! [`crate::state`].
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
-use afterburner_benchmarks::{Problem, Suite};
 use afterburner_sandbox::Language;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRef, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use serde::Serialize;
 
-use crate::config::ServerConfig;
-use crate::error::{ApiError, BodyLimit};
-use crate::metrics::{Gauges, Metrics};
-use crate::pool::{JobFn, Pool, PoolInfo, Work, job};
+use crate::common::Wire;
+use crate::error::ApiError;
+use crate::metrics::Gauges;
+use crate::state::AppState;
 use crate::{fusion, monolith, native};
-
-/// A problem of a loaded dataset and its suite (its correctness tests).
-#[derive(Debug)]
-pub(crate) struct Loaded {
-    pub problem: Arc<Problem>,
-    pub suite: Arc<Suite>,
-}
-
-/// Where an `/execute` task stands.
-#[derive(Debug, Clone)]
-pub(crate) enum TaskState {
-    /// Queued or running.
-    Pending,
-    /// Finished: the response body.
-    Done(Value),
-}
-
-/// `/execute` results kept for `GET /results/<task_id>`: pending ones, and the latest finished
-/// within a count and a byte budget (outputs can be megabytes each).
-#[derive(Debug, Default)]
-pub(crate) struct ResultStore {
-    tasks: HashMap<String, TaskState>,
-    finished: VecDeque<(String, usize)>,
-    bytes: usize,
-    keep: usize,
-    max_bytes: usize,
-}
-
-impl ResultStore {
-    pub fn new(keep: usize, max_bytes: usize) -> ResultStore {
-        ResultStore {
-            keep,
-            max_bytes,
-            ..ResultStore::default()
-        }
-    }
-
-    pub fn pending(&mut self, id: &str) {
-        self.tasks.insert(id.to_string(), TaskState::Pending);
-    }
-
-    /// Stores a finished result; the oldest go first when over the count or the byte budget
-    /// (a result larger than the whole budget is not kept).
-    pub fn done(&mut self, id: &str, body: Value) {
-        let size = serde_json::to_vec(&body).map_or(usize::MAX, |v| v.len());
-        if self.keep == 0 || size > self.max_bytes {
-            self.tasks.remove(id);
-            return;
-        }
-        self.tasks.insert(id.to_string(), TaskState::Done(body));
-        self.finished.push_back((id.to_string(), size));
-        self.bytes += size;
-        while self.finished.len() > self.keep || self.bytes > self.max_bytes {
-            match self.finished.pop_front() {
-                Some((old, n)) => {
-                    self.bytes -= n;
-                    self.tasks.remove(&old);
-                }
-                None => break,
-            }
-        }
-    }
-
-    pub fn get(&self, id: &str) -> Option<TaskState> {
-        self.tasks.get(id).cloned()
-    }
-
-    pub fn len(&self) -> usize {
-        self.tasks.len()
-    }
-}
-
-/// Everything the handlers share.
-pub(crate) struct AppState {
-    pub config: ServerConfig,
-    pub pool: Arc<Pool>,
-    pub info: PoolInfo,
-    pub metrics: Arc<Metrics>,
-    pub problems: HashMap<String, Loaded>,
-    pub results: Mutex<ResultStore>,
-    pub started: Instant,
-    task_counter: AtomicU64,
-    task_prefix: String,
-}
-
-impl FromRef<Arc<AppState>> for BodyLimit {
-    fn from_ref(state: &Arc<AppState>) -> BodyLimit {
-        BodyLimit(state.config.max_body_bytes)
-    }
-}
-
-/// 64 random bits from the kernel (the clock if that fails).
-fn random_u64() -> u64 {
-    let mut v = 0u64;
-    // SAFETY: getrandom writes at most 8 bytes into the 8-byte value it is given.
-    let n = unsafe { libc::getrandom((&mut v as *mut u64).cast(), 8, 0) };
-    if n != 8 {
-        v = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-    }
-    v
-}
-
-impl AppState {
-    pub fn new(
-        config: ServerConfig,
-        pool: Arc<Pool>,
-        info: PoolInfo,
-        metrics: Arc<Metrics>,
-        problems: HashMap<String, Loaded>,
-    ) -> AppState {
-        let (keep, max_bytes) = (config.results_kept, config.results_max_bytes);
-        AppState {
-            config,
-            pool,
-            info,
-            metrics,
-            problems,
-            results: Mutex::new(ResultStore::new(keep, max_bytes)),
-            started: Instant::now(),
-            task_counter: AtomicU64::new(0),
-            task_prefix: format!("{:016x}", random_u64()),
-        }
-    }
-
-    /// A fresh task id: unique within the process, unguessable across processes.
-    pub fn task_id(&self) -> String {
-        let n = self.task_counter.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n:08x}-{:08x}", self.task_prefix, random_u64() as u32)
-    }
-
-    /// Submits one job per closure, all or none, and waits for every answer in order.
-    pub async fn run_all<R: Send + 'static>(&self, work: Vec<Work<R>>) -> Result<Vec<R>, ApiError> {
-        let receivers = self.submit_all(work)?;
-        let mut out = Vec::with_capacity(receivers.len());
-        for rx in receivers {
-            out.push(self.answer(rx).await?);
-        }
-        Ok(out)
-    }
-
-    /// Submits one job per closure, all or none; returns the receivers of their answers.
-    pub fn submit_all<R: Send + 'static>(
-        &self,
-        work: Vec<Work<R>>,
-    ) -> Result<Vec<oneshot::Receiver<R>>, ApiError> {
-        let mut jobs: Vec<(JobFn, Box<dyn Fn() -> bool + Send>)> = Vec::with_capacity(work.len());
-        let mut receivers = Vec::with_capacity(work.len());
-        for f in work {
-            let (run, rx, wanted) = job(f);
-            jobs.push((run, wanted));
-            receivers.push(rx);
-        }
-        self.pool.submit(jobs).map_err(ApiError::refused)?;
-        Ok(receivers)
-    }
-
-    /// Waits for one job's answer; a job that never ran says why.
-    pub async fn answer<R>(&self, rx: oneshot::Receiver<R>) -> Result<R, ApiError> {
-        match rx.await {
-            Ok(r) => Ok(r),
-            Err(_) if self.pool.is_closing() => Err(ApiError::shutting_down()),
-            Err(_) => Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error: the worker running this program failed (see the server log)",
-            )),
-        }
-    }
-
-    /// The loaded problem with this id.
-    pub fn problem(&self, id: &str) -> Option<&Loaded> {
-        self.problems.get(id)
-    }
-}
 
 /// The application's router over `state`.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -294,16 +116,39 @@ async fn authenticate(State(state): State<Arc<AppState>>, req: Request, next: Ne
     response
 }
 
-async fn healthz(State(state): State<Arc<AppState>>) -> Response {
-    if state.pool.is_closing() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "shutting_down"})),
-        )
-            .into_response()
-    } else {
-        axum::Json(json!({"status": "ok"})).into_response()
+/// Whether the server takes work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Health {
+    /// It does.
+    Ok,
+    /// A shutdown began: nothing new is admitted.
+    ShuttingDown,
+}
+
+impl Health {
+    fn of(state: &AppState) -> Health {
+        if state.pool.is_closing() {
+            Health::ShuttingDown
+        } else {
+            Health::Ok
+        }
     }
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Serialize)]
+struct HealthBody {
+    status: Health,
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    let status = Health::of(&state);
+    let code = match status {
+        Health::Ok => StatusCode::OK,
+        Health::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (code, Wire(HealthBody { status })).into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -336,71 +181,93 @@ fn proc_kb(path: &str, key: &str) -> Option<u64> {
 }
 
 /// `GET /status`: the queue, the workers, memory, and what the server offers.
-pub(crate) async fn status(State(state): State<Arc<AppState>>) -> axum::Json<Value> {
+#[derive(Debug, Serialize)]
+struct StatusBody<'a> {
+    status: Health,
+    version: &'static str,
+    queue: QueueBody,
+    workers: usize,
+    /// The core of each worker (`null`: left to the sandbox).
+    worker_cpus: &'a [Option<usize>],
+    memory: MemoryBody,
+    results_stored: usize,
+    uptime_s: f64,
+    /// Problems of the datasets loaded at start.
+    problems: usize,
+    languages: Vec<&'static str>,
+    limits: LimitsBody,
+    /// The sandbox's degradations.
+    warnings: &'a [String],
+}
+
+/// The queue's depth, capacity and running jobs.
+#[derive(Debug, Serialize)]
+struct QueueBody {
+    depth: usize,
+    capacity: usize,
+    running: usize,
+}
+
+/// Resident memory of the server and the machine's memory, KiB (`null` when unreadable).
+#[derive(Debug, Serialize)]
+struct MemoryBody {
+    server_rss_kb: Option<u64>,
+    machine_total_kb: Option<u64>,
+    machine_available_kb: Option<u64>,
+}
+
+/// The limits a request may ask for.
+#[derive(Debug, Serialize)]
+struct LimitsBody {
+    default_time_s: f64,
+    max_time_s: f64,
+    default_memory_mib: u64,
+    max_memory_mib: u64,
+    max_body_bytes: usize,
+    max_batch: usize,
+    max_repeats: usize,
+}
+
+/// `GET /status`.
+pub(crate) async fn status(State(state): State<Arc<AppState>>) -> Response {
     let stored = state.results.lock().map_or(0, |r| r.len());
     let limits = state.config.limits;
-    axum::Json(json!({
-        "status": if state.pool.is_closing() { "shutting_down" } else { "ok" },
-        "version": env!("CARGO_PKG_VERSION"),
-        "queue": {
-            "depth": state.pool.depth(),
-            "capacity": state.pool.capacity(),
-            "running": state.pool.running(),
+    Wire(StatusBody {
+        status: Health::of(&state),
+        version: env!("CARGO_PKG_VERSION"),
+        queue: QueueBody {
+            depth: state.pool.depth(),
+            capacity: state.pool.capacity(),
+            running: state.pool.running(),
         },
-        "workers": state.pool.workers(),
-        "worker_cpus": state.info.cpus,
-        "memory": {
-            "server_rss_kb": proc_kb("/proc/self/status", "VmRSS"),
-            "machine_total_kb": proc_kb("/proc/meminfo", "MemTotal"),
-            "machine_available_kb": proc_kb("/proc/meminfo", "MemAvailable"),
+        workers: state.pool.workers(),
+        worker_cpus: &state.info.cpus,
+        memory: MemoryBody {
+            server_rss_kb: proc_kb("/proc/self/status", "VmRSS"),
+            machine_total_kb: proc_kb("/proc/meminfo", "MemTotal"),
+            machine_available_kb: proc_kb("/proc/meminfo", "MemAvailable"),
         },
-        "results_stored": stored,
-        "uptime_s": state.started.elapsed().as_secs_f64(),
-        "problems": state.problems.len(),
-        "languages": Language::ALL.iter().map(|l| l.name()).collect::<Vec<_>>(),
-        "limits": {
-            "default_time_s": limits.default_time_s,
-            "max_time_s": limits.max_time_s,
-            "default_memory_mib": limits.default_memory_mib,
-            "max_memory_mib": limits.max_memory_mib,
-            "max_body_bytes": state.config.max_body_bytes,
-            "max_batch": state.config.max_batch.min(state.pool.capacity()),
-            "max_repeats": state.config.max_repeats,
+        results_stored: stored,
+        uptime_s: state.started.elapsed().as_secs_f64(),
+        problems: state.problems.len(),
+        languages: Language::ALL.iter().map(|l| l.name()).collect(),
+        limits: LimitsBody {
+            default_time_s: limits.default_time_s,
+            max_time_s: limits.max_time_s,
+            default_memory_mib: limits.default_memory_mib,
+            max_memory_mib: limits.max_memory_mib,
+            max_body_bytes: state.config.max_body_bytes,
+            max_batch: state.config.max_batch.min(state.pool.capacity()),
+            max_repeats: state.config.max_repeats,
         },
-        "warnings": state.info.warnings,
-    }))
+        warnings: &state.info.warnings,
+    })
+    .into_response()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_result_store_keeps_the_latest_finished_tasks() {
-        let mut s = ResultStore::new(2, 1 << 20);
-        s.pending("a");
-        s.done("a", json!(1));
-        s.done("b", json!(2));
-        s.pending("p");
-        s.done("c", json!(3));
-        assert!(s.get("a").is_none(), "the oldest finished one went");
-        assert!(matches!(s.get("b"), Some(TaskState::Done(_))));
-        assert!(matches!(s.get("p"), Some(TaskState::Pending)));
-        assert_eq!(s.len(), 3);
-    }
-
-    #[test]
-    fn the_result_store_keeps_within_its_byte_budget() {
-        let mut s = ResultStore::new(100, 100);
-        s.done("a", json!("x".repeat(40)));
-        s.done("b", json!("y".repeat(40)));
-        s.done("c", json!("z".repeat(40)));
-        assert!(s.get("a").is_none(), "over 100 bytes: the oldest went");
-        assert!(s.get("c").is_some());
-        s.done("huge", json!("h".repeat(500)));
-        assert!(s.get("huge").is_none(), "larger than the budget: not kept");
-        assert!(s.get("b").is_some() && s.get("c").is_some());
-    }
 
     #[test]
     fn token_comparison_needs_equal_bytes() {

@@ -1,4 +1,5 @@
-//! Pieces the wire formats share: language names, text clipping, and running one program.
+//! Pieces the wire formats share: answering with a typed body, language names, text
+//! clipping, and running one program.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -6,9 +7,40 @@ use std::sync::Arc;
 use afterburner_sandbox::{
     Compilation, Language, Limits, RunRequest, RunResult, SandboxError, Status,
 };
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::pool::Worker;
+
+/// A response body of a serde type: the compiler checks each wire format through its type.
+///
+/// Bodies go out through a [`Value`], whose objects keep their keys sorted, so every object at
+/// every depth comes out in alphabetical key order, as it always has on this server.
+#[derive(Debug)]
+pub(crate) struct Wire<T>(pub T);
+
+/// `body` as a JSON [`Value`] (objects with sorted keys), or a 500 saying why it cannot be one.
+pub(crate) fn to_wire_value<T: Serialize>(body: &T) -> Result<Value, ApiError> {
+    serde_json::to_value(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal error: the answer cannot be written as JSON: {e}"),
+        )
+    })
+}
+
+impl<T: Serialize> IntoResponse for Wire<T> {
+    fn into_response(self) -> Response {
+        match to_wire_value(&self.0) {
+            Ok(v) => Json(v).into_response(),
+            Err(e) => e.into_response(),
+        }
+    }
+}
 
 /// Parses a language name (aliases included); the error names the field and the choices.
 pub(crate) fn parse_language(name: &str, field: &str) -> Result<Language, ApiError> {
@@ -23,6 +55,14 @@ pub(crate) fn require_code(code: &str, field: &str) -> Result<(), ApiError> {
         )));
     }
     Ok(())
+}
+
+/// The language of a request's program (its `language` field), once its `code` field is
+/// known not to be empty.
+pub(crate) fn program_language(language: &str, code: &str) -> Result<Language, ApiError> {
+    let language = parse_language(language, "language")?;
+    require_code(code, "code")?;
+    Ok(language)
 }
 
 /// The first `max` characters of `text`, with `...` when cut.
@@ -81,6 +121,14 @@ pub(crate) fn run_single(
         result,
         cached,
     })
+}
+
+/// The status a run counts under in the metrics: its own, or `sandbox_error`.
+pub(crate) fn run_status(outcome: &Result<SingleRun, SandboxError>) -> Status {
+    match outcome {
+        Ok(run) => run.status(),
+        Err(_) => Status::SandboxError,
+    }
 }
 
 /// Why a run failed, in one message: the sandbox's reason, compiler output or stderr.

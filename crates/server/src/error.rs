@@ -6,8 +6,8 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
 
 use crate::pool::Refusal;
 
@@ -106,9 +106,19 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+/// The body of every error answer.
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    /// What went wrong, where and why.
+    error: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
+        let body = ErrorBody {
+            error: self.message,
+        };
+        let mut response = (self.status, Json(body)).into_response();
         if let Some(s) = self.retry_after_s
             && let Ok(v) = HeaderValue::from_str(&s.to_string())
         {

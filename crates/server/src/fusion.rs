@@ -10,19 +10,17 @@
 //! An `afterburner` object adds this server's measurements. Programs built once are reused when
 //! the same code comes again (verl sends the same code once per test case).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use afterburner_sandbox::{Compilation, SandboxError, Status};
-use axum::Json;
 use axum::extract::State;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
-use crate::common::{SingleRun, parse_language, require_code, run_single};
+use crate::common::{SingleRun, Wire, program_language, run_single, run_status};
 use crate::error::{ApiError, JsonBody};
 use crate::pool::Work;
+use crate::state::AppState;
 
 /// `POST /run_code`.
 #[derive(Debug, Deserialize)]
@@ -47,53 +45,109 @@ pub(crate) struct RunCodeRequest {
     fetch_files: Vec<String>,
 }
 
-fn command_result(
-    status: &str,
-    seconds: Option<f64>,
+/// The top-level verdict of a SandboxFusion answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+enum FusionStatus {
+    /// Compiled and exited with code 0.
+    Success,
+    /// Did not compile, failed or ran out of a limit.
+    Failed,
+    /// The sandbox itself failed.
+    SandboxError,
+}
+
+/// How a compilation or run command ended, in SandboxFusion's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+enum CommandStatus {
+    /// It ended (whatever its return code).
+    Finished,
+    /// It ran out of time.
+    TimeLimitExceeded,
+}
+
+/// A compilation or run command's result.
+#[derive(Debug, Serialize)]
+struct CommandResult {
+    status: CommandStatus,
+    /// Seconds.
+    execution_time: Option<f64>,
+    /// The exit code, or minus the signal that killed it.
     return_code: Option<i32>,
     stdout: String,
     stderr: String,
-) -> Value {
-    json!({
-        "status": status,
-        "execution_time": seconds,
-        "return_code": return_code,
-        "stdout": stdout,
-        "stderr": stderr,
-    })
 }
 
-fn compile_result(c: &Compilation, timed_out: bool) -> Value {
+/// This server's own figures of the run, beside SandboxFusion's fields.
+#[derive(Debug, Serialize)]
+struct Figures {
+    status: Status,
+    wall_ms: f64,
+    cpu_ms: f64,
+    peak_rss_kb: u64,
+    integral_kb_ms: f64,
+    compile_ms: Option<f64>,
+    cached_build: bool,
+}
+
+/// The SandboxFusion `/run_code` answer.
+#[derive(Debug, Serialize)]
+pub(crate) struct RunCodeBody {
+    status: FusionStatus,
+    message: String,
+    compile_result: Option<CommandResult>,
+    run_result: Option<CommandResult>,
+    /// Always `null`: there are no executor pods here.
+    executor_pod_name: Option<String>,
+    /// Always `{}`: `fetch_files` is not supported.
+    files: BTreeMap<String, String>,
+    /// Absent only when the sandbox failed before measuring anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    afterburner: Option<Figures>,
+}
+
+impl RunCodeBody {
+    /// An answer with no command results (filled in by the caller where there are some).
+    fn new(status: FusionStatus, message: impl Into<String>, figures: Option<Figures>) -> Self {
+        RunCodeBody {
+            status,
+            message: message.into(),
+            compile_result: None,
+            run_result: None,
+            executor_pod_name: None,
+            files: BTreeMap::new(),
+            afterburner: figures,
+        }
+    }
+}
+
+fn compile_result(c: &Compilation, timed_out: bool) -> CommandResult {
     let status = if timed_out || c.status == Status::TimeLimit {
-        "TimeLimitExceeded"
+        CommandStatus::TimeLimitExceeded
     } else {
-        "Finished"
+        CommandStatus::Finished
     };
     let code = match c.status {
         Status::Accepted => Some(0),
         _ => c.measurement.exit_code.filter(|&x| x != 0).or(Some(1)),
     };
-    command_result(
+    CommandResult {
         status,
-        Some(c.compile_ms / 1000.0),
-        code,
-        String::new(),
-        c.output.clone(),
-    )
+        execution_time: Some(c.compile_ms / 1000.0),
+        return_code: code,
+        stdout: String::new(),
+        stderr: c.output.clone(),
+    }
 }
 
 /// The SandboxFusion response for one run.
-fn body(outcome: &Result<SingleRun, SandboxError>, compile_timeout_s: Option<f64>) -> Value {
+fn body(outcome: &Result<SingleRun, SandboxError>, compile_timeout_s: Option<f64>) -> RunCodeBody {
     let run = match outcome {
         Err(e) => {
-            return json!({
-                "status": "SandboxError",
-                "message": format!("sandbox error: {e}"),
-                "compile_result": Value::Null,
-                "run_result": Value::Null,
-                "executor_pod_name": Value::Null,
-                "files": {},
-            });
+            return RunCodeBody::new(
+                FusionStatus::SandboxError,
+                format!("sandbox error: {e}"),
+                None,
+            );
         }
         Ok(run) => run,
     };
@@ -103,32 +157,28 @@ fn body(outcome: &Result<SingleRun, SandboxError>, compile_timeout_s: Option<f64
         (Some(c), Some(limit)) => c.compile_ms / 1000.0 > limit,
         _ => false,
     };
-    let extra = json!({
-        "status": m.status,
-        "wall_ms": m.wall_ms,
-        "cpu_ms": m.cpu_ms,
-        "peak_rss_kb": m.peak_rss_kb,
-        "integral_kb_ms": m.integral_kb_ms,
-        "compile_ms": run.compilation.as_ref().map(|c| c.compile_ms),
-        "cached_build": run.cached,
+    let figures = Some(Figures {
+        status: m.status,
+        wall_ms: m.wall_ms,
+        cpu_ms: m.cpu_ms,
+        peak_rss_kb: m.peak_rss_kb,
+        integral_kb_ms: m.integral_kb_ms,
+        compile_ms: run.compilation.as_ref().map(|c| c.compile_ms),
+        cached_build: run.cached,
     });
     let compiled_language = run.language.is_compiled();
     if let Some(c) = &run.compilation
         && c.status == Status::SandboxError
     {
-        return json!({
-            "status": "SandboxError",
-            "message": format!("the sandbox failed while compiling: {}", c.output),
-            "compile_result": Value::Null,
-            "run_result": Value::Null,
-            "executor_pod_name": Value::Null,
-            "files": {},
-            "afterburner": extra,
-        });
+        return RunCodeBody::new(
+            FusionStatus::SandboxError,
+            format!("the sandbox failed while compiling: {}", c.output),
+            figures,
+        );
     }
     let compile = match (&run.compilation, compiled_language) {
-        (Some(c), true) => compile_result(c, compile_slow),
-        _ => Value::Null,
+        (Some(c), true) => Some(compile_result(c, compile_slow)),
+        _ => None,
     };
     // A syntax error of an interpreted language is, as in SandboxFusion, a failed run.
     if m.status == Status::CompileError && !compiled_language {
@@ -136,68 +186,67 @@ fn body(outcome: &Result<SingleRun, SandboxError>, compile_timeout_s: Option<f64
             .compilation
             .as_ref()
             .map_or(String::new(), |c| c.output.clone());
-        return json!({
-            "status": "Failed",
-            "message": "",
-            "compile_result": Value::Null,
-            "run_result": command_result("Finished", Some(0.0), Some(1), String::new(), diagnostics),
-            "executor_pod_name": Value::Null,
-            "files": {},
-            "afterburner": extra,
-        });
+        return RunCodeBody {
+            run_result: Some(CommandResult {
+                status: CommandStatus::Finished,
+                execution_time: Some(0.0),
+                return_code: Some(1),
+                stdout: String::new(),
+                stderr: diagnostics,
+            }),
+            ..RunCodeBody::new(FusionStatus::Failed, "", figures)
+        };
     }
     if m.status == Status::CompileError || (compile_slow && compiled_language) {
-        return json!({
-            "status": "Failed",
-            "message": if compile_slow { "compilation exceeded compile_timeout" } else { "" },
-            "compile_result": compile,
-            "run_result": Value::Null,
-            "executor_pod_name": Value::Null,
-            "files": {},
-            "afterburner": extra,
-        });
+        let message = if compile_slow {
+            "compilation exceeded compile_timeout"
+        } else {
+            ""
+        };
+        return RunCodeBody {
+            compile_result: compile,
+            ..RunCodeBody::new(FusionStatus::Failed, message, figures)
+        };
     }
     if m.status == Status::SandboxError {
-        return json!({
-            "status": "SandboxError",
-            "message": r.message.clone().unwrap_or_else(|| "the sandbox failed".into()),
-            "compile_result": compile,
-            "run_result": Value::Null,
-            "executor_pod_name": Value::Null,
-            "files": {},
-            "afterburner": extra,
-        });
+        let message = r
+            .message
+            .clone()
+            .unwrap_or_else(|| "the sandbox failed".into());
+        return RunCodeBody {
+            compile_result: compile,
+            ..RunCodeBody::new(FusionStatus::SandboxError, message, figures)
+        };
     }
-    let run_status = if m.status == Status::TimeLimit {
-        "TimeLimitExceeded"
+    let run_command = if m.status == Status::TimeLimit {
+        CommandStatus::TimeLimitExceeded
     } else {
-        "Finished"
+        CommandStatus::Finished
     };
-    let return_code = m.exit_code.or(m.signal.map(|s| -s));
-    json!({
-        "status": if m.status == Status::Accepted { "Success" } else { "Failed" },
-        "message": r.message.clone().unwrap_or_default(),
-        "compile_result": compile,
-        "run_result": command_result(
-            run_status,
-            Some(m.wall_ms / 1000.0),
-            return_code,
-            r.stdout_text(),
-            r.stderr_text(),
-        ),
-        "executor_pod_name": Value::Null,
-        "files": {},
-        "afterburner": extra,
-    })
+    let status = if m.status == Status::Accepted {
+        FusionStatus::Success
+    } else {
+        FusionStatus::Failed
+    };
+    RunCodeBody {
+        compile_result: compile,
+        run_result: Some(CommandResult {
+            status: run_command,
+            execution_time: Some(m.wall_ms / 1000.0),
+            return_code: m.exit_code.or(m.signal.map(|s| -s)),
+            stdout: r.stdout_text(),
+            stderr: r.stderr_text(),
+        }),
+        ..RunCodeBody::new(status, r.message.clone().unwrap_or_default(), figures)
+    }
 }
 
 /// `POST /run_code`.
 pub(crate) async fn run_code(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<RunCodeRequest>,
-) -> Result<Json<Value>, ApiError> {
-    let language = parse_language(&req.language, "language")?;
-    require_code(&req.code, "code")?;
+) -> Result<Wire<RunCodeBody>, ApiError> {
+    let language = program_language(&req.language, &req.code)?;
     if req.files.values().any(Option::is_some) || !req.fetch_files.is_empty() {
         return Err(ApiError::bad_request(
             "`files` and `fetch_files` are not supported: the program gets its input on stdin \
@@ -220,15 +269,7 @@ pub(crate) async fn run_code(
     let (code, stdin) = (req.code, req.stdin.unwrap_or_default().into_bytes());
     let work: Work<Result<SingleRun, SandboxError>> =
         Box::new(move |w| run_single(w, language, &code, stdin, limits, false));
-    let outcome = state.run_all(vec![work]).await?.pop().ok_or_else(|| {
-        ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "internal error: no answer for the submitted job",
-        )
-    })?;
-    state.metrics.run(match &outcome {
-        Ok(run) => run.status().as_str(),
-        Err(_) => Status::SandboxError.as_str(),
-    });
-    Ok(Json(body(&outcome, req.compile_timeout)))
+    let outcome = state.run_one(work).await?;
+    state.metrics.run(run_status(&outcome).as_str());
+    Ok(Wire(body(&outcome, req.compile_timeout)))
 }

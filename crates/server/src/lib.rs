@@ -20,7 +20,6 @@
 #![warn(missing_docs)]
 
 mod app;
-pub mod client;
 mod common;
 mod config;
 mod error;
@@ -30,7 +29,9 @@ mod metrics;
 mod monolith;
 mod native;
 mod pool;
+mod results;
 mod server;
+mod state;
 
 pub use config::{LimitPolicy, ServerConfig};
 pub use error::{ApiError, ServerError};

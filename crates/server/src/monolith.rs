@@ -11,13 +11,16 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use crate::app::{AppState, TaskState};
-use crate::common::{SingleRun, failure_message, parse_language, require_code, run_single};
+use crate::common::{
+    SingleRun, Wire, failure_message, program_language, run_single, run_status, to_wire_value,
+};
 use crate::error::{ApiError, JsonBody};
 use crate::pool::Work;
+use crate::results::TaskState;
+use crate::state::AppState;
 
 /// `POST /execute`.
 #[derive(Debug, Deserialize)]
@@ -44,50 +47,124 @@ pub(crate) struct ExecuteRequest {
     asynchronous: bool,
 }
 
-/// The Monolith response body of a finished task.
-fn body(task_id: &str, outcome: &Result<SingleRun, SandboxError>) -> Value {
-    match outcome {
-        Err(e) => json!({
-            "task_id": task_id,
-            "status": "error",
-            "run_status": Status::SandboxError,
-            "error": format!("sandbox error: {e}"),
-            "output_dict": Value::Null,
-        }),
-        Ok(run) => {
-            let m = &run.result.measurement;
-            let status = match m.status {
-                Status::Accepted => "success",
-                Status::TimeLimit => "timeout",
-                _ => "error",
-            };
-            let log: Vec<[u64; 2]> = run
-                .result
-                .memory_trace
-                .iter()
-                .map(|s| [s.t_ns, s.rss_kb])
-                .collect();
-            json!({
-                "task_id": task_id,
-                "status": status,
-                "run_status": m.status,
-                "error": failure_message(run),
-                "output_dict": {
-                    "stdout": run.result.stdout_text(),
-                    "stderr": run.result.stderr_text(),
-                    "peak_memory": m.peak_rss_kb,
-                    "integral": m.integral_kb_ms,
-                    "duration": m.wall_ms,
-                    "log": log,
-                    "cpu_time": m.cpu_ms,
-                    "exit_code": m.exit_code,
-                    "signal": m.signal,
-                    "samples": m.samples,
-                    "sample_hz": m.sample_hz,
-                    "compile_duration": run.compilation.as_ref().map(|c| c.compile_ms),
-                    "cached_build": run.cached,
-                },
-            })
+/// Where a task stands, as Monolith names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum TaskStatus {
+    /// Queued or running.
+    Pending,
+    /// Ran and exited with code 0 within its limits.
+    Success,
+    /// Ran out of time.
+    Timeout,
+    /// Anything else: failed, did not compile, or could not be run.
+    Error,
+}
+
+/// A Monolith response body.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum TaskBody {
+    /// The task ran (or the sandbox failed on it): its verdict and outputs.
+    Finished {
+        task_id: String,
+        status: TaskStatus,
+        /// The sandbox's status, finer than `status`.
+        run_status: Status,
+        /// Why it failed, when it did.
+        error: Option<String>,
+        /// What it printed and what it cost (`null` when the sandbox failed).
+        output_dict: Option<Outputs>,
+    },
+    /// The job never ran (e.g. the server shut down first).
+    NotRun {
+        task_id: String,
+        status: TaskStatus,
+        error: String,
+    },
+    /// Queued or running.
+    Pending { task_id: String, status: TaskStatus },
+}
+
+/// What a finished program printed and what it cost, in Monolith's names.
+#[derive(Debug, Serialize)]
+struct Outputs {
+    stdout: String,
+    stderr: String,
+    /// Peak resident memory, KiB.
+    peak_memory: u64,
+    /// Memory integral, KiB*ms.
+    integral: f64,
+    /// Wall time, ms.
+    duration: f64,
+    /// The memory trace as `[t_ns, rss_kb]` pairs (empty unless asked for).
+    log: Vec<[u64; 2]>,
+    /// CPU time, ms.
+    cpu_time: f64,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    samples: u64,
+    sample_hz: f64,
+    /// Compile time, ms (compiled languages).
+    compile_duration: Option<f64>,
+    cached_build: bool,
+}
+
+impl TaskBody {
+    /// The body of a task whose job answered.
+    fn finished(task_id: &str, outcome: &Result<SingleRun, SandboxError>) -> TaskBody {
+        let task_id = task_id.to_string();
+        let run = match outcome {
+            Err(e) => {
+                return TaskBody::Finished {
+                    task_id,
+                    status: TaskStatus::Error,
+                    run_status: Status::SandboxError,
+                    error: Some(format!("sandbox error: {e}")),
+                    output_dict: None,
+                };
+            }
+            Ok(run) => run,
+        };
+        let m = &run.result.measurement;
+        let status = match m.status {
+            Status::Accepted => TaskStatus::Success,
+            Status::TimeLimit => TaskStatus::Timeout,
+            _ => TaskStatus::Error,
+        };
+        let log = run
+            .result
+            .memory_trace
+            .iter()
+            .map(|s| [s.t_ns, s.rss_kb])
+            .collect();
+        TaskBody::Finished {
+            task_id,
+            status,
+            run_status: m.status,
+            error: failure_message(run),
+            output_dict: Some(Outputs {
+                stdout: run.result.stdout_text(),
+                stderr: run.result.stderr_text(),
+                peak_memory: m.peak_rss_kb,
+                integral: m.integral_kb_ms,
+                duration: m.wall_ms,
+                log,
+                cpu_time: m.cpu_ms,
+                exit_code: m.exit_code,
+                signal: m.signal,
+                samples: m.samples,
+                sample_hz: m.sample_hz,
+                compile_duration: run.compilation.as_ref().map(|c| c.compile_ms),
+                cached_build: run.cached,
+            }),
+        }
+    }
+
+    fn pending(task_id: &str) -> TaskBody {
+        TaskBody::Pending {
+            task_id: task_id.to_string(),
+            status: TaskStatus::Pending,
         }
     }
 }
@@ -97,8 +174,7 @@ pub(crate) async fn execute(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<ExecuteRequest>,
 ) -> Result<Response, ApiError> {
-    let language = parse_language(&req.language, "language")?;
-    require_code(&req.code, "code")?;
+    let language = program_language(&req.language, &req.code)?;
     if !req.libraries.is_empty() {
         return Err(ApiError::bad_request(format!(
             "`libraries`: installing packages is not supported (asked for {}); programs see the \
@@ -132,41 +208,34 @@ pub(crate) async fn execute(
         tokio::spawn(async move {
             let done = match st.answer(rx).await {
                 Ok(outcome) => {
-                    record(&st, &outcome);
-                    body(&id, &outcome)
+                    st.metrics.run(run_status(&outcome).as_str());
+                    TaskBody::finished(&id, &outcome)
                 }
-                Err(e) => json!({"task_id": id, "status": "error", "error": e.message}),
+                Err(e) => TaskBody::NotRun {
+                    task_id: id.clone(),
+                    status: TaskStatus::Error,
+                    error: e.message,
+                },
             };
-            if let Ok(mut r) = st.results.lock() {
-                r.done(&id, done);
+            match to_wire_value(&done) {
+                Ok(body) => {
+                    if let Ok(mut r) = st.results.lock() {
+                        r.done(&id, body);
+                    }
+                }
+                Err(e) => tracing::error!("task {id}: {}", e.message),
             }
         });
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({"task_id": task_id, "status": "pending"})),
-        )
-            .into_response());
+        return Ok((StatusCode::ACCEPTED, Wire(TaskBody::pending(&task_id))).into_response());
     }
 
-    let outcome = state.run_all(vec![work]).await?.pop().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal error: no answer for the submitted job",
-        )
-    })?;
-    record(&state, &outcome);
-    let done = body(&task_id, &outcome);
+    let outcome = state.run_one(work).await?;
+    state.metrics.run(run_status(&outcome).as_str());
+    let done = to_wire_value(&TaskBody::finished(&task_id, &outcome))?;
     if let Ok(mut r) = state.results.lock() {
         r.done(&task_id, done.clone());
     }
     Ok(Json(done).into_response())
-}
-
-fn record(state: &AppState, outcome: &Result<SingleRun, SandboxError>) {
-    state.metrics.run(match outcome {
-        Ok(run) => run.status().as_str(),
-        Err(_) => Status::SandboxError.as_str(),
-    });
 }
 
 /// `GET /results/<task_id>`.
@@ -177,7 +246,7 @@ pub(crate) async fn results(
     let found = state.results.lock().ok().and_then(|r| r.get(&task_id));
     match found {
         Some(TaskState::Done(v)) => Ok(Json(v)),
-        Some(TaskState::Pending) => Ok(Json(json!({"task_id": task_id, "status": "pending"}))),
+        Some(TaskState::Pending) => to_wire_value(&TaskBody::pending(&task_id)).map(Json),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!(

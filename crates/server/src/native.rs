@@ -7,24 +7,25 @@
 //! the benchmark crate's serde forms; stdin/stdout and exact token comparison by default).
 //! Suites are the problem's correctness tests.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use afterburner_benchmarks::metrics::Objective;
-use afterburner_benchmarks::{Checker, Entry, HarnessError, Problem, Suite, TestCase};
+use afterburner_benchmarks::{
+    CaseResult, Checker, Entry, HarnessError, Problem, RecordedPerformance, Suite, TestCase,
+};
 use afterburner_reward::{ParsedResponse, RewardConfig, parse_response};
-use afterburner_sandbox::{Language, Limits, Status};
+use afterburner_sandbox::{Dispersion, Language, Limits, Measurement, Status};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use crate::app::AppState;
-use crate::common::{clip, parse_language, require_code};
+use crate::common::{Wire, clip, parse_language, program_language, to_wire_value};
 use crate::error::{ApiError, JsonBody, parse_json};
 use crate::grading::{Baseline, Graded, grade, score};
 use crate::pool::Work;
+use crate::state::AppState;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -36,15 +37,20 @@ pub(crate) struct InlineTest {
     expected: String,
 }
 
-/// Which problem: a loaded one by id, or inline tests.
+/// Which problem: a loaded one by id, or inline tests (with an optional entry and checker).
+/// Requests carry these fields at their top level (`#[serde(flatten)]`).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub(crate) struct ProblemSpec {
+    /// A problem of a dataset the server loaded.
     #[serde(default)]
     problem_id: Option<String>,
+    /// Inline tests.
     #[serde(default)]
     tests: Option<Vec<InlineTest>>,
+    /// How inline tests call the solution (default: stdin/stdout).
     #[serde(default)]
     entry: Option<Entry>,
+    /// How inline tests compare outputs (default: exact tokens).
     #[serde(default)]
     checker: Option<Checker>,
 }
@@ -110,26 +116,18 @@ fn resolve(
                     "`{at}tests` is empty: there would be nothing to fail"
                 )));
             }
-            let problem = Problem {
-                id: "inline".into(),
-                title: String::new(),
-                description: String::new(),
-                difficulty: None,
-                tags: Vec::new(),
-                starter_code: Default::default(),
-                entry: spec.entry.clone().unwrap_or(Entry::StdinStdout),
-                prelude: None,
-                tests: tests
+            let problem = Problem::from_tests(
+                "inline",
+                spec.entry.clone().unwrap_or(Entry::StdinStdout),
+                tests
                     .iter()
                     .map(|t| TestCase {
                         input: t.input.clone(),
                         expected: t.expected.clone(),
                     })
                     .collect(),
-                checker: spec.checker.clone().unwrap_or(Checker::Exact),
-                stress: Vec::new(),
-                references: Vec::new(),
-            };
+                spec.checker.clone().unwrap_or(Checker::Exact),
+            );
             let suite = Suite::tests_only(&problem);
             Target {
                 problem: Arc::new(problem),
@@ -147,73 +145,10 @@ fn resolve(
     Ok(target)
 }
 
-/// Time and memory limits of one suite run, as asked, defaulted and capped.
-fn suite_limits(
-    state: &AppState,
-    time_limit: Option<f64>,
-    memory_limit_mib: Option<f64>,
-) -> Result<Limits, ApiError> {
-    let mut limits = state
-        .config
-        .limits
-        .resolve(time_limit, memory_limit_mib, "time_limit/memory_limit_mib")
-        .map_err(ApiError::bad_request)?;
-    // A whole suite's output goes through one process.
-    limits.output_bytes = 64 * MIB;
-    Ok(limits)
-}
-
-fn repeats(state: &AppState, asked: Option<usize>) -> Result<usize, ApiError> {
-    match asked {
-        None => Ok(1),
-        Some(0) => Err(ApiError::bad_request("`repeats` must be at least 1")),
-        Some(n) => Ok(n.min(state.config.max_repeats.max(1))),
-    }
-}
-
-fn harness_error(e: &HarnessError) -> ApiError {
-    match e {
-        HarnessError::Unsupported { .. } => ApiError::bad_request(e.to_string()),
-        _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-fn limits_json(l: &Limits) -> Value {
-    json!({"time_s": l.wall_time.as_secs_f64(), "memory_mib": l.memory_bytes / MIB})
-}
-
-/// The per-run part of an answer: verdict, per-test results, measurement, medians.
-fn graded_json(g: &Graded) -> Value {
-    let e = &g.evaluation;
-    json!({
-        "status": e.status,
-        "passed": g.passed,
-        "tests": e.cases.len(),
-        "passed_tests": e.accepted_cases(),
-        "cases": e.cases,
-        "measurement": e.measurement,
-        "compile_ms": e.compile_ms,
-        "message": e.message,
-        "detail": e.failure_reason(),
-        "performance": g.performance,
-        "repeats": g.summary.as_ref().map_or(1, |s| s.runs),
-        "cv": g.summary.as_ref().map(|s| &s.cv),
-    })
-}
-
-/// `POST /v1/evaluate`.
-#[derive(Debug, Deserialize)]
-pub(crate) struct EvaluateRequest {
-    language: String,
-    code: String,
-    #[serde(default)]
-    problem_id: Option<String>,
-    #[serde(default)]
-    tests: Option<Vec<InlineTest>>,
-    #[serde(default)]
-    entry: Option<Entry>,
-    #[serde(default)]
-    checker: Option<Checker>,
+/// How a request asks its suites to be run; requests carry these fields at their top level
+/// (`#[serde(flatten)]`), all optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct SuiteRunAsked {
     /// Time limit of the whole suite run, seconds.
     #[serde(default)]
     time_limit: Option<f64>,
@@ -225,43 +160,142 @@ pub(crate) struct EvaluateRequest {
     repeats: Option<usize>,
 }
 
+impl SuiteRunAsked {
+    /// Time and memory limits of one suite run, as asked, defaulted and capped.
+    fn limits(&self, state: &AppState) -> Result<Limits, ApiError> {
+        let mut limits = state
+            .config
+            .limits
+            .resolve(
+                self.time_limit,
+                self.memory_limit_mib,
+                "time_limit/memory_limit_mib",
+            )
+            .map_err(ApiError::bad_request)?;
+        // A whole suite's output goes through one process.
+        limits.output_bytes = 64 * MIB;
+        Ok(limits)
+    }
+
+    /// Runs per suite, as asked (1 by default), capped by the server's maximum.
+    fn repeats(&self, state: &AppState) -> Result<usize, ApiError> {
+        match self.repeats {
+            None => Ok(1),
+            Some(0) => Err(ApiError::bad_request("`repeats` must be at least 1")),
+            Some(n) => Ok(n.min(state.config.max_repeats.max(1))),
+        }
+    }
+}
+
+fn harness_error(e: &HarnessError) -> ApiError {
+    match e {
+        HarnessError::Unsupported { .. } => ApiError::bad_request(e.to_string()),
+        _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The limits a suite ran under.
+#[derive(Debug, Serialize)]
+pub(crate) struct LimitsBody {
+    time_s: f64,
+    memory_mib: u64,
+}
+
+impl LimitsBody {
+    fn of(l: &Limits) -> LimitsBody {
+        LimitsBody {
+            time_s: l.wall_time.as_secs_f64(),
+            memory_mib: l.memory_bytes / MIB,
+        }
+    }
+}
+
+/// The per-run part of an answer: verdict, per-test results, measurement, medians.
+#[derive(Debug, Serialize)]
+pub(crate) struct GradedBody<'a> {
+    status: Status,
+    passed: bool,
+    /// Tests in the suite.
+    tests: usize,
+    passed_tests: usize,
+    cases: &'a [CaseResult],
+    measurement: &'a Measurement,
+    compile_ms: f64,
+    message: Option<&'a str>,
+    /// Why it failed, when it did.
+    detail: Option<String>,
+    performance: Option<RecordedPerformance>,
+    repeats: usize,
+    /// Coefficients of variation over the repeats (when it passed).
+    cv: Option<&'a Dispersion>,
+}
+
+impl GradedBody<'_> {
+    fn of(g: &Graded) -> GradedBody<'_> {
+        let e = &g.evaluation;
+        GradedBody {
+            status: e.status,
+            passed: g.passed,
+            tests: e.cases.len(),
+            passed_tests: e.accepted_cases(),
+            cases: &e.cases,
+            measurement: &e.measurement,
+            compile_ms: e.compile_ms,
+            message: e.message.as_deref(),
+            detail: e.failure_reason(),
+            performance: g.performance,
+            repeats: g.summary.as_ref().map_or(1, |s| s.runs),
+            cv: g.summary.as_ref().map(|s| &s.cv),
+        }
+    }
+}
+
+/// `POST /v1/evaluate`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct EvaluateRequest {
+    language: String,
+    code: String,
+    #[serde(flatten)]
+    problem: ProblemSpec,
+    #[serde(flatten)]
+    run: SuiteRunAsked,
+}
+
 /// `POST /v1/evaluate`.
 pub(crate) async fn evaluate(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<EvaluateRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let language = parse_language(&req.language, "language")?;
-    require_code(&req.code, "code")?;
-    let spec = ProblemSpec {
-        problem_id: req.problem_id,
-        tests: req.tests,
-        entry: req.entry,
-        checker: req.checker,
-    };
-    let target = resolve(&state, &spec, language, "")?;
-    let limits = suite_limits(&state, req.time_limit, req.memory_limit_mib)?;
-    let repeats = repeats(&state, req.repeats)?;
+    let language = program_language(&req.language, &req.code)?;
+    let target = resolve(&state, &req.problem, language, "")?;
+    let limits = req.run.limits(&state)?;
+    let repeats = req.run.repeats(&state)?;
     let (t, l, code) = (target.clone(), limits.clone(), req.code);
     let work: Work<Result<Graded, HarnessError>> =
         Box::new(move |w| grade(w, &t.problem, &t.suite, language, &code, &l, repeats));
-    let outcome = state.run_all(vec![work]).await?.pop().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal error: no answer for the submitted job",
-        )
-    })?;
+    let outcome = state.run_one(work).await?;
     let graded = outcome.map_err(|e| {
         state.metrics.run(Status::SandboxError.as_str());
         harness_error(&e)
     })?;
     state.metrics.run(graded.evaluation.status.as_str());
-    let mut body = graded_json(&graded);
-    if let Value::Object(m) = &mut body {
-        m.insert("problem_id".into(), json!(target.problem.id));
-        m.insert("language".into(), json!(language));
-        m.insert("limits".into(), limits_json(&limits));
-    }
+    let body = to_wire_value(&EvaluateBody {
+        graded: GradedBody::of(&graded),
+        problem_id: &target.problem.id,
+        language,
+        limits: LimitsBody::of(&limits),
+    })?;
     Ok(Json(body))
+}
+
+/// The `/v1/evaluate` answer: the graded run, and what it was run as.
+#[derive(Debug, Serialize)]
+pub(crate) struct EvaluateBody<'a> {
+    #[serde(flatten)]
+    graded: GradedBody<'a>,
+    problem_id: &'a str,
+    language: Language,
+    limits: LimitsBody,
 }
 
 /// One response to reward: the problem, the instruction and the original's performance.
@@ -270,14 +304,8 @@ pub(crate) struct RewardLabel {
     /// The solution's language (default `python`).
     #[serde(default)]
     language: Option<String>,
-    #[serde(default)]
-    problem_id: Option<String>,
-    #[serde(default)]
-    tests: Option<Vec<InlineTest>>,
-    #[serde(default)]
-    entry: Option<Entry>,
-    #[serde(default)]
-    checker: Option<Checker>,
+    #[serde(flatten)]
+    problem: ProblemSpec,
     /// The efficiency instruction: `time`, `memory` or `integral`.
     instruction: String,
     /// The original solution's verdict and figures (none: the prompt had no original).
@@ -297,12 +325,8 @@ pub(crate) struct RewardItem {
 #[derive(Debug, Deserialize)]
 pub(crate) struct RewardRequest {
     items: Vec<RewardItem>,
-    #[serde(default)]
-    time_limit: Option<f64>,
-    #[serde(default)]
-    memory_limit_mib: Option<f64>,
-    #[serde(default)]
-    repeats: Option<usize>,
+    #[serde(flatten)]
+    run: SuiteRunAsked,
     /// Weights and ceilings overriding the server's (e.g. a ramped efficiency weight).
     #[serde(default)]
     reward_config: Option<RewardConfig>,
@@ -338,13 +362,7 @@ fn prepare(
         Some(l) => parse_language(l, &format!("{at}language"))?,
         None => Language::Python,
     };
-    let spec = ProblemSpec {
-        problem_id: label.problem_id.clone(),
-        tests: label.tests.clone(),
-        entry: label.entry.clone(),
-        checker: label.checker.clone(),
-    };
-    let target = resolve(state, &spec, language, at)?;
+    let target = resolve(state, &label.problem, language, at)?;
     let objective = parse_objective(&label.instruction, at)?;
     Ok(Prepared {
         language,
@@ -410,68 +428,130 @@ async fn run_items(
     Ok(out)
 }
 
+/// The reward's terms.
+#[derive(Debug, Serialize)]
+pub(crate) struct Components {
+    format: f64,
+    correctness: f64,
+    efficiency: f64,
+    gain: Option<f64>,
+}
+
+/// The status of a response without code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(crate) enum NoCode {
+    /// Written `no_code`.
+    #[serde(rename = "no_code")]
+    NoCode,
+}
+
+/// What became of an item's code.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub(crate) enum ItemVerdict<'a> {
+    /// It ran: the graded run.
+    Graded(GradedBody<'a>),
+    /// The response had no usable code: why.
+    NoCode {
+        status: NoCode,
+        passed: bool,
+        detail: String,
+    },
+    /// The harness failed: no reward is made up.
+    Failed {
+        status: Status,
+        passed: bool,
+        error: &'a str,
+    },
+}
+
 /// An item's answer: reward and components, verdict and figures; `reward` is null with an
 /// `error` when the harness failed (never a made-up number).
-fn outcome_json(o: &Outcome, config: &RewardConfig) -> Value {
-    let p = &o.prepared;
-    let base = json!({
-        "problem_id": p.target.problem.id,
-        "language": p.language,
-        "instruction": p.objective,
-        "well_formed": p.parsed.well_formed,
-    });
-    let mut m = match base {
-        Value::Object(m) => m,
-        _ => serde_json::Map::new(),
-    };
-    match &o.graded {
-        Some(Err(e)) => {
-            m.insert("reward".into(), Value::Null);
-            m.insert("components".into(), Value::Null);
-            m.insert("status".into(), json!(Status::SandboxError));
-            m.insert("passed".into(), json!(false));
-            m.insert("error".into(), json!(e));
-        }
-        graded => {
-            let g = match graded {
-                Some(Ok(g)) => Some(g),
-                _ => None,
-            };
-            let r = score(
-                p.parsed.well_formed,
-                p.baseline.as_ref(),
-                p.objective,
-                g,
-                config,
-            );
-            m.insert("reward".into(), json!(r.total));
-            m.insert(
-                "components".into(),
-                json!({
-                    "format": r.format,
-                    "correctness": r.correctness,
-                    "efficiency": r.efficiency,
-                    "gain": r.gain,
-                }),
-            );
-            match g {
-                Some(g) => {
-                    if let Value::Object(extra) = graded_json(g) {
-                        m.extend(extra);
-                    }
-                }
-                None => {
-                    m.insert("status".into(), json!("no_code"));
-                    m.insert("passed".into(), json!(false));
-                    m.insert(
-                        "detail".into(),
-                        json!(p.parsed.problem.clone().unwrap_or_default()),
-                    );
-                }
+#[derive(Debug, Serialize)]
+pub(crate) struct ItemBody<'a> {
+    problem_id: &'a str,
+    language: Language,
+    instruction: Objective,
+    well_formed: bool,
+    reward: Option<f64>,
+    components: Option<Components>,
+    #[serde(flatten)]
+    verdict: ItemVerdict<'a>,
+}
+
+impl ItemBody<'_> {
+    fn of<'a>(o: &'a Outcome, config: &RewardConfig) -> ItemBody<'a> {
+        let p = &o.prepared;
+        let graded = match &o.graded {
+            Some(Err(e)) => {
+                return ItemBody {
+                    problem_id: &p.target.problem.id,
+                    language: p.language,
+                    instruction: p.objective,
+                    well_formed: p.parsed.well_formed,
+                    reward: None,
+                    components: None,
+                    verdict: ItemVerdict::Failed {
+                        status: Status::SandboxError,
+                        passed: false,
+                        error: e,
+                    },
+                };
             }
+            Some(Ok(g)) => Some(g),
+            None => None,
+        };
+        let r = score(
+            p.parsed.well_formed,
+            p.baseline.as_ref(),
+            p.objective,
+            graded,
+            config,
+        );
+        ItemBody {
+            problem_id: &p.target.problem.id,
+            language: p.language,
+            instruction: p.objective,
+            well_formed: p.parsed.well_formed,
+            reward: Some(r.total),
+            components: Some(Components {
+                format: r.format,
+                correctness: r.correctness,
+                efficiency: r.efficiency,
+                gain: r.gain,
+            }),
+            verdict: match graded {
+                Some(g) => ItemVerdict::Graded(GradedBody::of(g)),
+                None => ItemVerdict::NoCode {
+                    status: NoCode::NoCode,
+                    passed: false,
+                    detail: p.parsed.problem.clone().unwrap_or_default(),
+                },
+            },
         }
     }
-    Value::Object(m)
+
+    /// Whether the item's code passed.
+    fn passed(&self) -> bool {
+        match &self.verdict {
+            ItemVerdict::Graded(g) => g.passed,
+            ItemVerdict::NoCode { passed, .. } | ItemVerdict::Failed { passed, .. } => *passed,
+        }
+    }
+
+    /// One of the reward's terms, when it was computed.
+    fn component(&self, term: fn(&Components) -> f64) -> Option<f64> {
+        self.components.as_ref().map(term)
+    }
+}
+
+/// The `/v1/reward` answer.
+#[derive(Debug, Serialize)]
+pub(crate) struct RewardBody<'a> {
+    results: Vec<ItemBody<'a>>,
+    limits: LimitsBody,
+    repeats: usize,
+    reward_config: RewardConfig,
 }
 
 /// `POST /v1/reward`.
@@ -482,8 +562,8 @@ pub(crate) async fn reward(
     if req.items.is_empty() {
         return Err(ApiError::bad_request("`items` is empty: nothing to reward"));
     }
-    let limits = suite_limits(&state, req.time_limit, req.memory_limit_mib)?;
-    let repeats = repeats(&state, req.repeats)?;
+    let limits = req.run.limits(&state)?;
+    let repeats = req.run.repeats(&state)?;
     let config = req.reward_config.unwrap_or(state.config.reward);
     let prepared = req
         .items
@@ -492,12 +572,13 @@ pub(crate) async fn reward(
         .map(|(i, item)| prepare(&state, &item.response, &item.label, &format!("items[{i}].")))
         .collect::<Result<Vec<_>, _>>()?;
     let outcomes = run_items(&state, prepared, &limits, repeats).await?;
-    Ok(Json(json!({
-        "results": outcomes.iter().map(|o| outcome_json(o, &config)).collect::<Vec<_>>(),
-        "limits": limits_json(&limits),
-        "repeats": repeats,
-        "reward_config": config,
-    })))
+    let body = to_wire_value(&RewardBody {
+        results: outcomes.iter().map(|o| ItemBody::of(o, &config)).collect(),
+        limits: LimitsBody::of(&limits),
+        repeats,
+        reward_config: config,
+    })?;
+    Ok(Json(body))
 }
 
 /// OpenRLHF's remote reward request: `query` (prompt + response), `prompts`, `labels`.
@@ -515,7 +596,7 @@ pub(crate) struct GetRewardRequest {
 pub(crate) async fn get_reward(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<GetRewardRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Wire<GetRewardBody>, ApiError> {
     let n = req.query.len();
     if n == 0 {
         return Err(ApiError::bad_request("`query` is empty: nothing to reward"));
@@ -548,7 +629,7 @@ pub(crate) async fn get_reward(
         prepared.push(prepare(&state, response, &label, &format!("labels[{i}]."))?);
     }
     let config = state.config.reward;
-    let limits = suite_limits(&state, None, None)?;
+    let limits = SuiteRunAsked::default().limits(&state)?;
     let outcomes = run_items(&state, prepared, &limits, 1).await?;
     let failed: Vec<String> = outcomes
         .iter()
@@ -568,42 +649,39 @@ pub(crate) async fn get_reward(
             ),
         ));
     }
-    let answers: Vec<Value> = outcomes.iter().map(|o| outcome_json(o, &config)).collect();
-    let field = |k: &str| -> Vec<Value> {
-        answers
-            .iter()
-            .map(|a| a.get(k).cloned().unwrap_or(Value::Null))
-            .collect()
-    };
-    let component = |k: &str| -> Vec<Value> {
-        answers
-            .iter()
-            .map(|a| {
-                a.get("components")
-                    .and_then(|c| c.get(k))
-                    .cloned()
-                    .unwrap_or(Value::Null)
-            })
-            .collect()
+    let answers: Vec<ItemBody<'_>> = outcomes.iter().map(|o| ItemBody::of(o, &config)).collect();
+    let component = |term: fn(&Components) -> f64| -> Vec<Option<f64>> {
+        answers.iter().map(|a| a.component(term)).collect()
     };
     let passed: Vec<f64> = answers
         .iter()
-        .map(|a| {
-            if a.get("passed").and_then(Value::as_bool) == Some(true) {
-                1.0
-            } else {
-                0.0
-            }
-        })
+        .map(|a| if a.passed() { 1.0 } else { 0.0 })
         .collect();
-    let mut logs = HashMap::new();
-    logs.insert("format", component("format"));
-    logs.insert("correctness", component("correctness"));
-    logs.insert("efficiency", component("efficiency"));
-    logs.insert("passed", passed.iter().map(|p| json!(p)).collect());
-    Ok(Json(json!({
-        "rewards": field("reward"),
-        "scores": passed,
-        "extra_logs": logs,
-    })))
+    Ok(Wire(GetRewardBody {
+        rewards: answers.iter().map(|a| a.reward).collect(),
+        extra_logs: ExtraLogs {
+            format: component(|c| c.format),
+            correctness: component(|c| c.correctness),
+            efficiency: component(|c| c.efficiency),
+            passed: passed.clone(),
+        },
+        scores: passed,
+    }))
+}
+
+/// OpenRLHF's reward answer: one reward and one score (1 passed, 0 not) per query.
+#[derive(Debug, Serialize)]
+pub(crate) struct GetRewardBody {
+    rewards: Vec<Option<f64>>,
+    scores: Vec<f64>,
+    extra_logs: ExtraLogs,
+}
+
+/// Per-query terms OpenRLHF logs beside the rewards.
+#[derive(Debug, Serialize)]
+pub(crate) struct ExtraLogs {
+    format: Vec<Option<f64>>,
+    correctness: Vec<Option<f64>>,
+    efficiency: Vec<Option<f64>>,
+    passed: Vec<f64>,
 }

@@ -11,11 +11,12 @@ use std::thread::JoinHandle;
 use afterburner_benchmarks::{HarnessConfig, Suite, load};
 use tokio::sync::oneshot;
 
-use crate::app::{AppState, Loaded, router};
+use crate::app::router;
 use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::metrics::Metrics;
 use crate::pool::PoolHandle;
+use crate::state::{AppState, Loaded};
 
 /// A server ready to serve: sandbox and workers started, datasets loaded, socket bound.
 pub struct Server {

@@ -438,7 +438,7 @@ fn a_token_guards_every_endpoint_but_healthz() {
     });
     let body = json!({"code": "print(1)", "language": "python"}).to_string();
     let call = |headers: &[(&str, &str)], path: &str| {
-        afterburner_server::client::request(
+        afterburner_testkit::client::request(
             server.addr(),
             "POST",
             path,

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use afterburner_server::client;
+use afterburner_testkit::client;
 use serde_json::json;
 use support::*;
 

@@ -84,6 +84,7 @@ impl Outer {
                 return;
             }
             for p in pids {
+                // SAFETY: kill takes no pointers; a PID that has gone meanwhile only makes it fail (ESRCH).
                 unsafe { libc::kill(p, libc::SIGKILL) };
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -139,6 +140,7 @@ pub fn contained(name: &str, body: impl FnOnce()) {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // SAFETY: the pre_exec hook only calls write, which is async-signal-safe, on descriptors opened before the fork and a static byte.
     unsafe {
         cmd.pre_exec(move || {
             for &fd in &fds {
@@ -163,9 +165,11 @@ pub fn contained(name: &str, body: impl FnOnce()) {
                 let procs = watchdog_dirs[0].join("cgroup.procs");
                 for p in fs::read_to_string(procs).unwrap_or_default().lines() {
                     if let Ok(p) = p.trim().parse::<i32>() {
+                        // SAFETY: kill takes no pointers; a PID that has gone meanwhile only makes it fail (ESRCH).
                         unsafe { libc::kill(p, libc::SIGKILL) };
                     }
                 }
+                // SAFETY: kill takes no pointers; `pid` is our child, which `child` has not reaped yet.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
                 return true;
             }

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use afterburner_benchmarks::{DatasetSpec, Format};
-use afterburner_server::client::{self, Response};
 use afterburner_server::{Server, ServerConfig, ServerHandle};
+use afterburner_testkit::client::{self, Response};
 use serde_json::Value;
 
 /// The shared real data (see its README).

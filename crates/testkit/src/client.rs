@@ -1,9 +1,12 @@
 //! A minimal blocking HTTP/1.1 client, one connection per request: enough for tests,
 //! benchmarks and scripts talking to a server on loopback, without an HTTP client dependency.
+//! It was `afterburner_testkit::client`; it lives here so the server's API has no test helper.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
+
+use crate::{find_header, header_line};
 
 /// An HTTP response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,11 +22,7 @@ pub struct Response {
 impl Response {
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
 
     /// The body as text (invalid UTF-8 replaced).
@@ -118,20 +117,15 @@ fn parse(raw: &[u8]) -> io::Result<Response> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| invalid(format!("bad status line {status_line:?}")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let headers: Vec<(String, String)> = lines.filter_map(header_line).collect();
     let rest = &raw[split + 4..];
     let chunked = headers
         .iter()
         .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
     let body = if chunked {
         dechunk(rest)?
-    } else if let Some(n) = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .and_then(|(_, v)| v.parse::<usize>().ok())
+    } else if let Some(n) =
+        find_header(&headers, "content-length").and_then(|v| v.parse::<usize>().ok())
     {
         rest.get(..n)
             .ok_or_else(|| invalid("the body is shorter than its Content-Length"))?

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::{find_header, header_line};
+
 /// One scripted answer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
@@ -69,13 +71,9 @@ pub struct Received {
 }
 
 impl Received {
-    /// A header's value.
+    /// A header's value (the name compared case-insensitively).
     pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
 
     /// The content of the last `user` message.
@@ -219,14 +217,10 @@ fn read_request(stream: &TcpStream) -> Option<RawRequest> {
         if h.is_empty() {
             break;
         }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
+        headers.extend(header_line(h));
     }
-    let len = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .and_then(|(_, v)| v.parse::<usize>().ok())
+    let len = find_header(&headers, "content-length")
+        .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(0);
     let mut body = vec![0; len];
     reader.read_exact(&mut body).ok()?;
