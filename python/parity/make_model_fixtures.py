@@ -260,7 +260,11 @@ def train_qwen2_tokenizer(texts: list[str]) -> Tokenizer:
         AddedToken(t, single_word=False, lstrip=False, rstrip=False, normalized=False, special=True)
         for t in (ENDOFTEXT, IM_START, IM_END)
     ])
-    return tok
+    # The Python binding's ByteLevel decoder keeps its defaults whatever is passed; write the
+    # fields as Qwen2's tokenizer.json has them (they do not change decoding).
+    data = json.loads(tok.to_str())
+    data["decoder"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    return Tokenizer.from_str(json.dumps(data))
 
 
 def train_smollm2_style_tokenizer(texts: list[str]) -> Tokenizer:
@@ -654,6 +658,9 @@ def main() -> None:
             "chat: tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=...)"
             " (and tools=... for the case that has a 'tools' field; transformers' tojson is "
             "json.dumps(ensure_ascii=False) with ', ' and ': ' separators).",
+            "loss_check (tiny-qwen2): grad_norms are per named parameter as torch lists them; the "
+            "embeddings are tied, so model.embed_tokens.weight's gradient includes the output "
+            "projection's (there is no lm_head.weight entry).",
             "tiny-qwen2-sharded has the same weights as tiny-qwen2 (3 shards): its logit cases "
             "equal tiny-qwen2's.",
         ],
