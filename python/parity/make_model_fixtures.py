@@ -492,6 +492,11 @@ def logit_cases(model, hf_tok, pad_id: int, include_long: bool) -> list[dict]:
             positions = sorted(set([0, 1, 63, 127, 128, 129, 150, 175] + list(range(seq - 4, seq))))
         else:
             positions = list(range(seq))
+        # Self-check: each padded row's real positions match the same prompt run unpadded.
+        for b, row in enumerate(batch):
+            alone = forward_logits(model, [row], [[1] * len(row)])[0]
+            diff = float((logits[b, seq - len(row):] - alone).abs().max())
+            assert diff < 1e-4, f"{name}: padded row {b} differs from unpadded by {diff}"
         cases.append({
             "name": name,
             "texts": texts,
