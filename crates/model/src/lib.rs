@@ -6,6 +6,7 @@ pub mod chat_template;
 pub mod config;
 pub mod error;
 pub mod generation;
+pub mod gguf;
 pub mod hub;
 pub mod language_model;
 pub mod model;
