@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor, ggml_file::qtensor_from_ggml};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -23,6 +23,15 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+
+use crate::chat_template::ChatTemplate;
+use crate::config::{Architecture, ModelConfig};
+use crate::error::ModelError;
+use crate::generation::GenerationDefaults;
+use crate::language_model::LanguageModel;
+use crate::model::CausalLm;
+use crate::tokenizer::TextTokenizer;
+use crate::weights::Weights;
 
 /// An error reading a GGUF file; every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +155,31 @@ pub enum GgufError {
     },
 }
 
+impl From<GgufError> for ModelError {
+    fn from(error: GgufError) -> Self {
+        let path = match &error {
+            GgufError::Io { path, .. }
+            | GgufError::Format { path, .. }
+            | GgufError::Truncated { path, .. }
+            | GgufError::UnsupportedQuantization { path, .. }
+            | GgufError::UnsupportedArchitecture { path, .. }
+            | GgufError::Metadata { path, .. }
+            | GgufError::MissingTensor { path, .. }
+            | GgufError::UnexpectedTensors { path, .. }
+            | GgufError::TensorShape { path, .. }
+            | GgufError::Tensor { path, .. }
+            | GgufError::Tokenizer { path, .. } => path.clone(),
+        };
+        let message = error.to_string();
+        let prefix = format!("{}: ", path.display());
+        let message = message
+            .strip_prefix(&prefix)
+            .unwrap_or(&message)
+            .to_string();
+        ModelError::File { path, message }
+    }
+}
+
 /// The GGML types candle can read, as listed in error messages.
 const SUPPORTED_TYPES: &str =
     "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K";
@@ -217,6 +251,41 @@ pub struct GgufHyperParams {
     pub tie_word_embeddings: bool,
     /// True when the attention projections Q/K/V carry biases (Qwen2).
     pub attention_bias: bool,
+}
+
+impl GgufHyperParams {
+    /// The runtime's [`ModelConfig`] for these hyper-parameters (no o_proj or MLP biases, no q/k
+    /// norms: neither family has them), with the given special token ids.
+    pub fn to_model_config(
+        &self,
+        bos_token_id: Option<u32>,
+        eos_token_ids: Vec<u32>,
+    ) -> ModelConfig {
+        ModelConfig {
+            architecture: match self.architecture {
+                GgufArchitecture::Llama => Architecture::Llama,
+                GgufArchitecture::Qwen2 => Architecture::Qwen2,
+            },
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            num_key_value_heads: self.num_key_value_heads,
+            head_dim: self.head_dim,
+            vocab_size: self.vocab_size,
+            max_position_embeddings: self.max_position_embeddings,
+            rope_theta: self.rope_theta,
+            rms_norm_eps: self.rms_norm_eps,
+            tie_word_embeddings: self.tie_word_embeddings,
+            qkv_bias: self.attention_bias,
+            o_bias: false,
+            mlp_bias: false,
+            qk_norm: false,
+            bos_token_id,
+            eos_token_ids,
+            torch_dtype: Some("float32".to_string()),
+        }
+    }
 }
 
 /// The tokenizer described by a GGUF file's metadata, with its special tokens and chat template.
@@ -441,6 +510,73 @@ impl GgufFile {
     /// control tokens as special added tokens and the chat template.
     pub fn tokenizer(&self) -> Result<GgufTokenizer, GgufError> {
         build_tokenizer(&self.path, &self.content.metadata)
+    }
+
+    /// The runtime's [`ModelConfig`]: the hyper-parameters plus `tokenizer.ggml.bos_token_id` and
+    /// `tokenizer.ggml.eos_token_id`, as transformers builds the config from the same file.
+    pub fn model_config(&self) -> Result<ModelConfig, GgufError> {
+        let id = |key: &str| -> Result<Option<u32>, GgufError> {
+            let Some(value) = self.content.metadata.get(key) else {
+                return Ok(None);
+            };
+            let id = metadata_usize(&self.path, key, value)?;
+            if id >= self.hyper_params.vocab_size {
+                return Err(GgufError::Metadata {
+                    path: self.path.clone(),
+                    key: key.to_string(),
+                    reason: format!(
+                        "token id {id} is outside the {}-token vocabulary",
+                        self.hyper_params.vocab_size
+                    ),
+                });
+            }
+            Ok(u32::try_from(id).ok())
+        };
+        let bos = id("tokenizer.ggml.bos_token_id")?;
+        let eos = id("tokenizer.ggml.eos_token_id")?;
+        Ok(self
+            .hyper_params
+            .to_model_config(bos, eos.into_iter().collect()))
+    }
+
+    /// The whole model, ready to generate: weights dequantized and cast to `dtype` on `device`,
+    /// the metadata's tokenizer and chat template, greedy generation defaults stopping at the
+    /// file's EOS token and padding with its padding token.
+    pub fn load_language_model(
+        &self,
+        dtype: DType,
+        device: &Device,
+    ) -> crate::Result<LanguageModel> {
+        let config = self.model_config()?;
+        config
+            .validate()
+            .map_err(|message| ModelError::file(&self.path, message))?;
+        let tokenizer = self.tokenizer()?;
+        let chat_template = match &tokenizer.chat_template {
+            Some(source) => Some(
+                ChatTemplate::new(
+                    source,
+                    tokenizer.bos_token.as_ref().map(|t| t.content.clone()),
+                    tokenizer.eos_token.as_ref().map(|t| t.content.clone()),
+                )
+                .map_err(|e| {
+                    ModelError::file(&self.path, format!("tokenizer.chat_template: {e}"))
+                })?,
+            ),
+            None => None,
+        };
+        let mut defaults = GenerationDefaults::from_config(&config);
+        defaults.pad_token_id = tokenizer.pad_token.as_ref().map(|t| t.id);
+        let weights = Weights::from_tensors(self.load_weights(device)?, &self.path);
+        let model = CausalLm::load(&config, &weights, dtype, device)?;
+        let text_tokenizer = TextTokenizer::from_tokenizer(tokenizer.tokenizer, &self.path);
+        Ok(LanguageModel::from_parts(
+            model,
+            text_tokenizer,
+            chat_template,
+            defaults,
+            &self.path,
+        ))
     }
 
     fn tensor_error(&self, tensor: &str, source: candle_core::Error) -> GgufError {
@@ -1347,4 +1483,57 @@ fn build_tokenizer(
         add_bos_token,
         add_eos_token,
     })
+}
+
+/// Whether `path` names a GGUF file (by its `.gguf` extension, any case).
+pub fn is_gguf_file(path: &Path) -> bool {
+    path.is_file()
+        && path
+            .extension()
+            .is_some_and(|ext| ext.eq_ignore_ascii_case("gguf"))
+}
+
+/// The GGUF file `path` names: `path` itself when it is a `.gguf` file, or the only `.gguf` file
+/// of the folder `path` (an error when it holds several, naming them); `None` otherwise.
+pub fn find_gguf(path: &Path) -> crate::Result<Option<PathBuf>> {
+    if is_gguf_file(path) {
+        return Ok(Some(path.to_path_buf()));
+    }
+    if !path.is_dir() {
+        return Ok(None);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| ModelError::file(path, format!("cannot list the model folder: {e}")))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| is_gguf_file(p))
+        .collect();
+    found.sort();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => Err(ModelError::file(
+            path,
+            format!(
+                "holds several GGUF files ({}): name one of them",
+                found
+                    .iter()
+                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// Loads the model of a GGUF file (or of the folder holding exactly one) in `dtype` on `device`:
+/// [`GgufFile::open`] then [`GgufFile::load_language_model`].
+pub fn load_language_model(
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+) -> crate::Result<LanguageModel> {
+    let file = find_gguf(path)?.ok_or_else(|| {
+        ModelError::file(path, "is neither a .gguf file nor a folder holding one")
+    })?;
+    GgufFile::open(&file)?.load_language_model(dtype, device)
 }

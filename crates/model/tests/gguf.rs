@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use afterburner_model::gguf::{
-    GgufArchitecture, GgufError, GgufFile, GgufTokenizer, unpermute_rotary_rows,
+    GgufArchitecture, GgufError, GgufFile, GgufTokenizer, find_gguf, load_language_model,
+    unpermute_rotary_rows,
 };
+use afterburner_model::{ChatMessage, GenerationSettings, LanguageModel};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, IndexOp, Tensor};
@@ -414,6 +416,182 @@ fn smollm2_chat_template_is_the_files() {
             .as_deref()
             .unwrap()
             .contains("<|im_start|>")
+    );
+}
+
+/// The whole SmolLM2 model in f32, loaded once through the GGUF loader.
+fn smollm2_model() -> &'static LanguageModel {
+    static MODEL: OnceLock<LanguageModel> = OnceLock::new();
+    MODEL.get_or_init(|| load_language_model(&smollm2_path(), DType::F32, &Device::Cpu).unwrap())
+}
+
+fn ids_of(json: &Json) -> Vec<u32> {
+    json.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn smollm2_model_config_matches_transformers() {
+    let (file, _) = smollm2();
+    let config = file.model_config().unwrap();
+    let expected = &parity()["config"];
+    assert_eq!(config.architecture, afterburner_model::Architecture::Llama);
+    assert_eq!(
+        Some(config.bos_token_id.unwrap() as u64),
+        expected["bos_token_id"].as_u64()
+    );
+    assert_eq!(config.eos_token_ids, ids_of(&expected["eos_token_ids"]));
+    assert!(!config.qkv_bias && !config.o_bias && !config.mlp_bias && !config.qk_norm);
+    assert_eq!(config.validate(), Ok(()));
+    let model = smollm2_model();
+    assert_eq!(model.config(), &config);
+    assert_eq!(
+        model.generation_defaults().pad_token_id.map(u64::from),
+        expected["pad_token_id"].as_u64()
+    );
+    assert_eq!(model.context_length(), 8192);
+}
+
+#[test]
+fn smollm2_logits_match_transformers_within_1e_3() {
+    let model = smollm2_model();
+    let expected =
+        candle_core::safetensors::load(fixture_dir().join("logits.safetensors"), &Device::Cpu)
+            .unwrap();
+    let cases = parity()["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 4);
+    for case in cases {
+        let ids = ids_of(&case["input_ids"]);
+        let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits = model
+            .forward_logits(&input, None)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let positions: Vec<u32> = ids_of(&case["positions"]);
+        let index = Tensor::new(positions.as_slice(), &Device::Cpu).unwrap();
+        let ours = logits.index_select(&index, 0).unwrap();
+        let theirs = &expected[case["tensor"].as_str().unwrap()];
+        assert_eq!(ours.dims(), theirs.dims());
+        let diff = (ours - theirs)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        let max = diff.max(0).unwrap().to_scalar::<f32>().unwrap();
+        eprintln!("case {}: max |logit difference| {max:e}", case["index"]);
+        assert!(
+            max <= 1e-3,
+            "case {}: logits differ by up to {max}",
+            case["index"]
+        );
+    }
+}
+
+#[test]
+fn smollm2_greedy_tokens_match_transformers_up_to_the_first_near_tie() {
+    let model = smollm2_model();
+    let cases = parity()["cases"].as_array().unwrap();
+    let prompts: Vec<Vec<u32>> = cases.iter().map(|c| ids_of(&c["input_ids"])).collect();
+    let settings = GenerationSettings {
+        max_new_tokens: 24,
+        temperature: Some(0.0),
+        ..GenerationSettings::default()
+    };
+    // One at a time, as transformers ran them (no padding).
+    for (case, prompt) in cases.iter().zip(&prompts) {
+        let greedy = &case["greedy"];
+        let theirs = ids_of(&greedy["output_ids"]);
+        let ours = &model
+            .generate_tokens(std::slice::from_ref(prompt), &settings)
+            .unwrap()[0];
+        let compared = greedy["first_near_tie_step"]
+            .as_u64()
+            .map_or(theirs.len(), |step| step as usize);
+        assert!(
+            compared >= 8,
+            "case {}: a near-tie too early to test much",
+            case["index"]
+        );
+        assert_eq!(
+            ours.token_ids[..compared.min(ours.token_ids.len())],
+            theirs[..compared],
+            "case {} ({}): greedy tokens",
+            case["index"],
+            case["kind"]
+        );
+        assert_eq!(ours.prompt_token_ids, *prompt);
+    }
+}
+
+#[test]
+fn smollm2_chat_template_renders_like_transformers() {
+    let model = smollm2_model();
+    let cases = parity()["chat"].as_array().unwrap();
+    assert!(cases.len() >= 4);
+    for case in cases {
+        let messages: Vec<ChatMessage> = case["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+            .collect();
+        let agp = case["add_generation_prompt"].as_bool().unwrap();
+        let rendered = model.render_chat(&messages, agp).unwrap();
+        assert_eq!(
+            rendered,
+            case["text"].as_str().unwrap(),
+            "{} (add_generation_prompt {agp})",
+            case["name"]
+        );
+    }
+}
+
+#[test]
+fn a_folder_holding_one_gguf_file_names_it_and_two_are_ambiguous() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(find_gguf(dir.path()).unwrap(), None);
+    let one = TinyGguf::new("qwen2").written(&dir, "one.gguf");
+    assert_eq!(find_gguf(dir.path()).unwrap(), Some(one.clone()));
+    assert_eq!(find_gguf(&one).unwrap(), Some(one));
+    TinyGguf::new("qwen2").written(&dir, "two.GGUF");
+    let message = find_gguf(dir.path()).unwrap_err().to_string();
+    assert!(
+        message.contains("holds several GGUF files (one.gguf, two.GGUF)"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_written_qwen2_file_loads_into_a_model_that_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = TinyGguf::new("qwen2").written(&dir, "tiny.gguf");
+    let model = load_language_model(&path, DType::F32, &Device::Cpu).unwrap();
+    let config = model.config();
+    assert_eq!(config.architecture, afterburner_model::Architecture::Qwen2);
+    assert!(config.qkv_bias && config.tie_word_embeddings);
+    assert_eq!(config.eos_token_ids, [0]);
+    let input = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
+    assert_eq!(
+        model.forward_logits(&input, None).unwrap().dims(),
+        [1, 3, VOCAB]
+    );
+    // A GGUF error reaches the runtime's error with the file named once.
+    let missing = dir.path().join("absent.gguf");
+    let message = match GgufFile::open(&missing) {
+        Err(e) => afterburner_model::ModelError::from(e).to_string(),
+        Ok(_) => panic!("opened a missing file"),
+    };
+    assert!(
+        message.starts_with(&format!("{}: cannot read the GGUF file", missing.display())),
+        "{message}"
     );
 }
 
