@@ -184,7 +184,7 @@ impl ModelConfig {
         let head_dim = match usize_field("head_dim")? {
             Some(d) => d,
             None => {
-                if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 {
+                if num_attention_heads == 0 || !hidden_size.is_multiple_of(num_attention_heads) {
                     return Err(format!(
                         "hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads} and no `head_dim` is given"
                     ));
@@ -231,6 +231,70 @@ impl ModelConfig {
         Ok(config)
     }
 
+    /// The `config.json` transformers reads for this configuration.
+    pub fn to_hf_json(&self) -> Value {
+        let mut json = serde_json::json!({
+            "architectures": [self.architecture.hf_name()],
+            "model_type": match self.architecture {
+                Architecture::Qwen2 => "qwen2",
+                Architecture::Llama => "llama",
+                Architecture::Qwen3 => "qwen3",
+            },
+            "hidden_act": "silu",
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "vocab_size": self.vocab_size,
+            "max_position_embeddings": self.max_position_embeddings,
+            "rope_theta": self.rope_theta,
+            "rms_norm_eps": self.rms_norm_eps,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": match self.eos_token_ids.as_slice() {
+                [] => Value::Null,
+                [one] => Value::from(*one),
+                many => Value::from(many.to_vec()),
+            },
+            "torch_dtype": self.torch_dtype.clone().unwrap_or_else(|| "float32".to_string()),
+        });
+        if self.architecture != Architecture::Qwen2 {
+            json["attention_bias"] = Value::Bool(self.qkv_bias);
+        }
+        if self.architecture == Architecture::Llama {
+            json["mlp_bias"] = Value::Bool(self.mlp_bias);
+        }
+        json
+    }
+
+    /// Qwen2.5-0.5B's shape (the benchmark's model): hidden 896, 24 layers, 14 heads / 2 KV
+    /// heads, MLP 4864, vocabulary 151936, tied embeddings.
+    pub fn qwen2_5_0_5b() -> Self {
+        ModelConfig {
+            architecture: Architecture::Qwen2,
+            hidden_size: 896,
+            intermediate_size: 4864,
+            num_hidden_layers: 24,
+            num_attention_heads: 14,
+            num_key_value_heads: 2,
+            head_dim: 64,
+            vocab_size: 151_936,
+            max_position_embeddings: 32_768,
+            rope_theta: 1_000_000.0,
+            rms_norm_eps: 1e-6,
+            tie_word_embeddings: true,
+            qkv_bias: true,
+            o_bias: false,
+            mlp_bias: false,
+            qk_norm: false,
+            bos_token_id: Some(151_643),
+            eos_token_ids: vec![151_645, 151_643],
+            torch_dtype: Some("float32".to_string()),
+        }
+    }
+
     /// Checks that the hyper-parameters are consistent; the error says which ones are not.
     pub fn validate(&self) -> Result<(), String> {
         for (name, value) in [
@@ -247,22 +311,25 @@ impl ModelConfig {
                 return Err(format!("`{name}` must be positive"));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(format!(
                 "head_dim {} must be even for rotary embeddings",
                 self.head_dim
             ));
         }
-        if !(self.rope_theta > 0.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return Err(format!("rope_theta {} must be positive", self.rope_theta));
         }
-        if !(self.rms_norm_eps > 0.0) {
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
             return Err(format!(
                 "rms_norm_eps {} must be positive",
                 self.rms_norm_eps
@@ -303,6 +370,17 @@ mod tests {
         assert!(c.qkv_bias && !c.o_bias && !c.qk_norm);
         assert_eq!(c.eos_token_ids, vec![5]);
         assert_eq!(c.bos_token_id, None);
+    }
+
+    #[test]
+    fn a_config_survives_a_round_trip_through_config_json() {
+        for config in [
+            ModelConfig::from_json_str(QWEN2).unwrap(),
+            ModelConfig::qwen2_5_0_5b(),
+        ] {
+            let text = config.to_hf_json().to_string();
+            assert_eq!(ModelConfig::from_json_str(&text).unwrap(), config);
+        }
     }
 
     #[test]

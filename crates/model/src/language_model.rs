@@ -24,17 +24,24 @@ pub struct LanguageModel {
 }
 
 impl LanguageModel {
-    /// Resolves `model` (a folder, or `ORG/NAME` in the Hugging Face cache, downloaded when
-    /// allowed; see [`crate::hub::resolve_model`]) and loads it in `dtype` on `device`.
+    /// Resolves `model` (a folder, a `.gguf` file, or `ORG/NAME` in the Hugging Face cache,
+    /// downloaded when allowed; see [`crate::hub::resolve_model`]) and loads it in `dtype` on
+    /// `device` (see [`Self::from_path`]).
     pub fn load(model: &str, dtype: DType, device: &Device) -> Result<Self> {
         let path = crate::hub::resolve_model(model)?;
-        if path.is_file() {
-            return Err(ModelError::file(
-                &path,
-                "is a file; expected a model folder holding config.json, tokenizer.json and model.safetensors",
-            ));
+        Self::from_path(&path, dtype, device)
+    }
+
+    /// Loads a local model: a Hugging Face folder (with `config.json`), else a `.gguf` file or
+    /// a folder holding exactly one.
+    pub fn from_path(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        if path.is_dir() && path.join("config.json").is_file() {
+            return Self::from_folder(path, dtype, device);
         }
-        Self::from_folder(&path, dtype, device)
+        if crate::gguf::find_gguf(path)?.is_some() {
+            return crate::gguf::load_language_model(path, dtype, device);
+        }
+        Self::from_folder(path, dtype, device)
     }
 
     /// Loads a Hugging Face model folder: `config.json`, `model.safetensors` (or the sharded

@@ -2,6 +2,7 @@
 //! Llama-family causal language models on candle with differentiable operations only, tokenizes,
 //! renders chat templates and generates. It knows nothing of sandboxes, benchmarks or HTTP.
 
+pub mod bench;
 pub mod chat_template;
 pub mod config;
 pub mod error;

@@ -50,7 +50,9 @@ impl Linear {
         let features = dims[dims.len() - 1];
         let rows = x.elem_count() / features.max(1);
         let x2 = x.reshape((rows, features))?; // [n, in]
-        let mut y = x2.matmul(&self.weight.t()?)?; // [n, out]
+        // (W x^T)^T rather than x W^T: candle's CPU gemm is several times faster this way for
+        // small n (decode batches) and no slower for long prefills.
+        let mut y = self.weight.matmul(&x2.t()?)?.t()?; // [n, out]
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(bias)?;
         }
@@ -421,7 +423,6 @@ impl CausalLm {
             });
         }
         let final_norm = norm("model.norm", e)?;
-        drop(norm);
         let embed_tokens = tensor("model.embed_tokens.weight", &[v, e])?;
         let lm_head = lm_head_untied.unwrap_or_else(|| Linear::new(embed_tokens.clone(), None));
         Ok(CausalLm {

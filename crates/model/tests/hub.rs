@@ -104,3 +104,17 @@ fn a_path_that_is_neither_a_folder_nor_an_id_is_an_error() {
     let err = resolve_model_with("./no/such/folder/here", &offline(Path::new("/tmp"))).unwrap_err();
     assert!(err.to_string().contains("no such folder"), "{err}");
 }
+
+#[test]
+fn load_from_path_takes_a_hugging_face_folder_and_names_what_a_bare_folder_lacks() {
+    let model = LanguageModel::from_path(&fixture("tiny-llama"), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(model.config().vocab_size, 400);
+    let empty = tempfile::tempdir().unwrap();
+    let err = LanguageModel::from_path(empty.path(), DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("config.json: missing: a model folder needs"),
+        "{err}"
+    );
+}
