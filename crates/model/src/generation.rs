@@ -22,6 +22,8 @@ pub enum FinishReason {
     Stop,
     /// `max_new_tokens` or the context length was reached.
     Length,
+    /// The caller's token callback asked to stop.
+    Cancelled,
 }
 
 impl FinishReason {
@@ -30,6 +32,7 @@ impl FinishReason {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
         }
     }
 }
@@ -216,6 +219,17 @@ struct Row {
     stop_text: Option<String>,
 }
 
+/// One token just generated, as reported to a streaming callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenEvent {
+    /// Index of the sequence in its batch.
+    pub row: usize,
+    /// The token.
+    pub token_id: u32,
+    /// How many tokens this sequence has generated so far (including this one).
+    pub generated: usize,
+}
+
 /// Generates a completion for each prompt (token ids), all in one left-padded batch.
 pub fn generate(
     model: &CausalLm,
@@ -223,6 +237,20 @@ pub fn generate(
     defaults: &GenerationDefaults,
     prompts: &[Vec<u32>],
     settings: &GenerationSettings,
+) -> Result<Vec<Generation>> {
+    generate_streaming(model, tokenizer, defaults, prompts, settings, &mut |_| true)
+}
+
+/// [`generate`] that reports every new token to `on_token` as soon as it is chosen (for
+/// streaming); when `on_token` returns `false`, every unfinished sequence ends with
+/// [`FinishReason::Cancelled`] (client gone, Ctrl-C).
+pub fn generate_streaming(
+    model: &CausalLm,
+    tokenizer: &TextTokenizer,
+    defaults: &GenerationDefaults,
+    prompts: &[Vec<u32>],
+    settings: &GenerationSettings,
+    on_token: &mut dyn FnMut(TokenEvent) -> bool,
 ) -> Result<Vec<Generation>> {
     let start = Instant::now();
     let params = defaults.resolve(settings)?;
@@ -302,7 +330,8 @@ pub fn generate(
             .to_dtype(DType::F32)?
             .to_vec2::<f32>()?; // [b][v]
         let mut next = Vec::with_capacity(b);
-        for (row, logits) in rows.iter_mut().zip(&logits) {
+        let mut cancelled = false;
+        for (index, (row, logits)) in rows.iter_mut().zip(&logits).enumerate() {
             if row.finish.is_some() {
                 next.push(pad);
                 continue;
@@ -321,6 +350,19 @@ pub fn generate(
             }
             if row.finish.is_none() && row.tokens.len() >= row.limit {
                 row.finish = Some(FinishReason::Length);
+            }
+            let event = TokenEvent {
+                row: index,
+                token_id: token,
+                generated: row.tokens.len(),
+            };
+            if !cancelled && !on_token(event) {
+                cancelled = true;
+            }
+        }
+        if cancelled {
+            for row in rows.iter_mut().filter(|r| r.finish.is_none()) {
+                row.finish = Some(FinishReason::Cancelled);
             }
         }
         if rows.iter().all(|r| r.finish.is_some()) {

@@ -8,7 +8,9 @@ use candle_core::{DType, Device, Tensor};
 use crate::chat_template::{ChatMessage, ChatTemplate};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::generation::{Generation, GenerationDefaults, GenerationSettings, generate};
+use crate::generation::{
+    Generation, GenerationDefaults, GenerationSettings, TokenEvent, generate, generate_streaming,
+};
 use crate::model::{CausalLm, LogitsOutput};
 use crate::tokenizer::TextTokenizer;
 use crate::weights::Weights;
@@ -191,6 +193,24 @@ impl LanguageModel {
             &self.defaults,
             prompts,
             settings,
+        )
+    }
+
+    /// [`Self::generate_tokens`] reporting each new token to `on_token` as it is chosen;
+    /// returning `false` from it cancels the rest (see [`generate_streaming`]).
+    pub fn generate_tokens_streaming(
+        &self,
+        prompts: &[Vec<u32>],
+        settings: &GenerationSettings,
+        on_token: &mut dyn FnMut(TokenEvent) -> bool,
+    ) -> Result<Vec<Generation>> {
+        generate_streaming(
+            &self.model,
+            &self.tokenizer,
+            &self.defaults,
+            prompts,
+            settings,
+            on_token,
         )
     }
 

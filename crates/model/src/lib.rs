@@ -19,7 +19,9 @@ pub use candle_core::{DType, Device, Tensor};
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};
-pub use generation::{FinishReason, Generation, GenerationDefaults, GenerationSettings};
+pub use generation::{
+    FinishReason, Generation, GenerationDefaults, GenerationSettings, TokenEvent,
+};
 pub use hub::{HubOptions, resolve_model, resolve_model_with};
 pub use language_model::{LanguageModel, best_device, default_dtype, parse_dtype};
 pub use model::{CausalLm, KvCache, Linear, LogitsOutput, LoraAdapter, RmsNorm};

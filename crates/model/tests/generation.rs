@@ -217,3 +217,34 @@ fn bf16_runs_and_stays_close_to_f32() {
         .unwrap();
     assert_eq!(out.completion_tokens(), 4);
 }
+
+#[test]
+fn streaming_reports_each_token_in_order_and_can_cancel() {
+    let model = load("tiny-qwen2", DType::F32);
+    let prompts = vec![model.tokenizer().encode("def f(x):", true).unwrap()];
+    let mut seen = Vec::new();
+    let out = model
+        .generate_tokens_streaming(&prompts, &GenerationSettings::greedy(6), &mut |event| {
+            seen.push(event.token_id);
+            true
+        })
+        .unwrap()
+        .remove(0);
+    assert_eq!(seen, out.token_ids);
+    let mut count = 0;
+    let cancelled = model
+        .generate_tokens_streaming(&prompts, &GenerationSettings::greedy(6), &mut |_| {
+            count += 1;
+            count < 3
+        })
+        .unwrap()
+        .remove(0);
+    assert_eq!(cancelled.finish_reason, FinishReason::Cancelled);
+    assert_eq!(cancelled.token_ids, out.token_ids[..3]);
+}
+
+#[test]
+fn a_loaded_model_can_be_shared_between_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<LanguageModel>();
+}
