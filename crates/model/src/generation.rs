@@ -37,8 +37,10 @@ impl FinishReason {
     }
 }
 
-/// Per-call generation settings; `None` fields fall back to the model's `generation_config.json`.
+/// Per-call generation settings; `None` fields fall back to the model's `generation_config.json`
+/// (missing fields of deserialized settings take [`GenerationSettings::default`]'s values).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GenerationSettings {
     /// Most tokens to generate per sequence.
     pub max_new_tokens: usize,
