@@ -1,0 +1,30 @@
+//! The embedded model runtime: loads Hugging Face model folders (and GGUF files), runs Qwen2- and
+//! Llama-family causal language models on candle with differentiable operations only, tokenizes,
+//! renders chat templates and generates. It knows nothing of sandboxes, benchmarks or HTTP.
+
+pub mod bench;
+pub mod chat_template;
+pub mod config;
+pub mod error;
+pub mod generation;
+pub mod gguf;
+pub mod hub;
+pub mod language_model;
+pub mod model;
+pub mod sampling;
+pub mod tokenizer;
+pub mod weights;
+
+pub use candle_core::{DType, Device, Tensor};
+pub use chat_template::{ChatMessage, ChatTemplate};
+pub use config::{Architecture, ModelConfig};
+pub use error::{ModelError, Result};
+pub use generation::{
+    FinishReason, Generation, GenerationDefaults, GenerationSettings, TokenEvent,
+};
+pub use hub::{HubOptions, resolve_model, resolve_model_with};
+pub use language_model::{LanguageModel, best_device, default_dtype, parse_dtype};
+pub use model::{CausalLm, KvCache, Linear, LogitsOutput, LoraAdapter, RmsNorm};
+pub use sampling::SamplingParams;
+pub use tokenizer::TextTokenizer;
+pub use weights::Weights;
