@@ -1,7 +1,7 @@
 //! The model-facing vocabulary: the chat messages sent, the completion received, why a call
 //! failed, and the [`ChatModel`] trait every backend implements.
 //!
-//! Backend-neutral on purpose: the OpenAI-compatible HTTP client ([`crate::client::ChatClient`])
+//! Backend-neutral on purpose: the OpenAI-compatible HTTP client ([`crate::ChatClient`])
 //! implements [`ChatModel`] today, and an embedded in-process model (`crates/model`) implements
 //! the same trait, so the loop, the cache and the trajectory never know which one answered.
 //! [`Message`] serialises to the OpenAI wire shape (`{"role": "user", "content": ...}`), which

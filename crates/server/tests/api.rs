@@ -4,7 +4,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use afterburner_benchmarks::load;
+use afterburner_benchmarks::{Problem, load};
+use afterburner_server::ServerHandle;
 use serde_json::{Value, json};
 use support::*;
 
@@ -230,19 +231,26 @@ fn evaluate_judges_a_whole_inline_suite_in_one_run() {
     assert!(perf["memory_kb"].as_f64().unwrap() > 0.0, "{perf}");
 }
 
-#[test]
-fn evaluate_judges_a_problem_of_a_loaded_dataset_by_id() {
+/// A server that loaded the LeetCode fixture, and one of its problems with tests and a
+/// reference.
+fn serving_leetcode() -> (ServerHandle, Problem) {
     let spec = leetcode_spec();
     let dataset = load(&spec).unwrap();
     let problem = dataset
         .problems
-        .iter()
+        .into_iter()
         .find(|p| !p.tests.is_empty() && !p.references.is_empty())
         .expect("a LeetCode problem with tests and a reference");
     let server = start(afterburner_server::ServerConfig {
         datasets: vec![spec],
         ..config()
     });
+    (server, problem)
+}
+
+#[test]
+fn evaluate_judges_a_problem_of_a_loaded_dataset_by_id() {
+    let (server, problem) = serving_leetcode();
     let v = json_with(
         &post(
             server.addr(),
@@ -263,18 +271,8 @@ fn evaluate_judges_a_problem_of_a_loaded_dataset_by_id() {
 
 #[test]
 fn reward_scores_a_batch_with_its_components() {
-    let spec = leetcode_spec();
-    let dataset = load(&spec).unwrap();
-    let problem = dataset
-        .problems
-        .iter()
-        .find(|p| !p.tests.is_empty() && !p.references.is_empty())
-        .unwrap();
+    let (server, problem) = serving_leetcode();
     let reference = &problem.references[0].code;
-    let server = start(afterburner_server::ServerConfig {
-        datasets: vec![spec],
-        ..config()
-    });
     // The original took 60 s: any passing candidate is faster.
     let slow_original =
         json!({"passed": true, "time_ms": 60000.0, "memory_kb": 1.0, "integral": 1.0});
