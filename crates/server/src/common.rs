@@ -1,11 +1,11 @@
-//! Pieces the wire formats share: answering with a typed body, language names, text
-//! clipping, and running one program.
+//! Pieces the wire formats share: answering with a typed body, language names, and running one
+//! program.
 
 use std::str::FromStr;
 use std::sync::Arc;
 
 use afterburner_sandbox::{
-    Compilation, Language, Limits, RunRequest, RunResult, SandboxError, Status,
+    Compilation, Language, Limits, RunRequest, RunResult, SandboxError, Status, clip,
 };
 use axum::Json;
 use axum::http::StatusCode;
@@ -63,16 +63,6 @@ pub(crate) fn program_language(language: &str, code: &str) -> Result<Language, A
     let language = parse_language(language, "language")?;
     require_code(code, "code")?;
     Ok(language)
-}
-
-/// The first `max` characters of `text`, with `...` when cut.
-pub(crate) fn clip(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_string()
-    } else {
-        let cut: String = text.chars().take(max).collect();
-        format!("{cut}...")
-    }
 }
 
 /// One program built (or found built) and run once.
@@ -176,11 +166,5 @@ mod tests {
             Some(Language::JavaScript)
         );
         assert!(require_code("  \n", "code").is_err());
-    }
-
-    #[test]
-    fn clipping_counts_characters_not_bytes() {
-        assert_eq!(clip("héllo", 2), "hé...");
-        assert_eq!(clip("abc", 3), "abc");
     }
 }

@@ -14,14 +14,14 @@ use afterburner_benchmarks::{
     CaseResult, Checker, Entry, HarnessError, Problem, RecordedPerformance, Suite, TestCase,
 };
 use afterburner_reward::{ParsedResponse, RewardConfig, parse_response};
-use afterburner_sandbox::{Dispersion, Language, Limits, Measurement, Status};
+use afterburner_sandbox::{Dispersion, Language, Limits, Measurement, Status, clip};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::common::{Wire, clip, parse_language, program_language, to_wire_value};
+use crate::common::{Wire, parse_language, program_language, to_wire_value};
 use crate::error::{ApiError, JsonBody, parse_json};
 use crate::grading::{Baseline, Graded, grade, score};
 use crate::pool::Work;

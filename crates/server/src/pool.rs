@@ -34,8 +34,13 @@ pub(crate) struct Worker<'w> {
     pub cpu: Option<usize>,
 }
 
-/// A job: code run by a worker, answering through a channel it captured.
-pub(crate) type JobFn = Box<dyn for<'w> FnOnce(&Worker<'w>) + Send>;
+/// A job: code run by a worker; what it returns delivers the answer through the channel it
+/// captured, called once the worker has recorded the job (so a client that has its answer also
+/// sees the job in `/metrics`).
+pub(crate) type JobFn = Box<dyn for<'w> FnOnce(&Worker<'w>) -> Deliver + Send>;
+
+/// Sends a finished job's answer to its waiting request.
+pub(crate) type Deliver = Box<dyn FnOnce() + Send>;
 
 /// Work a handler hands to a worker, producing an `R`.
 pub(crate) type Work<R> = Box<dyn for<'w> FnOnce(&Worker<'w>) -> R + Send>;
@@ -108,11 +113,13 @@ where
     });
     let run: JobFn = Box::new(move |w: &Worker<'_>| {
         let r = f(w);
-        if let Ok(mut slot) = tx.lock()
-            && let Some(sender) = slot.take()
-        {
-            let _ = sender.send(r);
-        }
+        Box::new(move || {
+            if let Ok(mut slot) = tx.lock()
+                && let Some(sender) = slot.take()
+            {
+                let _ = sender.send(r);
+            }
+        })
     });
     (run, rx, wanted)
 }
@@ -262,17 +269,24 @@ impl Pool {
         while let Some(job) = self.next() {
             let waited = job.enqueued.elapsed();
             let start = Instant::now();
+            let mut deliver = None;
             if (job.wanted)() {
                 let run = job.run;
-                if catch_unwind(AssertUnwindSafe(|| run(worker))).is_err() {
-                    tracing::error!("a job panicked; its request is answered 500");
-                    self.metrics.worker_panic();
+                match catch_unwind(AssertUnwindSafe(|| run(worker))) {
+                    Ok(d) => deliver = Some(d),
+                    Err(_) => {
+                        tracing::error!("a job panicked; its request is answered 500");
+                        self.metrics.worker_panic();
+                    }
                 }
             } else {
                 self.metrics.cancelled();
             }
             self.finished(start.elapsed());
             self.metrics.job(waited, start.elapsed());
+            if let Some(deliver) = deliver {
+                deliver();
+            }
         }
     }
 }
