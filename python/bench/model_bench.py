@@ -22,7 +22,9 @@ Two modes:
                       each timing is the median of --repeats runs after one warm-up run.
 
 torch.set_num_threads(os.cpu_count()) is used (the number of cores of the machine, printed as
-"threads"); run it on an otherwise idle machine.
+"threads"; --threads N overrides it); run it on an otherwise idle machine: on a busy one, torch's
+OpenMP threads wait on each other (on the 2-core developer machine at load ~5, SmolLM2 decoded
+2.9 tokens/s with 2 threads and 13.3 with 1).
 
 How it was run (developer machine: 2 cores; Python 3.11.7, torch 2.15.0+cu132 PyPI build used on
 CPU, transformers 5.24.0, gguf 0.19.0):
@@ -159,9 +161,11 @@ def main() -> None:
     g.add_argument("--model", type=Path, metavar="DIR")
     g.add_argument("--gguf", type=Path, metavar="FILE")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="torch.set_num_threads (default: the number of cores)")
     args = ap.parse_args()
 
-    threads = os.cpu_count() or 1
+    threads = args.threads
     torch.set_num_threads(threads)
     if args.make_random:
         make_random(args.make_random)
