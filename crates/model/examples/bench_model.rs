@@ -1,11 +1,12 @@
-//! Runtime throughput on a random-weight model of Qwen2.5-0.5B's shape (or `--tiny`): prefill
-//! tokens/s, decode tokens/s at batch 1 and 8, peak memory, printed as JSON. `--save DIR` also
-//! writes the weights as a Hugging Face folder for the transformers side of the comparison.
+//! Runtime throughput: prefill tokens/s, decode tokens/s at batch 1 and 8, peak memory, printed
+//! as JSON. The model is `--model PATH` (a Hugging Face folder or a GGUF file, loaded in f32: the
+//! same weights transformers is measured on by `scripts/bench-model`), or else a random-weight
+//! model of Qwen2.5-0.5B's shape; `--save DIR` also writes those weights as a Hugging Face folder.
 //!
-//! `cargo run --release -p afterburner-model --example bench_model -- [--save DIR] [--steps N] [--prefill N]`
+//! `cargo run --release -p afterburner-model --example bench_model -- [--model PATH] [--save DIR] [--steps N] [--prefill N]`
 
 use afterburner_model::bench::{measure, random_model, save_hf_folder};
-use afterburner_model::{DType, Device, ModelConfig};
+use afterburner_model::{DType, Device, LanguageModel, ModelConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -17,6 +18,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let steps: usize = value("--steps").map_or(Ok(32), |v| v.parse())?;
     let prefill: usize = value("--prefill").map_or(Ok(512), |v| v.parse())?;
+    if let Some(path) = value("--model") {
+        let loaded = LanguageModel::load(&path, DType::F32, &Device::Cpu)?;
+        let figures = measure(loaded.model(), prefill, &[1, 8], steps)?;
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        return Ok(());
+    }
     let config = ModelConfig::qwen2_5_0_5b();
     let model = random_model(&config, DType::F32, &Device::Cpu)?;
     if let Some(dir) = value("--save") {
