@@ -24,6 +24,7 @@ pub mod acceptance;
 pub mod cache;
 pub mod chart;
 pub mod client;
+pub mod embedded;
 pub mod iof;
 pub mod prompt;
 pub mod report;
@@ -32,7 +33,8 @@ pub mod trajectory;
 
 pub use acceptance::{AcceptanceRule, Decision, Observation};
 pub use cache::ResponseCache;
-pub use client::{ChatClient, ChatModel, ClientConfig, Completion, LlmError, Message};
+pub use client::{ChatClient, ChatModel, ClientConfig, Completion, LlmError, Message, Usage};
+pub use embedded::{EmbeddedChat, EmbeddedSettings};
 pub use iof::{CorePool, HarnessJudge, Judge, Judged, LoopConfig, Optimizer, Outcome, Task};
 pub use prompt::{Instruction, Templates};
 pub use report::{Report, ReportFiles, RunInfo};
