@@ -29,9 +29,11 @@ mod grading;
 mod metrics;
 mod monolith;
 mod native;
+pub mod openai;
 mod pool;
 mod server;
 
 pub use config::{LimitPolicy, ServerConfig};
 pub use error::{ApiError, ServerError};
+pub use openai::OpenAiModel;
 pub use server::{Server, ServerHandle, termination_signal};
