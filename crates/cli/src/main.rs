@@ -5,11 +5,15 @@ mod args;
 mod calibrate;
 mod dataset;
 mod eval;
+mod generate;
 mod interrupt;
+mod model_choice;
 mod optimize;
+mod optimize_backend;
 mod progress;
 mod run;
 mod serve;
+mod serve_model;
 
 use std::process::ExitCode;
 
@@ -39,6 +43,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Optimise solutions with an OpenAI-compatible model, measured iteration by iteration.
     Optimize(Box<optimize::OptimizeArgs>),
+    /// Generate a completion with the embedded model (a model folder, .gguf file or ORG/NAME).
+    Generate(Box<generate::GenerateArgs>),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +64,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::eval(args),
         Command::Serve(args) => serve::serve(args),
         Command::Optimize(args) => optimize::optimize(*args),
+        Command::Generate(args) => generate::generate(*args),
     };
     match result {
         Ok(code) => code,

@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use afterburner_benchmarks::{
     Format, Problem, RecordedPerformance, Suite, Workbench, parallel, selected_references,
@@ -15,9 +14,8 @@ use afterburner_optimize::trajectory::{
     MANIFEST_FILE, Manifest, TRAJECTORY_FILE, check_and_write_manifest,
 };
 use afterburner_optimize::{
-    AcceptanceRule, ChatClient, ClientConfig, HarnessJudge, Instruction, IterationRecord,
-    LoopConfig, Optimizer, Outcome, ResponseCache, Task, Templates, TrajectoryWriter,
-    read_trajectory,
+    AcceptanceRule, HarnessJudge, Instruction, IterationRecord, LoopConfig, Optimizer, Outcome,
+    ResponseCache, Task, Templates, TrajectoryWriter, read_trajectory,
 };
 use afterburner_sandbox::{Language, Sandbox};
 use anyhow::{Context as _, Result, bail};
@@ -40,12 +38,19 @@ pub struct OptimizeArgs {
     #[arg(long = "problem-id", value_name = "ID")]
     pub problem_ids: Vec<String>,
     /// OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (vLLM, SGLang),
-    /// http://127.0.0.1:11434/v1 (Ollama), https://api.openai.com/v1.
+    /// http://127.0.0.1:11434/v1 (Ollama), https://api.openai.com/v1. Without it the embedded
+    /// model runs in this process.
     #[arg(long, value_name = "URL")]
-    pub endpoint: String,
-    /// The model name the server knows.
+    pub endpoint: Option<String>,
+    /// With --endpoint: the model name the server knows. Without: the embedded model, a model
+    /// folder, a .gguf file or ORG/NAME in the Hugging Face cache [default:
+    /// Qwen/Qwen2.5-Coder-0.5B-Instruct when cached or downloadable, else SmolLM2-135M-Instruct
+    /// from scripts/fetch-smollm2].
     #[arg(long)]
-    pub model: String,
+    pub model: Option<String>,
+    /// Embedded model only: the weights' dtype, f32, bf16 or f16 [default: f32 on CPU, bf16 on a GPU].
+    #[arg(long)]
+    pub dtype: Option<String>,
     /// Improvement iterations after iteration 0 (N model calls per problem after the first solution).
     #[arg(long, default_value_t = 10)]
     pub iterations: usize,
@@ -91,9 +96,10 @@ pub struct OptimizeArgs {
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub retry_backoff_ms: u64,
     /// Problems optimised at once (also the most model requests in flight); measurements
-    /// still take one core each.
-    #[arg(long, default_value_t = 8)]
-    pub concurrency: usize,
+    /// still take one core each [default: 8 with --endpoint; 1 with the embedded model, whose
+    /// generation uses every core and must not overlap a measurement].
+    #[arg(long)]
+    pub concurrency: Option<usize>,
     /// Do not replay or store model answers in <cache>/responses.
     #[arg(long)]
     pub no_response_cache: bool,
@@ -135,11 +141,10 @@ impl OptimizeArgs {
         if !(0.0..=2.0).contains(&self.temperature) {
             bail!("--temperature must be in [0, 2], got {}", self.temperature);
         }
-        if self.concurrency == 0 || self.concurrency > 1024 {
-            bail!(
-                "--concurrency must be in [1, 1024], got {}",
-                self.concurrency
-            );
+        if let Some(c) = self.concurrency
+            && (c == 0 || c > 1024)
+        {
+            bail!("--concurrency must be in [1, 1024], got {c}");
         }
         if !(self.request_timeout > 0.0 && self.request_timeout <= 86_400.0) {
             bail!(
@@ -280,32 +285,20 @@ pub fn optimize(args: OptimizeArgs) -> Result<ExitCode> {
         args.improve_template.as_deref(),
     )?;
 
-    let api_key = std::env::var(&args.api_key_env)
-        .ok()
-        .filter(|k| !k.trim().is_empty());
-    let mut config = ClientConfig::new(args.endpoint.clone(), args.model.clone());
-    config.api_key = api_key;
-    config.temperature = args.temperature;
-    config.max_tokens = (args.max_tokens > 0).then_some(args.max_tokens);
-    config.seed = args.seed;
-    config.timeout = Duration::from_secs_f64(args.request_timeout);
-    config.max_retries = args.retries;
-    config.backoff = Duration::from_millis(args.retry_backoff_ms);
-    config.concurrency = args.concurrency;
     let cache_dir = args.protocol.cache_dir()?;
     let response_cache =
         (!args.no_response_cache).then(|| ResponseCache::new(cache_dir.join("responses")));
-    let client =
-        ChatClient::new(config, response_cache).with_context(|| "--endpoint".to_string())?;
+    let backend = crate::optimize_backend::backend(&args, response_cache)?;
+    crate::optimize_backend::check_same_backend(&args.out, &backend.endpoint)?;
 
     // The output folder: manifest (a resumed run must match), trajectory read back.
     let manifest = Manifest {
         dataset: args.dataset.clone(),
-        model: args.model.clone(),
+        model: backend.model_name.clone(),
         instruction: args.instruction,
         language,
         original: origin,
-        endpoint: args.endpoint.clone(),
+        endpoint: backend.endpoint.clone(),
         iterations: args.iterations,
     };
     check_and_write_manifest(&args.out, &manifest)?;
@@ -344,7 +337,7 @@ pub fn optimize(args: OptimizeArgs) -> Result<ExitCode> {
         .collect();
     let judge = HarnessJudge::new(bench.harness(), suites, bench.cpus().to_vec());
     let optimizer = Optimizer {
-        model: &client,
+        model: &*backend.model,
         judge: &judge,
         templates: &templates,
         config: LoopConfig {
@@ -365,8 +358,8 @@ pub fn optimize(args: OptimizeArgs) -> Result<ExitCode> {
         prepared.len(),
         args.iterations,
         args.instruction,
-        args.model,
-        client.url(),
+        backend.model_name,
+        backend.url,
         scored,
         bench.cpus().len(),
         args.out.display()
@@ -390,7 +383,7 @@ pub fn optimize(args: OptimizeArgs) -> Result<ExitCode> {
         .collect();
     let previous = Mutex::new(previous);
     let items: Vec<usize> = (0..prepared.len()).collect();
-    let threads = vec![None; args.concurrency.min(prepared.len()).max(1)];
+    let threads = vec![None; backend.concurrency.min(prepared.len()).max(1)];
     let mut outcomes: Vec<Option<Outcome>> = (0..prepared.len()).map(|_| None).collect();
     let emit = |r: &IterationRecord| -> Result<(), String> {
         writer.append(r).map_err(|e| e.to_string())?;
@@ -463,8 +456,8 @@ pub fn optimize(args: OptimizeArgs) -> Result<ExitCode> {
     let report = Report::build(
         RunInfo {
             dataset: args.dataset.clone(),
-            model: args.model.clone(),
-            endpoint: args.endpoint.clone(),
+            model: backend.model_name.clone(),
+            endpoint: backend.endpoint.clone(),
             instruction: args.instruction,
             language,
             iterations: args.iterations,

@@ -60,6 +60,8 @@ pub struct ServeArgs {
     /// Seconds a shutdown waits for open requests before closing them.
     #[arg(long, default_value_t = 150)]
     pub shutdown_grace: u64,
+    #[command(flatten)]
+    pub model: crate::serve_model::ServeModelArgs,
 }
 
 impl ServeArgs {
@@ -113,7 +115,8 @@ impl ServeArgs {
 
 /// Runs `afterburner serve` until SIGTERM or SIGINT.
 pub fn serve(args: ServeArgs) -> Result<ExitCode> {
-    let config = args.config()?;
+    let mut config = args.config()?;
+    config.model = crate::serve_model::start(&args.model)?;
     let server = match Server::bind(config) {
         Ok(s) => s,
         Err(e @ (ServerError::Config(_) | ServerError::Dataset { .. })) => bail!("{e}"),

@@ -32,6 +32,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/get_reward", post(native::get_reward))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(crate::openai::routes(state.config.model.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))

@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub state_dir: Option<PathBuf>,
     /// Longest a graceful shutdown waits for in-flight requests before giving up on them.
     pub shutdown_grace: Duration,
+    /// The embedded model answering `/v1/chat/completions`, `/v1/completions` and `/v1/models`.
+    pub model: Option<crate::openai::OpenAiModel>,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +67,7 @@ impl Default for ServerConfig {
             program_cache: 64,
             state_dir: None,
             shutdown_grace: Duration::from_secs(150),
+            model: None,
         }
     }
 }

@@ -28,6 +28,7 @@ mod grading;
 mod metrics;
 mod monolith;
 mod native;
+pub mod openai;
 mod pool;
 mod results;
 mod server;
@@ -35,4 +36,5 @@ mod state;
 
 pub use config::{LimitPolicy, ServerConfig};
 pub use error::{ApiError, ServerError};
+pub use openai::OpenAiModel;
 pub use server::{Server, ServerHandle, termination_signal};
