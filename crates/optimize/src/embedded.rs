@@ -131,8 +131,8 @@ impl EmbeddedChat {
     ) -> Result<Self, LlmError> {
         let origin = model.origin().to_path_buf();
         let path = std::fs::canonicalize(&origin).unwrap_or(origin);
-        let fingerprint = model_fingerprint(&path).map_err(|e| LlmError::BadEndpoint {
-            url: embedded_url(&path),
+        let fingerprint = model_fingerprint(&path).map_err(|e| LlmError::Backend {
+            backend: embedded_url(&path),
             reason: format!("cannot read the model files to fingerprint them: {e}"),
         })?;
         Ok(EmbeddedChat {
@@ -198,8 +198,8 @@ impl EmbeddedChat {
         let model = self.model.lock().unwrap_or_else(|e| e.into_inner());
         let generation = model
             .chat(&chat, &settings)
-            .map_err(|e| LlmError::BadEndpoint {
-                url: self.url(),
+            .map_err(|e| LlmError::Backend {
+                backend: self.url(),
                 reason: format!("the embedded model failed: {e}"),
             })?;
         drop(model);
