@@ -6,7 +6,7 @@
 //! `cargo run --release -p afterburner-model --example bench_model -- [--model PATH] [--save DIR] [--steps N] [--prefill N]`
 
 use afterburner_model::bench::{measure, random_model, save_hf_folder};
-use afterburner_model::{DType, Device, LanguageModel, ModelConfig};
+use afterburner_model::{CausalLm, DType, Device, LanguageModel, ModelConfig, Weights};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -19,8 +19,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let steps: usize = value("--steps").map_or(Ok(32), |v| v.parse())?;
     let prefill: usize = value("--prefill").map_or(Ok(512), |v| v.parse())?;
     if let Some(path) = value("--model") {
-        let loaded = LanguageModel::load(&path, DType::F32, &Device::Cpu)?;
-        let figures = measure(loaded.model(), prefill, &[1, 8], steps)?;
+        let dir = std::path::Path::new(&path);
+        let figures = if dir.join("config.json").is_file() {
+            // A weights-only folder is enough: the benchmark feeds token ids, no tokenizer.
+            let config = ModelConfig::from_file(&dir.join("config.json"))?;
+            let weights = Weights::from_folder(dir)?;
+            let model = CausalLm::load(&config, &weights, DType::F32, &Device::Cpu)?;
+            measure(&model, prefill, &[1, 8], steps)?
+        } else {
+            let loaded = LanguageModel::load(&path, DType::F32, &Device::Cpu)?;
+            measure(loaded.model(), prefill, &[1, 8], steps)?
+        };
         println!("{}", serde_json::to_string_pretty(&figures)?);
         return Ok(());
     }
