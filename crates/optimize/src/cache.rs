@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::chat::Completion;
+use crate::chat::{Completion, LlmError};
 
 /// What is stored per entry: enough to audit it by hand.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +130,43 @@ impl ResponseCache {
         drop(file);
         fs::rename(&tmp, &path).map_err(err("move into place", &path))
     }
+}
+
+/// Replays the answer stored for the request `body` and draw `tag`, or gets it from `answer` and
+/// stores it (a store that fails is logged: the answer is still used); every backend answers
+/// through this, so a cached draw is replayed the same way whoever produced it. `url` names the
+/// backend in the stored entry.
+pub(crate) fn replay_or_answer(
+    cache: Option<&ResponseCache>,
+    url: &str,
+    tag: &str,
+    body: serde_json::Value,
+    answer: impl FnOnce() -> Result<Completion, LlmError>,
+) -> Result<Completion, LlmError> {
+    let key = cache_key(&body, tag);
+    if let Some(cache) = cache
+        && let Some(mut c) = cache.get(&key)
+    {
+        c.from_cache = true;
+        c.attempts = 0;
+        c.elapsed_ms = 0.0;
+        return Ok(c);
+    }
+    let completion = answer()?;
+    if let Some(cache) = cache {
+        let entry = CacheEntry {
+            key,
+            url: url.to_string(),
+            tag: tag.to_string(),
+            request: body,
+            completion: completion.clone(),
+            stored_at: crate::now_secs(),
+        };
+        if let Err(e) = cache.put(&entry) {
+            tracing::warn!("{e}; the answer is used but not cached");
+        }
+    }
+    Ok(completion)
 }
 
 #[cfg(test)]

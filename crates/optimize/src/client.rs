@@ -18,9 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::cache::{CacheEntry, ResponseCache, cache_key};
+use crate::cache::{ResponseCache, replay_or_answer};
 use crate::chat::{ChatModel, Completion, LlmError, Message, Usage};
-use crate::now_secs;
 
 /// Where and how to call the model.
 #[derive(Debug, Clone, PartialEq)]
@@ -414,30 +413,9 @@ fn with_attempts(e: LlmError, n: u32) -> LlmError {
 impl ChatModel for ChatClient {
     fn complete(&self, messages: &[Message], tag: &str, draw: u64) -> Result<Completion, LlmError> {
         let body = self.request_body(messages, draw);
-        let key = cache_key(&body, tag);
-        if let Some(cache) = &self.cache
-            && let Some(mut c) = cache.get(&key)
-        {
-            c.from_cache = true;
-            c.attempts = 0;
-            c.elapsed_ms = 0.0;
-            return Ok(c);
-        }
-        let completion = self.call(&body)?;
-        if let Some(cache) = &self.cache {
-            let entry = CacheEntry {
-                key,
-                url: self.url.clone(),
-                tag: tag.to_string(),
-                request: body,
-                completion: completion.clone(),
-                stored_at: now_secs(),
-            };
-            if let Err(e) = cache.put(&entry) {
-                tracing::warn!("{e}; the answer is used but not cached");
-            }
-        }
-        Ok(completion)
+        replay_or_answer(self.cache.as_ref(), &self.url, tag, body.clone(), || {
+            self.call(&body)
+        })
     }
 }
 

@@ -21,7 +21,7 @@ use afterburner_model::{ChatMessage, GenerationSettings, LanguageModel};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::cache::{CacheEntry, ResponseCache, cache_key};
+use crate::cache::{ResponseCache, replay_or_answer};
 use crate::{ChatModel, Completion, LlmError, Message, Usage};
 
 /// How the embedded model samples.
@@ -223,39 +223,12 @@ fn embedded_url(path: &Path) -> String {
     format!("embedded:{}", path.display())
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl ChatModel for EmbeddedChat {
     fn complete(&self, messages: &[Message], tag: &str, draw: u64) -> Result<Completion, LlmError> {
         let body = self.request_body(messages, draw);
-        let key = cache_key(&body, tag);
-        if let Some(cache) = &self.cache
-            && let Some(mut c) = cache.get(&key)
-        {
-            c.from_cache = true;
-            c.attempts = 0;
-            c.elapsed_ms = 0.0;
-            return Ok(c);
-        }
-        let completion = self.generate(messages, draw)?;
-        if let Some(cache) = &self.cache {
-            let entry = CacheEntry {
-                key,
-                url: self.url(),
-                tag: tag.to_string(),
-                request: body,
-                completion: completion.clone(),
-                stored_at: now_secs(),
-            };
-            if let Err(e) = cache.put(&entry) {
-                tracing::warn!("{e}; the answer is used but not cached");
-            }
-        }
-        Ok(completion)
+        replay_or_answer(self.cache.as_ref(), &self.url(), tag, body, || {
+            self.generate(messages, draw)
+        })
     }
 }
 
