@@ -2,7 +2,6 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -62,25 +61,16 @@ pub fn harness() -> &'static Harness<'static> {
 
 /// A problem with the given entry, checker and tests, and no references.
 pub fn problem(id: &str, entry: Entry, checker: Checker, tests: &[(&str, &str)]) -> Problem {
+    let tests = tests
+        .iter()
+        .map(|(i, e)| TestCase {
+            input: i.to_string(),
+            expected: e.to_string(),
+        })
+        .collect();
     Problem {
-        id: id.to_string(),
         title: id.to_string(),
-        description: String::new(),
-        difficulty: None,
-        tags: Vec::new(),
-        starter_code: BTreeMap::new(),
-        entry,
-        prelude: None,
-        tests: tests
-            .iter()
-            .map(|(i, e)| TestCase {
-                input: i.to_string(),
-                expected: e.to_string(),
-            })
-            .collect(),
-        checker,
-        stress: Vec::new(),
-        references: Vec::new(),
+        ..Problem::from_tests(id, entry, tests, checker)
     }
 }
 
