@@ -54,7 +54,8 @@ pub struct GenerateArgs {
     /// A string that ends the completion (cut from the text); repeatable.
     #[arg(long = "stop", value_name = "S")]
     pub stop: Vec<String>,
-    /// Weights' dtype: f32, bf16 or f16 [default: f32 on CPU, bf16 on a GPU].
+    /// Weights' dtype: f32, bf16, f16, or quantized (GGUF files: keep
+    /// Q4_0/Q4_1/Q8_0 projections quantized, on the CPU) [default: f32 on CPU, bf16 on a GPU].
     #[arg(long)]
     pub dtype: Option<String>,
     /// Print one JSON object: {text, token_ids, prompt_token_ids, finish_reason,

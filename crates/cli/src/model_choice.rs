@@ -147,35 +147,60 @@ pub fn choose_model(given: Option<&str>) -> Result<ModelChoice> {
     )
 }
 
-/// The dtype `--dtype` names, or the device's default.
-pub fn dtype_for(name: Option<&str>, device: &Device) -> Result<DType> {
+/// How the embedded model holds its weights, as `--dtype` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// Every weight in this dtype.
+    Dense(DType),
+    /// A GGUF file's Q4_0/Q4_1/Q8_0 projections kept quantized, the rest f32, on the CPU.
+    Quantized,
+}
+
+/// The precision `--dtype` names (`f32`, `bf16`, `f16` or `quantized`), or the device's default.
+pub fn precision_for(name: Option<&str>, device: &Device) -> Result<Precision> {
     match name {
-        Some(name) => afterburner_model::parse_dtype(name).context("--dtype"),
-        None => Ok(afterburner_model::default_dtype(device)),
+        Some("quantized" | "q") => Ok(Precision::Quantized),
+        Some(name) => Ok(Precision::Dense(
+            afterburner_model::parse_dtype(name)
+                .map_err(|e| anyhow::anyhow!("{e}, or quantized (GGUF files)"))
+                .context("--dtype")?,
+        )),
+        None => Ok(Precision::Dense(afterburner_model::default_dtype(device))),
     }
 }
 
 /// Loads the model at `path`: a Hugging Face folder (with `config.json`), else a `.gguf` file
 /// or a folder holding one.
-pub fn load_model(path: &Path, dtype: DType, device: &Device) -> Result<LanguageModel> {
+pub fn load_model(path: &Path, precision: Precision, device: &Device) -> Result<LanguageModel> {
     let is_hf_folder = path.is_dir() && path.join("config.json").is_file();
-    let loaded = if !is_hf_folder && afterburner_model::gguf::find_gguf(path)?.is_some() {
-        afterburner_model::gguf::load_language_model(path, dtype, device)
-    } else {
-        LanguageModel::from_folder(path, dtype, device)
+    let is_gguf = !is_hf_folder && afterburner_model::gguf::find_gguf(path)?.is_some();
+    let loaded = match (precision, is_gguf) {
+        (Precision::Quantized, true) => {
+            afterburner_model::gguf::load_language_model_quantized(path)
+        }
+        (Precision::Quantized, false) => bail!(
+            "--dtype quantized needs a GGUF file (its quantized blocks are what is kept); {} is \
+             a Hugging Face folder: use --dtype f32, bf16 or f16",
+            path.display()
+        ),
+        (Precision::Dense(dtype), true) => {
+            afterburner_model::gguf::load_language_model(path, dtype, device)
+        }
+        (Precision::Dense(dtype), false) => LanguageModel::from_folder(path, dtype, device),
     };
     loaded.with_context(|| format!("cannot load the model at {}", path.display()))
 }
 
-/// Chooses (see [`choose_model`]) and loads the model on the best device.
+/// Chooses (see [`choose_model`]) and loads the model on the best device (the CPU for
+/// `--dtype quantized`).
 pub fn choose_and_load(
     given: Option<&str>,
     dtype: Option<&str>,
 ) -> Result<(ModelChoice, LanguageModel)> {
     let choice = choose_model(given)?;
     let device = afterburner_model::best_device();
-    let dtype = dtype_for(dtype, &device)?;
-    let model = load_model(&choice.path, dtype, &device)?;
+    let precision = precision_for(dtype, &device)?;
+    let model = load_model(&choice.path, precision, &device)?;
     Ok((choice, model))
 }
 

@@ -48,7 +48,8 @@ pub struct OptimizeArgs {
     /// from scripts/fetch-smollm2].
     #[arg(long)]
     pub model: Option<String>,
-    /// Embedded model only: the weights' dtype, f32, bf16 or f16 [default: f32 on CPU, bf16 on a GPU].
+    /// Embedded model only: the weights' dtype, f32, bf16, f16, or quantized (GGUF files: keep
+    /// Q4_0/Q4_1/Q8_0 projections quantized, on the CPU) [default: f32 on CPU, bf16 on a GPU].
     #[arg(long)]
     pub dtype: Option<String>,
     /// Improvement iterations after iteration 0 (N model calls per problem after the first solution).

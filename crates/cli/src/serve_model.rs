@@ -13,7 +13,8 @@ pub struct ServeModelArgs {
     /// cache. Generations run one at a time on a thread of their own.
     #[arg(long)]
     pub model: Option<String>,
-    /// The model's weights dtype: f32, bf16 or f16 [default: f32 on CPU, bf16 on a GPU].
+    /// The model's weights dtype: f32, bf16, f16, or quantized (GGUF files: keep
+    /// Q4_0/Q4_1/Q8_0 projections quantized, on the CPU) [default: f32 on CPU, bf16 on a GPU].
     #[arg(long, requires = "model")]
     pub dtype: Option<String>,
     /// Model requests that may wait for the model; beyond it they are refused (503, Retry-After).

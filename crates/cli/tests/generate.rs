@@ -219,7 +219,11 @@ fn bad_input_exits_2_and_says_what_and_where() {
         ),
         (
             vec!["--model", &model, "--prompt", "x", "--dtype", "f8"],
-            vec!["--dtype", "f8"],
+            vec!["--dtype", "f8", "or quantized"],
+        ),
+        (
+            vec!["--model", &model, "--prompt", "x", "--dtype", "quantized"],
+            vec!["--dtype quantized needs a GGUF file", "Hugging Face folder"],
         ),
         (
             vec![
@@ -293,6 +297,21 @@ fn the_smollm2_gguf_continues_python_greedily() {
         "SmolLM2 GGUF: {produced} tokens {:?} in {elapsed:?} (load included), {:.1} tokens/s",
         v["text"], v["tokens_per_second"]
     );
+    // The quantized weights (`--dtype quantized`) continue the same way.
+    let q = generate_json(&[
+        "--model",
+        path.to_str().unwrap(),
+        "--dtype",
+        "quantized",
+        "--prompt",
+        "def add(a, b):",
+        "--raw",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "16",
+    ]);
+    assert_eq!(q["token_ids"], v["token_ids"], "{q}\n{v}");
 }
 
 #[test]

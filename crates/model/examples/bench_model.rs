@@ -2,8 +2,9 @@
 //! as JSON. The model is `--model PATH` (a Hugging Face folder or a GGUF file, loaded in f32: the
 //! same weights transformers is measured on by `scripts/bench-model`), or else a random-weight
 //! model of Qwen2.5-0.5B's shape; `--save DIR` also writes those weights as a Hugging Face folder.
+//! `--quantized` keeps a GGUF file's Q4_0/Q4_1/Q8_0 projections quantized (`--dtype quantized`).
 //!
-//! `cargo run --release -p afterburner-model --example bench_model -- [--model PATH] [--save DIR] [--steps N] [--prefill N]`
+//! `cargo run --release -p afterburner-model --example bench_model -- [--model PATH] [--quantized] [--save DIR] [--steps N] [--prefill N]`
 
 use afterburner_model::bench::{measure, random_model, save_hf_folder};
 use afterburner_model::{CausalLm, DType, Device, LanguageModel, ModelConfig, Weights};
@@ -20,7 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prefill: usize = value("--prefill").map_or(Ok(512), |v| v.parse())?;
     if let Some(path) = value("--model") {
         let dir = std::path::Path::new(&path);
-        let figures = if dir.join("config.json").is_file() {
+        let figures = if args.iter().any(|a| a == "--quantized") {
+            let loaded = afterburner_model::gguf::load_language_model_quantized(dir)?;
+            measure(loaded.model(), prefill, &[1, 8], steps)?
+        } else if dir.join("config.json").is_file() {
             // A weights-only folder is enough: the benchmark feeds token ids, no tokenizer.
             let config = ModelConfig::from_file(&dir.join("config.json"))?;
             let weights = Weights::from_folder(dir)?;

@@ -24,11 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = random_model(&config, DType::F32, &dev)?;
     let x = Tensor::randn(0f32, 1.0, (1, 1, 896), &dev)?;
     time("lm_head", 5, || model.lm_head.forward(&x).unwrap());
-    time("lm_head weight sum (pure read)", 5, || {
-        model.lm_head.weight.sum_all().unwrap()
-    });
+    let w = model.lm_head.dense_weight()?;
+    time("lm_head weight sum (pure read)", 5, || w.sum_all().unwrap());
     let x2 = x.reshape((1, 896))?;
-    let w = &model.lm_head.weight;
     for round in 0..2 {
         time(&format!("lm_head, Linear::forward ({round})"), 5, || {
             model.lm_head.forward(&x).unwrap()
@@ -40,11 +38,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let x8 = Tensor::randn(0f32, 1.0, (8, 1, 896), &dev)?;
     let g = &model.layers[0].mlp.gate_proj;
     let x8_2 = x8.reshape((8, 896))?;
+    let g_weight = g.dense_weight()?;
     time("mlp gate, 8 rows, Linear::forward", 20, || {
         g.forward(&x8).unwrap()
     });
     time("mlp gate, 8 rows, candle gemm", 20, || {
-        g.weight.matmul(&x8_2.t().unwrap()).unwrap()
+        g_weight.matmul(&x8_2.t().unwrap()).unwrap()
     });
     let l = &model.layers[0];
     time("q_proj", 20, || l.self_attn.q_proj.forward(&x).unwrap());

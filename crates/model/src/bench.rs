@@ -62,7 +62,7 @@ pub fn save_hf_folder(model: &CausalLm, dir: &Path) -> Result<()> {
     std::fs::write(&config_path, text)
         .map_err(|e| ModelError::file(&config_path, format!("cannot write: {e}")))?;
     let tensors: HashMap<String, Tensor> = model
-        .named_parameters()
+        .named_parameters()?
         .into_iter()
         .map(|(name, t)| Ok((name, t.to_dtype(DType::F32)?)))
         .collect::<Result<_>>()?;
@@ -111,11 +111,7 @@ pub fn measure(
             tokens_per_second: (batch * decode_steps) as f64 / secs,
         });
     }
-    let weights_bytes = model
-        .named_parameters()
-        .iter()
-        .map(|(_, t)| (t.elem_count() * t.dtype().size_in_bytes()) as u64)
-        .sum();
+    let weights_bytes = model.weights_bytes();
     Ok(BenchFigures {
         prefill_tokens,
         prefill_tokens_per_second,

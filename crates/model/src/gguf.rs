@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor, ggml_file::qtensor_from_ggml};
+
+use crate::quantized::BlockFormat;
 use candle_core::{DType, Device, Tensor};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
@@ -458,22 +460,29 @@ impl GgufFile {
     /// (`model.layers.0.self_attn.q_proj.weight`...), Q/K rows un-permuted for `llama`.
     /// Tied models have no `lm_head.weight` entry.
     pub fn load_weights(&self, device: &Device) -> Result<HashMap<String, Tensor>, GgufError> {
-        let quantized = self.load_quantized_weights(&Device::Cpu)?;
+        self.dequantize_all(&self.load_quantized_weights(&Device::Cpu)?, device)
+    }
+
+    /// `quantized` dequantized to f32 on `device`.
+    fn dequantize_all(
+        &self,
+        quantized: &HashMap<String, QTensor>,
+        device: &Device,
+    ) -> Result<HashMap<String, Tensor>, GgufError> {
         let mut weights = HashMap::with_capacity(quantized.len());
         for (hf_name, qtensor) in quantized {
             let tensor = qtensor
                 .dequantize(device)
-                .map_err(|source| self.tensor_error(&hf_name, source))?;
-            weights.insert(hf_name, tensor);
+                .map_err(|source| self.tensor_error(hf_name, source))?;
+            weights.insert(hf_name.clone(), tensor);
         }
         Ok(weights)
     }
 
     /// Every weight as stored (quantized or not) on `device`, under Hugging Face names, Q/K rows
     /// un-permuted for `llama` (rows are moved as whole quantization blocks: nothing is
-    /// re-quantized). For [`candle_core::quantized::QMatMul`]; note that candle 0.11 has no SIMD
-    /// kernel for Q4_1 on x86, so on CPU SmolLM2's Q4_1 projections run ~8x slower through
-    /// `QMatMul` than dequantized to f32 (and Q8_0 ~2.4x slower): the f32 path is the fast one.
+    /// re-quantized). [`GgufFile::load_language_model_quantized`] keeps the Q4_0/Q4_1/Q8_0
+    /// projections of these as [`crate::quantized::QuantizedMatrix`].
     pub fn load_quantized_weights(
         &self,
         device: &Device,
@@ -549,6 +558,23 @@ impl GgufFile {
         dtype: DType,
         device: &Device,
     ) -> crate::Result<LanguageModel> {
+        self.load_language_model_as(dtype, device, false)
+    }
+
+    /// The whole model on the CPU with the projections stored as Q4_0, Q4_1 or Q8_0 kept in
+    /// those blocks (about 6x less weight memory than f32 for Q4 files; see BENCHMARKS.md for
+    /// speed) and everything else (embedding, norms, other block types) in f32. Inference only:
+    /// the f32 model of [`GgufFile::load_language_model`] is the reference for parity and training.
+    pub fn load_language_model_quantized(&self) -> crate::Result<LanguageModel> {
+        self.load_language_model_as(DType::F32, &Device::Cpu, true)
+    }
+
+    fn load_language_model_as(
+        &self,
+        dtype: DType,
+        device: &Device,
+        keep_quantized: bool,
+    ) -> crate::Result<LanguageModel> {
         let config = self.model_config()?;
         config
             .validate()
@@ -569,8 +595,71 @@ impl GgufFile {
         };
         let mut defaults = GenerationDefaults::from_config(&config);
         defaults.pad_token_id = tokenizer.pad_token.as_ref().map(|t| t.id);
-        let weights = Weights::from_tensors(self.load_weights(device)?, &self.path);
-        let model = CausalLm::load(&config, &weights, dtype, device)?;
+        let mut quantized = self.load_quantized_weights(&Device::Cpu)?;
+        let mut kept = HashMap::new();
+        if keep_quantized {
+            // Projections in a block format the CPU kernels multiply stay quantized: the dense
+            // model is built with a zero-byte broadcast placeholder in their place, replaced
+            // below, so the f32 copy of the whole model never exists. The embedding is looked
+            // up by row and stays f32 (a tied LM head takes the quantized copy).
+            let names: Vec<String> = quantized
+                .iter()
+                .filter(|(name, q)| {
+                    name.as_str() != "model.embed_tokens.weight"
+                        && q.shape().rank() == 2
+                        && BlockFormat::of(q.dtype()).is_some()
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in names {
+                if let Some(q) = quantized.remove(&name) {
+                    kept.insert(name, q);
+                }
+            }
+            if config.tie_word_embeddings
+                && let Some(q) = quantized.get("model.embed_tokens.weight")
+                && BlockFormat::of(q.dtype()).is_some()
+            {
+                let embedding = qtensor_from_ggml(
+                    q.dtype(),
+                    &q.data()
+                        .map_err(|e| self.tensor_error("token_embd.weight", e))?,
+                    q.shape().dims().to_vec(),
+                    &Device::Cpu,
+                )
+                .map_err(|e| self.tensor_error("token_embd.weight", e))?;
+                kept.insert("lm_head.weight".to_string(), embedding);
+            }
+        }
+        let mut dense = self.dequantize_all(&quantized, device)?;
+        drop(quantized);
+        for (name, q) in &kept {
+            if name == "lm_head.weight" && config.tie_word_embeddings {
+                continue;
+            }
+            let placeholder = Tensor::zeros((), DType::F32, &Device::Cpu)
+                .and_then(|zero| zero.broadcast_as(q.shape().dims()))
+                .map_err(|e| self.tensor_error(name, e))?;
+            dense.insert(name.clone(), placeholder);
+        }
+        let weights = Weights::from_tensors(dense, &self.path);
+        let mut model = CausalLm::load(&config, &weights, dtype, device)?;
+        drop(weights);
+        if keep_quantized {
+            let replaced = model
+                .use_quantized_weights(&kept)
+                .map_err(|e| ModelError::file(&self.path, e.to_string()))?;
+            if replaced != kept.len() {
+                return Err(ModelError::file(
+                    &self.path,
+                    format!(
+                        "{} quantized projections were read but {replaced} taken by the model",
+                        kept.len()
+                    ),
+                ));
+            }
+        }
+        drop(kept);
         let text_tokenizer = TextTokenizer::from_tokenizer(tokenizer.tokenizer, &self.path);
         Ok(LanguageModel::from_parts(
             model,
@@ -1537,8 +1626,19 @@ pub fn load_language_model(
     dtype: DType,
     device: &Device,
 ) -> crate::Result<LanguageModel> {
+    open_found(path)?.load_language_model(dtype, device)
+}
+
+/// Loads the model of a GGUF file (or of the folder holding exactly one) with its Q4_0, Q4_1
+/// and Q8_0 projections kept quantized: [`GgufFile::load_language_model_quantized`].
+pub fn load_language_model_quantized(path: &Path) -> crate::Result<LanguageModel> {
+    open_found(path)?.load_language_model_quantized()
+}
+
+/// [`GgufFile::open`] on the GGUF file `path` names (itself, or the one in that folder).
+fn open_found(path: &Path) -> crate::Result<GgufFile> {
     let file = find_gguf(path)?.ok_or_else(|| {
         ModelError::file(path, "is neither a .gguf file nor a folder holding one")
     })?;
-    GgufFile::open(&file)?.load_language_model(dtype, device)
+    Ok(GgufFile::open(&file)?)
 }

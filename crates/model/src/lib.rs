@@ -11,6 +11,7 @@ pub mod gguf;
 pub mod hub;
 pub mod language_model;
 pub mod model;
+pub mod quantized;
 pub mod sampling;
 pub mod tokenizer;
 pub mod weights;
@@ -24,7 +25,7 @@ pub use generation::{
 };
 pub use hub::{HubOptions, resolve_model, resolve_model_with};
 pub use language_model::{LanguageModel, best_device, default_dtype, parse_dtype};
-pub use model::{CausalLm, KvCache, Linear, LogitsOutput, LoraAdapter, RmsNorm};
+pub use model::{CausalLm, KvCache, Linear, LinearWeight, LogitsOutput, LoraAdapter, RmsNorm};
 pub use sampling::SamplingParams;
 pub use tokenizer::TextTokenizer;
 pub use weights::Weights;

@@ -8,8 +8,11 @@
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 
+use std::sync::Arc;
+
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::quantized::QuantizedMatrix;
 use crate::weights::Weights;
 
 /// A low-rank adapter on a [`Linear`]: `y += scaling * x A^T B^T`.
@@ -23,11 +26,20 @@ pub struct LoraAdapter {
     pub scaling: f64,
 }
 
+/// The weight of a [`Linear`]: a dense tensor, or quantized GGUF blocks (inference only).
+#[derive(Debug, Clone)]
+pub enum LinearWeight {
+    /// `[out, in]` (Hugging Face layout) in the model dtype.
+    Dense(Tensor),
+    /// `[out, in]` quantized blocks on the CPU (see [`crate::quantized`]).
+    Quantized(Arc<QuantizedMatrix>),
+}
+
 /// A projection `y = x W^T + bias`, optionally with a LoRA adapter.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// Weight, `[out, in]` (Hugging Face layout).
-    pub weight: Tensor,
+    /// Weight, `[out, in]`.
+    pub weight: LinearWeight,
     /// Bias, `[out]`.
     pub bias: Option<Tensor>,
     /// The adapter slot the trainer fills.
@@ -38,9 +50,41 @@ impl Linear {
     /// A projection without adapter.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Linear {
-            weight,
+            weight: LinearWeight::Dense(weight),
             bias,
             lora: None,
+        }
+    }
+
+    /// `(out, in)` features.
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        match &self.weight {
+            LinearWeight::Dense(w) => Ok(w.dims2()?),
+            LinearWeight::Quantized(q) => Ok(q.dims()),
+        }
+    }
+
+    /// Bytes the weight holds (the bias and adapter aside).
+    pub fn weight_bytes(&self) -> u64 {
+        match &self.weight {
+            LinearWeight::Dense(w) => (w.elem_count() * w.dtype().size_in_bytes()) as u64,
+            LinearWeight::Quantized(q) => q.byte_len() as u64,
+        }
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> Result<usize> {
+        match &self.weight {
+            LinearWeight::Dense(w) => Ok(w.dim(0)?),
+            LinearWeight::Quantized(q) => Ok(q.dims().0),
+        }
+    }
+
+    /// The weight as a dense tensor (a quantized one is dequantized to f32 on the CPU).
+    pub fn dense_weight(&self) -> Result<Tensor> {
+        match &self.weight {
+            LinearWeight::Dense(w) => Ok(w.clone()),
+            LinearWeight::Quantized(q) => q.dequantize(&Device::Cpu),
         }
     }
 
@@ -50,16 +94,21 @@ impl Linear {
         let features = dims[dims.len() - 1];
         let rows = x.elem_count() / features.max(1);
         let x2 = x.reshape((rows, features))?; // [n, in]
-        let fast = if MATVEC_ENABLED {
-            decode_matvec(&x2, &self.weight)?
-        } else {
-            None
-        };
-        let mut y = match fast {
-            Some(y) => y,
-            // (W x^T)^T rather than x W^T: candle's CPU gemm is several times faster this way
-            // for small n and no slower for long prefills.
-            None => self.weight.matmul(&x2.t()?)?.t()?, // [n, out]
+        let mut y = match &self.weight {
+            LinearWeight::Quantized(q) => q.forward(&x2)?,
+            LinearWeight::Dense(weight) => {
+                let fast = if MATVEC_ENABLED {
+                    decode_matvec(&x2, weight)?
+                } else {
+                    None
+                };
+                match fast {
+                    Some(y) => y,
+                    // (W x^T)^T rather than x W^T: candle's CPU gemm is several times faster
+                    // this way for small n and no slower for long prefills.
+                    None => weight.matmul(&x2.t()?)?.t()?, // [n, out]
+                }
+            }
         };
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(bias)?;
@@ -71,7 +120,7 @@ impl Linear {
         }
         let mut out_dims = dims;
         let last = out_dims.len() - 1;
-        out_dims[last] = self.weight.dim(0)?;
+        out_dims[last] = self.out_features()?;
         Ok(y.reshape(out_dims)?)
     }
 }
@@ -129,7 +178,7 @@ fn decode_matvec(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
 }
 
 /// Dot product with eight independent accumulators (vectorises).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks_a = a.chunks_exact(8);
     let chunks_b = b.chunks_exact(8);
@@ -599,8 +648,9 @@ impl CausalLm {
         KvCache::new(&self.config, batch, capacity, self.dtype, &self.device)
     }
 
-    /// Every weight tensor by Hugging Face name (the tied `lm_head` is listed once, as the embedding).
-    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+    /// Every weight tensor by Hugging Face name (the tied `lm_head` is listed once, as the
+    /// embedding; quantized projections are dequantized to f32).
+    pub fn named_parameters(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = vec![(
             "model.embed_tokens.weight".to_string(),
             self.embed_tokens.clone(),
@@ -628,12 +678,79 @@ impl CausalLm {
             if tied && name == "lm_head" {
                 continue;
             }
-            out.push((format!("{name}.weight"), linear.weight.clone()));
+            out.push((format!("{name}.weight"), linear.dense_weight()?));
             if let Some(bias) = &linear.bias {
                 out.push((format!("{name}.bias"), bias.clone()));
             }
         }
-        out
+        Ok(out)
+    }
+
+    /// Bytes of every weight in memory (a tied dense `lm_head` counted once, with the embedding).
+    pub fn weights_bytes(&self) -> u64 {
+        let tensor_bytes = |t: &Tensor| (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+        let mut total = tensor_bytes(&self.embed_tokens) + tensor_bytes(&self.norm.weight);
+        for layer in &self.layers {
+            total += tensor_bytes(&layer.input_layernorm.weight);
+            total += tensor_bytes(&layer.post_attention_layernorm.weight);
+            for norm in [&layer.self_attn.q_norm, &layer.self_attn.k_norm]
+                .into_iter()
+                .flatten()
+            {
+                total += tensor_bytes(&norm.weight);
+            }
+        }
+        let tied_dense = self.config.tie_word_embeddings
+            && matches!(self.lm_head.weight, LinearWeight::Dense(_));
+        for (name, linear) in self.linears() {
+            if !(tied_dense && name == "lm_head") {
+                total += linear.weight_bytes();
+            }
+            total += linear.bias.as_ref().map_or(0, tensor_bytes);
+        }
+        total
+    }
+
+    /// Replaces the weight of every projection whose tensor in `quantized` (Hugging Face names;
+    /// a tied `lm_head` takes `lm_head.weight` if present, else `model.embed_tokens.weight`) is
+    /// in a block format
+    /// [`crate::quantized`] multiplies (Q4_0, Q4_1, Q8_0), dropping the dense copy. Returns how
+    /// many projections are now quantized. CPU only; for inference (see [`LinearWeight`]).
+    pub fn use_quantized_weights(
+        &mut self,
+        quantized: &std::collections::HashMap<String, candle_core::quantized::QTensor>,
+    ) -> Result<usize> {
+        if !self.device.is_cpu() {
+            return Err(ModelError::Invalid(
+                "quantized weights run on the CPU only; load the model on the CPU or use a dense dtype"
+                    .into(),
+            ));
+        }
+        let tied = self.config.tie_word_embeddings;
+        let mut replaced = 0;
+        for (name, linear) in self.linears_mut() {
+            let key = if tied && name == "lm_head" && !quantized.contains_key("lm_head.weight") {
+                "model.embed_tokens.weight".to_string()
+            } else {
+                format!("{name}.weight")
+            };
+            let Some(qtensor) = quantized.get(&key) else {
+                continue;
+            };
+            let Some(matrix) = QuantizedMatrix::from_qtensor(qtensor)? else {
+                continue;
+            };
+            if matrix.dims() != linear.dims()? {
+                return Err(ModelError::Invalid(format!(
+                    "quantized `{key}` is {:?}, the model's `{name}` is {:?}",
+                    matrix.dims(),
+                    linear.dims()?
+                )));
+            }
+            linear.weight = LinearWeight::Quantized(Arc::new(matrix));
+            replaced += 1;
+        }
+        Ok(replaced)
     }
 
     /// Every projection by Hugging Face module name (`model.layers.0.self_attn.q_proj`, ...,

@@ -9,9 +9,11 @@ use std::sync::OnceLock;
 
 use afterburner_model::gguf::{
     GgufArchitecture, GgufError, GgufFile, GgufTokenizer, find_gguf, load_language_model,
-    unpermute_rotary_rows,
+    load_language_model_quantized, unpermute_rotary_rows,
 };
-use afterburner_model::{ChatMessage, GenerationSettings, LanguageModel};
+use afterburner_model::{
+    ChatMessage, GenerationSettings, LanguageModel, LinearWeight, LogitsOutput,
+};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, IndexOp, Tensor};
@@ -529,6 +531,74 @@ fn smollm2_greedy_tokens_match_transformers_up_to_the_first_near_tie() {
         );
         assert_eq!(ours.prompt_token_ids, *prompt);
     }
+}
+
+/// `--dtype quantized`: every projection keeps the file's blocks (Q4_1, and the tied LM head's
+/// Q8_0), the weights take well under half the f32 bytes, decoding token by token (the one-row
+/// kernels) gives the f32 model's logits within 1e-3, and greedy tokens still match transformers.
+#[test]
+fn smollm2_quantized_decoding_matches_the_f32_model() {
+    let quantized = load_language_model_quantized(&smollm2_path()).unwrap();
+    let dense = smollm2_model();
+    for (name, linear) in quantized.model().linears() {
+        assert!(
+            matches!(linear.weight, LinearWeight::Quantized(_)),
+            "{name} is not quantized"
+        );
+    }
+    let (q_bytes, f_bytes) = (
+        quantized.model().weights_bytes(),
+        dense.model().weights_bytes(),
+    );
+    assert!(q_bytes * 2 < f_bytes, "{q_bytes} vs {f_bytes} bytes");
+
+    let case = &parity()["cases"][0];
+    let ids = ids_of(&case["input_ids"]);
+    let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let full = dense
+        .forward_logits(&input, None)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let model = quantized.model();
+    let mut cache = model.new_cache(1, ids.len()).unwrap();
+    for (i, &id) in ids.iter().enumerate() {
+        let step = Tensor::new(&[[id]], &Device::Cpu).unwrap();
+        let logits = model
+            .forward(&step, None, Some(&mut cache), LogitsOutput::Last)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        let want = full.get(i).unwrap();
+        let max = (logits - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(max <= 1e-3, "position {i}: logits differ by up to {max}");
+    }
+
+    let settings = GenerationSettings {
+        max_new_tokens: 16,
+        temperature: Some(0.0),
+        ..GenerationSettings::default()
+    };
+    let greedy = &case["greedy"];
+    let theirs = ids_of(&greedy["output_ids"]);
+    let compared = greedy["first_near_tie_step"]
+        .as_u64()
+        .map_or(theirs.len(), |step| step as usize)
+        .min(16);
+    let ours = &quantized
+        .generate_tokens(std::slice::from_ref(&ids), &settings)
+        .unwrap()[0];
+    assert_eq!(ours.token_ids[..compared], theirs[..compared]);
 }
 
 #[test]

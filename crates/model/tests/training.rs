@@ -54,7 +54,7 @@ fn assert_every_weight_gets_a_gradient(model: &CausalLm, ids: &[u32]) -> (f32, V
     let loss = loss(model, ids);
     let grads = loss.backward().unwrap();
     let mut norms = Vec::new();
-    for (name, weight) in model.named_parameters() {
+    for (name, weight) in model.named_parameters().unwrap() {
         let grad = grads
             .get(&weight)
             .unwrap_or_else(|| panic!("{name} received no gradient"));
@@ -209,7 +209,7 @@ fn a_zero_lora_adapter_leaves_logits_unchanged_and_a_nonzero_one_changes_them_an
         if !name.ends_with("q_proj") && !name.ends_with("v_proj") {
             continue;
         }
-        let (out, inp) = linear.weight.dims2().unwrap();
+        let (out, inp) = linear.dims().unwrap();
         let a = Var::from_tensor(
             &(Tensor::randn(0f32, 1.0, (rank, inp), &Device::Cpu).unwrap() * 0.1).unwrap(),
         )
