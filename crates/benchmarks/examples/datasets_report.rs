@@ -12,7 +12,8 @@
 //! their driver-measured time on the largest input level. `coffe`: after `afterburner calibrate`
 //! of the COFFE folder into CACHE_DIR, why each reference that did not pass failed, and whether
 //! it passes the correctness tests alone. `stability`: two calibration caches of the same
-//! solutions compared (pass/fail flips, figure and percentile changes). Needs root (the sandbox).
+//! solutions compared (pass/fail flips, figure and percentile changes under the paper's rule and
+//! under the tie rule, order swaps of pairs 10% apart). Needs root (the sandbox).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -20,11 +21,11 @@ use std::time::{Duration, Instant};
 use std::collections::BTreeMap;
 
 use afterburner_benchmarks::harness::case_times_by_origin;
-use afterburner_benchmarks::metrics::{Objective, percentile_beaten};
+use afterburner_benchmarks::metrics::{Objective, percentile_beaten, percentile_midrank};
 use afterburner_benchmarks::{
     CalibrationRecord, DatasetSpec, Harness, HarnessConfig, Submission, Suite,
 };
-use afterburner_sandbox::{Language, Sandbox, Status};
+use afterburner_sandbox::{Language, Noise, RecordedPerformance, Sandbox, Status};
 
 const USAGE: &str = "usage: datasets_report leetcode [ID...] | enamel [CACHE_DIR] | coffe CACHE_DIR \
                      | coffe-tests | stability CACHE_A CACHE_B";
@@ -172,26 +173,42 @@ fn stability(a: &str, b: &str) -> Result<(), String> {
     }
     println!();
     println!(
-        "| objective | solutions | mean abs. percentile change | p90 abs. percentile change | \
-         median relative change of the figure | p90 relative change | median within-run CV |"
+        "| objective | solutions | paper rule: mean abs. percentile change | p90 | \
+         midrank within the tie band: mean abs. percentile change | p90 | \
+         median relative change of the figure | p90 relative change | median within-run CV | \
+         pairs >= 10% apart | of them swapped |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for objective in Objective::ALL {
-        let (mut moved, mut rel, mut cvs) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut moved, mut moved_mid, mut rel, mut cvs) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut far_pairs, mut swapped) = (0usize, 0usize);
         for (p, sols) in &by_problem {
             if sols.len() < 2 {
                 continue;
             }
-            let value = |r: &BTreeMap<(String, String), CalibrationRecord>, s: &str| {
-                r[&(p.to_string(), s.to_string())]
-                    .performance
-                    .map_or(f64::NAN, |perf| perf.value(objective))
+            // The record's figures with their noise (records written before figures carried
+            // it get it from their CVs).
+            let perf = |r: &BTreeMap<(String, String), CalibrationRecord>, s: &str| {
+                let record = &r[&(p.to_string(), s.to_string())];
+                let perf = record.performance.expect("passing records have figures");
+                match (perf.noise, &record.cv) {
+                    (None, Some(cv)) => perf.with_noise(Noise::of(cv)),
+                    _ => perf,
+                }
             };
+            let value = |r, s: &str| perf(r, s).value(objective);
             for s in sols {
                 let others = |r| -> Vec<f64> {
                     sols.iter()
                         .filter(|t| *t != s)
                         .map(|t| value(r, t))
+                        .collect()
+                };
+                let other_perfs = |r| -> Vec<RecordedPerformance> {
+                    sols.iter()
+                        .filter(|t| *t != s)
+                        .map(|t| perf(r, t))
                         .collect()
                 };
                 let (va, vb) = (value(&ra, s), value(&rb, s));
@@ -201,24 +218,45 @@ fn stability(a: &str, b: &str) -> Result<(), String> {
                 ) {
                     moved.push((pa - pb).abs());
                 }
+                if let (Some(pa), Some(pb)) = (
+                    percentile_midrank(&perf(&ra, s), &other_perfs(&ra), objective),
+                    percentile_midrank(&perf(&rb, s), &other_perfs(&rb), objective),
+                ) {
+                    moved_mid.push((pa - pb).abs());
+                }
                 if va > 0.0 {
                     rel.push((vb - va).abs() / va);
                 }
                 let record = &ra[&(p.to_string(), s.to_string())];
                 if let Some(cv) = &record.cv {
-                    cvs.push(match objective {
-                        Objective::Time => cv.wall_ms,
-                        Objective::Memory => cv.peak_rss_kb,
-                        Objective::Integral => cv.integral_kb_ms,
-                    });
+                    cvs.push(Noise::of(cv).on(objective));
+                }
+            }
+            // Pairs whose figures (the mean of both calibrations) differ by 10% or more: does
+            // the second calibration order them the other way round?
+            for (i, s) in sols.iter().enumerate() {
+                for t in &sols[i + 1..] {
+                    let mean_of = |x: &str| (value(&ra, x) + value(&rb, x)) / 2.0;
+                    let (ms, mt) = (mean_of(s), mean_of(t));
+                    if (ms - mt).abs() < 0.1 * ms.min(mt) {
+                        continue;
+                    }
+                    far_pairs += 1;
+                    let order_a = value(&ra, s) < value(&ra, t);
+                    let order_b = value(&rb, s) < value(&rb, t);
+                    if order_a != order_b {
+                        swapped += 1;
+                    }
                 }
             }
         }
         println!(
-            "| {objective:?} | {} | {:.1} pp | {:.1} pp | {:.2}% | {:.2}% | {:.2}% |",
+            "| {objective:?} | {} | {:.1} pp | {:.1} pp | {:.1} pp | {:.1} pp | {:.2}% | {:.2}% | {:.2}% | {far_pairs} | {swapped} |",
             moved.len(),
             100.0 * mean(&moved),
             100.0 * quantile(&moved, 0.9),
+            100.0 * mean(&moved_mid),
+            100.0 * quantile(&moved_mid, 0.9),
             100.0 * quantile(&rel, 0.5),
             100.0 * quantile(&rel, 0.9),
             100.0 * quantile(&cvs, 0.5),

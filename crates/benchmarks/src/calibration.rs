@@ -377,11 +377,7 @@ mod tests {
             language: Language::Python,
             status: Status::Accepted,
             passed: true,
-            performance: Some(RecordedPerformance {
-                time_ms,
-                memory_kb: 10.0,
-                integral: 100.0,
-            }),
+            performance: Some(RecordedPerformance::new(time_ms, 10.0, 100.0)),
             cv: None,
             runs: 3,
             tests_passed: 2,

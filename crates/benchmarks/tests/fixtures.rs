@@ -379,11 +379,7 @@ fn venus_parquet_written_then_read_gives_back_the_same_problems() {
     assert_eq!(p.references.len(), 3);
     assert_eq!(
         p.references[0].recorded,
-        Some(RecordedPerformance {
-            time_ms: 12.5,
-            memory_kb: 1024.5,
-            integral: 12.5 * 1024.5
-        })
+        Some(RecordedPerformance::new(12.5, 1024.5, 12.5 * 1024.5))
     );
     assert!(!p.references[1].verified);
     assert_eq!(p.references[1].recorded, None);

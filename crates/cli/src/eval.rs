@@ -338,6 +338,7 @@ fn print_summary(s: &Summary, missing: &[String], malformed: &[Malformed]) {
     line("Beyond-T", &s.beyond_time);
     line("Beyond-M", &s.beyond_memory);
     line("Beyond-I", &s.beyond_integral);
+    println!("{}", afterburner_benchmarks::metrics::PERCENTILE_RULE);
     for o in Objective::ALL {
         let (name, b) = (o.as_str(), s.bucket_counts(o));
         println!(

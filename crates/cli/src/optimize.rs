@@ -117,9 +117,10 @@ pub struct OptimizeArgs {
     /// difference of their measurements.
     #[arg(long, value_name = "K", default_value_t = AcceptanceRule::default().k)]
     pub noise_k: f64,
-    /// ... and by more than this fraction of the incumbent's value.
-    #[arg(long, value_name = "FRACTION", default_value_t = AcceptanceRule::default().min_gain)]
-    pub min_gain: f64,
+    /// ... and by more than this fraction of the incumbent's value [default: the tie rule's
+    /// drift floor: 0.03 for time and the integral, 0.005 for memory].
+    #[arg(long, value_name = "FRACTION")]
+    pub min_gain: Option<f64>,
     /// Measure the references not yet calibrated (for Beyond-T/M/I) before optimising; without
     /// it only references already in the calibration cache count.
     #[arg(long)]
@@ -159,8 +160,10 @@ impl OptimizeArgs {
         if !(self.noise_k >= 0.0 && self.noise_k.is_finite()) {
             bail!("--noise-k must be a number >= 0, got {}", self.noise_k);
         }
-        if !(0.0..1.0).contains(&self.min_gain) {
-            bail!("--min-gain must be in [0, 1), got {}", self.min_gain);
+        if let Some(min_gain) = self.min_gain
+            && !(0.0..1.0).contains(&min_gain)
+        {
+            bail!("--min-gain must be in [0, 1), got {min_gain}");
         }
         Ok(())
     }

@@ -14,20 +14,21 @@
 //!    `i - c > max(k * sqrt((cv_c * c)^2 + (cv_i * i)^2), min_gain * i)`
 //!
 //!    where `cv_c` and `cv_i` are the coefficients of variation of that objective over each
-//!    solution's repeated runs (the harness protocol). The first term is `k` standard deviations
-//!    of the difference of two independent measurements (`k = 2` by default: a difference that
-//!    large arises by chance about 2% of the time when there is none). The second term is a
-//!    floor (`min_gain = 3%` by default): with three repeats a CV can come out near zero by
+//!    solution's repeated runs (the harness protocol). This is the tie rule Beyond-T/M/I use
+//!    ([`RecordedPerformance::tie_band`]): by default `k` is [`TIE_SIGMAS`] (2 standard
+//!    deviations of the difference of two independent measurements: a difference that large
+//!    arises by chance about 5% of the time when there is none) and `min_gain` is the
+//!    objective's drift floor ([`Objective::drift_floor`]: 3% for time and the integral, 0.5%
+//!    for memory). The floor exists because with three repeats a CV can come out near zero by
 //!    chance, and measurements taken minutes apart drift by a few percent on a shared machine
-//!    (`BENCHMARKS.md` shows 3-7% CV for the same program), so a gain below the floor is not
-//!    trusted even when the repeats happened to agree.
+//!    (`BENCHMARKS.md`), so a gain below it is not trusted even when the repeats agreed.
 //!
 //! Ties and gains within the noise keep the incumbent: the loop only moves when the measurement
 //! says it should.
 
 use afterburner_benchmarks::RecordedPerformance;
 use afterburner_benchmarks::metrics::Objective;
-use afterburner_sandbox::Dispersion;
+use afterburner_sandbox::{Dispersion, TIE_SIGMAS};
 use serde::{Deserialize, Serialize};
 
 /// What acceptance needs to know of one measured solution.
@@ -61,16 +62,17 @@ impl Observation {
 pub struct AcceptanceRule {
     /// How many standard deviations of the difference a gain must exceed.
     pub k: f64,
-    /// The smallest relative gain ever accepted (a fraction of the incumbent's value).
-    pub min_gain: f64,
+    /// The smallest relative gain ever accepted (a fraction of the incumbent's value); `None`:
+    /// the objective's drift floor, as in the tie rule.
+    pub min_gain: Option<f64>,
 }
 
 impl Default for AcceptanceRule {
-    /// `k = 2`, `min_gain = 3%`.
+    /// The tie rule's: `k = TIE_SIGMAS` (2), the objective's drift floor.
     fn default() -> Self {
         AcceptanceRule {
-            k: 2.0,
-            min_gain: 0.03,
+            k: TIE_SIGMAS,
+            min_gain: None,
         }
     }
 }
@@ -120,11 +122,17 @@ pub fn objective_name(objective: Objective) -> &'static str {
 
 impl AcceptanceRule {
     /// The smallest decrease of `objective` below the incumbent's median that counts as a gain.
-    pub fn threshold(&self, incumbent: (f64, f64), candidate: (f64, f64)) -> f64 {
+    pub fn threshold(
+        &self,
+        objective: Objective,
+        incumbent: (f64, f64),
+        candidate: (f64, f64),
+    ) -> f64 {
         let (i, cv_i) = incumbent;
         let (c, cv_c) = candidate;
         let noise = ((cv_c * c).powi(2) + (cv_i * i).powi(2)).sqrt();
-        (self.k * noise).max(self.min_gain * i.abs())
+        let floor = self.min_gain.unwrap_or_else(|| objective.drift_floor());
+        (self.k * noise).max(floor * i.abs())
     }
 
     /// Decides whether `candidate` replaces `incumbent` (`None`: there is none yet).
@@ -154,7 +162,7 @@ impl AcceptanceRule {
         if !(i.is_finite() && c.is_finite()) {
             return Decision::reject(format!("{name} is not a finite number ({c} vs {i})"));
         }
-        let threshold = self.threshold(inc, cand);
+        let threshold = self.threshold(objective, inc, cand);
         let gain = i - c;
         let relative = |x: f64| if i != 0.0 { 100.0 * x / i } else { 0.0 };
         if gain > threshold {
@@ -184,11 +192,7 @@ mod tests {
     fn passing(time: f64, memory: f64, integral: f64, cv: f64) -> Observation {
         Observation {
             passed: true,
-            performance: Some(RecordedPerformance {
-                time_ms: time,
-                memory_kb: memory,
-                integral,
-            }),
+            performance: Some(RecordedPerformance::new(time, memory, integral)),
             dispersion: Some(Dispersion {
                 wall_ms: cv,
                 cpu_ms: cv,
@@ -210,7 +214,7 @@ mod tests {
 
     const RULE: AcceptanceRule = AcceptanceRule {
         k: 2.0,
-        min_gain: 0.03,
+        min_gain: Some(0.03),
     };
 
     /// Whether `RULE` accepts `candidate` over `incumbent` on `objective`.
@@ -296,10 +300,43 @@ mod tests {
 
     #[test]
     fn the_threshold_combines_both_dispersions() {
-        let t = RULE.threshold((100.0, 0.03), (100.0, 0.04));
+        let t = RULE.threshold(Objective::Time, (100.0, 0.03), (100.0, 0.04));
         // 2 * sqrt(3^2 + 4^2) = 10
         assert!((t - 10.0).abs() < 1e-9, "{t}");
-        let floor = RULE.threshold((100.0, 0.0), (50.0, 0.0));
+        let floor = RULE.threshold(Objective::Time, (100.0, 0.0), (50.0, 0.0));
         assert!((floor - 3.0).abs() < 1e-9, "{floor}");
+    }
+
+    #[test]
+    fn the_default_rule_is_the_tie_rule() {
+        let rule = AcceptanceRule::default();
+        for objective in Objective::ALL {
+            for (i, cv_i, c, cv_c) in [(100.0, 0.0, 99.0, 0.0), (100.0, 0.05, 80.0, 0.1)] {
+                let inc =
+                    RecordedPerformance::new(i, i, i).with_noise(afterburner_sandbox::Noise {
+                        time: cv_i,
+                        memory: cv_i,
+                        integral: cv_i,
+                    });
+                let cand =
+                    RecordedPerformance::new(c, c, c).with_noise(afterburner_sandbox::Noise {
+                        time: cv_c,
+                        memory: cv_c,
+                        integral: cv_c,
+                    });
+                let threshold = rule.threshold(objective, (i, cv_i), (c, cv_c));
+                assert!((threshold - inc.tie_band(&cand, objective)).abs() < 1e-9);
+            }
+        }
+        // A 1% memory gain is beyond memory's 0.5% floor; a 1% time gain is within time's 3%.
+        assert!(accepts_default(Objective::Memory, 1000.0, 990.0));
+        assert!(!accepts_default(Objective::Time, 1000.0, 990.0));
+    }
+
+    fn accepts_default(objective: Objective, incumbent: f64, candidate: f64) -> bool {
+        let obs = |v: f64| passing(v, v, v, 0.0);
+        AcceptanceRule::default()
+            .decide(objective, Some(&obs(incumbent)), &obs(candidate))
+            .accepted
     }
 }

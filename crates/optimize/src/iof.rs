@@ -485,11 +485,7 @@ mod tests {
                 },
                 observation: Observation {
                     passed: ms.is_some(),
-                    performance: ms.map(|t| RecordedPerformance {
-                        time_ms: t,
-                        memory_kb: 1000.0,
-                        integral: t * 1000.0,
-                    }),
+                    performance: ms.map(|t| RecordedPerformance::new(t, 1000.0, t * 1000.0)),
                     dispersion: None,
                     runs: 3,
                 },
@@ -700,23 +696,16 @@ mod tests {
     #[test]
     fn rows_carry_percentiles_when_references_are_calibrated() {
         let refs = vec![
-            RecordedPerformance {
-                time_ms: 100.0,
-                memory_kb: 1000.0,
-                integral: 100_000.0,
-            },
-            RecordedPerformance {
-                time_ms: 300.0,
-                memory_kb: 900.0,
-                integral: 300_000.0,
-            },
+            RecordedPerformance::new(100.0, 1000.0, 100_000.0),
+            RecordedPerformance::new(300.0, 900.0, 300_000.0),
         ];
         let (mid, wrong) = (answer("200"), "```python\nfail\n```");
         let script = Script::new(vec![Ok(&mid), Ok(wrong)]);
         let out = run(&script, 1, None, Vec::new(), refs);
         let p = out.records[0].percentiles.unwrap();
         assert_eq!(p.time, 0.5);
-        assert_eq!(p.memory, 0.5);
+        // Memory 1000 KB ties the first reference (half) and loses to 900: midrank.
+        assert_eq!(p.memory, 0.25);
         let failed = out.records[1].percentiles.unwrap();
         assert_eq!(failed.time, 0.0);
     }

@@ -415,6 +415,13 @@ impl Report {
                 p.no_code
             );
         }
+        if self.per_iteration.iter().any(|p| p.scored > 0) {
+            let _ = writeln!(
+                s,
+                "\nBeyond-T/M/I {}.",
+                afterburner_benchmarks::metrics::PERCENTILE_RULE
+            );
+        }
         if self.per_iteration.iter().all(|p| p.scored == 0) {
             let _ = writeln!(
                 s,
@@ -614,16 +621,8 @@ mod tests {
     fn beyond_uses_calibrated_references() {
         let (ids, rows) = sample();
         let refs = vec![
-            RecordedPerformance {
-                time_ms: 80.0,
-                memory_kb: 1000.0,
-                integral: 80_000.0,
-            },
-            RecordedPerformance {
-                time_ms: 500.0,
-                memory_kb: 1000.0,
-                integral: 500_000.0,
-            },
+            RecordedPerformance::new(80.0, 1000.0, 80_000.0),
+            RecordedPerformance::new(500.0, 1000.0, 500_000.0),
         ];
         let references = HashMap::from([("a".to_string(), refs.clone()), ("b".into(), refs)]);
         let report = Report::build(info(2), &ids, &rows, &BTreeMap::new(), &references, 200);

@@ -213,15 +213,15 @@ impl IterationRecord {
         }
     }
 
-    /// Median time, memory and integral, when it passed.
+    /// Median time, memory and integral with their noise (the CVs), when it passed.
     pub fn performance(&self) -> Option<RecordedPerformance> {
         if !self.passed {
             return None;
         }
-        Some(RecordedPerformance {
-            time_ms: self.time?,
-            memory_kb: self.memory?,
-            integral: self.integral?,
+        let figures = RecordedPerformance::new(self.time?, self.memory?, self.integral?);
+        Some(match &self.cv {
+            Some(cv) => figures.with_noise(afterburner_sandbox::Noise::of(cv)),
+            None => figures,
         })
     }
 }

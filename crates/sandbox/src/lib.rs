@@ -31,6 +31,8 @@ pub use measurement::{
     Dispersion, Measurement, MemorySample, RepeatSummary, RunResult, Status, clip,
     coefficient_of_variation, median,
 };
-pub use objective::{Objective, RecordedPerformance, UnknownObjective};
+pub use objective::{
+    Comparison, Noise, Objective, RecordedPerformance, TIE_SIGMAS, UnknownObjective,
+};
 pub use sandbox::{Capabilities, Compilation, Program, RunRequest, Sandbox, SandboxConfig};
 pub use sys::random_u64;

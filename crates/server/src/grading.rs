@@ -63,10 +63,12 @@ pub(crate) struct Baseline {
 impl Baseline {
     /// Its figures, when it passed (a missing one is NaN: no efficiency term on that objective).
     fn performance(&self) -> Option<RecordedPerformance> {
-        self.passed.then(|| RecordedPerformance {
-            time_ms: self.time_ms.unwrap_or(f64::NAN),
-            memory_kb: self.memory_kb.unwrap_or(f64::NAN),
-            integral: self.integral.unwrap_or(f64::NAN),
+        self.passed.then(|| {
+            RecordedPerformance::new(
+                self.time_ms.unwrap_or(f64::NAN),
+                self.memory_kb.unwrap_or(f64::NAN),
+                self.integral.unwrap_or(f64::NAN),
+            )
         })
     }
 }

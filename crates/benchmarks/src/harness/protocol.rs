@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 
-use afterburner_sandbox::{Measurement, RecordedPerformance, RepeatSummary, Status};
+use afterburner_sandbox::{Measurement, Noise, RecordedPerformance, RepeatSummary, Status};
 use serde::{Deserialize, Serialize};
 
 use super::HarnessError;
@@ -125,11 +125,9 @@ impl Conclusion {
             .map(|r| r.measurement.clone())
             .collect();
         let summary = RepeatSummary::of(&measurements);
-        let performance = RecordedPerformance {
-            time_ms: summary.wall_ms,
-            memory_kb: summary.peak_rss_kb,
-            integral: summary.integral_kb_ms,
-        };
+        let performance =
+            RecordedPerformance::new(summary.wall_ms, summary.peak_rss_kb, summary.integral_kb_ms)
+                .with_noise(Noise::of(&summary.cv));
         Conclusion {
             passed: true,
             status: Status::Accepted,

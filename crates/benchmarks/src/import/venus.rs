@@ -168,11 +168,7 @@ impl VenusRow {
                 recorded: [s.time, s.memory, s.integral]
                     .iter()
                     .all(|v| v.is_finite())
-                    .then_some(RecordedPerformance {
-                        time_ms: s.time,
-                        memory_kb: s.memory,
-                        integral: s.integral,
-                    }),
+                    .then_some(RecordedPerformance::new(s.time, s.memory, s.integral)),
             })
             .collect();
         let mut starter_code = BTreeMap::new();
