@@ -21,11 +21,10 @@ use std::time::{Duration, Instant};
 use std::collections::BTreeMap;
 
 use afterburner_benchmarks::harness::case_times_by_origin;
-use afterburner_benchmarks::metrics::{Objective, percentile_beaten, percentile_midrank};
 use afterburner_benchmarks::{
     CalibrationRecord, DatasetSpec, Harness, HarnessConfig, Submission, Suite,
 };
-use afterburner_sandbox::{Language, Noise, RecordedPerformance, Sandbox, Status};
+use afterburner_sandbox::{Language, Sandbox, Status};
 
 const USAGE: &str = "usage: datasets_report leetcode [ID...] | enamel [CACHE_DIR] | coffe CACHE_DIR \
                      | coffe-tests | stability CACHE_A CACHE_B";
@@ -139,148 +138,12 @@ fn read_records(cache: &str) -> Result<Vec<CalibrationRecord>, String> {
         .collect()
 }
 
-/// Compares two calibrations of the same solutions: pass/fail flips, how much each figure moved,
-/// and how much each solution's percentile among the other references of its problem moved.
+/// Compares two calibrations of the same solutions ([`afterburner_benchmarks::stability`], as
+/// `afterburner bench compare` does).
 fn stability(a: &str, b: &str) -> Result<(), String> {
-    let index = |records: Vec<CalibrationRecord>| -> BTreeMap<(String, String), CalibrationRecord> {
-        records
-            .into_iter()
-            .map(|r| ((r.key.problem_id.clone(), r.key.solution_id.clone()), r))
-            .collect()
-    };
-    let (ra, rb) = (index(read_records(a)?), index(read_records(b)?));
-    let mut by_problem: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    let mut flips = Vec::new();
-    for ((p, s), x) in &ra {
-        let Some(y) = rb.get(&(p.clone(), s.clone())) else {
-            continue;
-        };
-        if x.passed != y.passed {
-            flips.push(format!("{s}: {} then {}", x.status, y.status));
-        }
-        if x.passed && y.passed && x.performance.is_some() && y.performance.is_some() {
-            by_problem.entry(p).or_default().push(s);
-        }
-    }
-    let common = ra.keys().filter(|k| rb.contains_key(*k)).count();
-    let both: usize = by_problem.values().map(Vec::len).sum();
-    println!(
-        "{common} solutions in both calibrations, {both} passing in both, {} pass/fail flips",
-        flips.len()
-    );
-    for f in &flips {
-        println!("- flip: {f}");
-    }
-    println!();
-    println!(
-        "| objective | solutions | paper rule: mean abs. percentile change | p90 | \
-         midrank within the tie band: mean abs. percentile change | p90 | \
-         median relative change of the figure | p90 relative change | median within-run CV | \
-         pairs >= 10% apart | of them swapped |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for objective in Objective::ALL {
-        let (mut moved, mut moved_mid, mut rel, mut cvs) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut far_pairs, mut swapped) = (0usize, 0usize);
-        for (p, sols) in &by_problem {
-            if sols.len() < 2 {
-                continue;
-            }
-            // The record's figures with their noise (records written before figures carried
-            // it get it from their CVs).
-            let perf = |r: &BTreeMap<(String, String), CalibrationRecord>, s: &str| {
-                let record = &r[&(p.to_string(), s.to_string())];
-                let perf = record.performance.expect("passing records have figures");
-                match (perf.noise, &record.cv) {
-                    (None, Some(cv)) => perf.with_noise(Noise::of(cv)),
-                    _ => perf,
-                }
-            };
-            let value = |r, s: &str| perf(r, s).value(objective);
-            for s in sols {
-                let others = |r| -> Vec<f64> {
-                    sols.iter()
-                        .filter(|t| *t != s)
-                        .map(|t| value(r, t))
-                        .collect()
-                };
-                let other_perfs = |r| -> Vec<RecordedPerformance> {
-                    sols.iter()
-                        .filter(|t| *t != s)
-                        .map(|t| perf(r, t))
-                        .collect()
-                };
-                let (va, vb) = (value(&ra, s), value(&rb, s));
-                if let (Some(pa), Some(pb)) = (
-                    percentile_beaten(va, &others(&ra)),
-                    percentile_beaten(vb, &others(&rb)),
-                ) {
-                    moved.push((pa - pb).abs());
-                }
-                if let (Some(pa), Some(pb)) = (
-                    percentile_midrank(&perf(&ra, s), &other_perfs(&ra), objective),
-                    percentile_midrank(&perf(&rb, s), &other_perfs(&rb), objective),
-                ) {
-                    moved_mid.push((pa - pb).abs());
-                }
-                if va > 0.0 {
-                    rel.push((vb - va).abs() / va);
-                }
-                let record = &ra[&(p.to_string(), s.to_string())];
-                if let Some(cv) = &record.cv {
-                    cvs.push(Noise::of(cv).on(objective));
-                }
-            }
-            // Pairs whose figures (the mean of both calibrations) differ by 10% or more: does
-            // the second calibration order them the other way round?
-            for (i, s) in sols.iter().enumerate() {
-                for t in &sols[i + 1..] {
-                    let mean_of = |x: &str| (value(&ra, x) + value(&rb, x)) / 2.0;
-                    let (ms, mt) = (mean_of(s), mean_of(t));
-                    if (ms - mt).abs() < 0.1 * ms.min(mt) {
-                        continue;
-                    }
-                    far_pairs += 1;
-                    let order_a = value(&ra, s) < value(&ra, t);
-                    let order_b = value(&rb, s) < value(&rb, t);
-                    if order_a != order_b {
-                        swapped += 1;
-                    }
-                }
-            }
-        }
-        println!(
-            "| {objective:?} | {} | {:.1} pp | {:.1} pp | {:.1} pp | {:.1} pp | {:.2}% | {:.2}% | {:.2}% | {far_pairs} | {swapped} |",
-            moved.len(),
-            100.0 * mean(&moved),
-            100.0 * quantile(&moved, 0.9),
-            100.0 * mean(&moved_mid),
-            100.0 * quantile(&moved_mid, 0.9),
-            100.0 * quantile(&rel, 0.5),
-            100.0 * quantile(&rel, 0.9),
-            100.0 * quantile(&cvs, 0.5),
-        );
-    }
+    let report = afterburner_benchmarks::stability::compare(&read_records(a)?, &read_records(b)?);
+    print!("{}", report.markdown());
     Ok(())
-}
-
-fn mean(xs: &[f64]) -> f64 {
-    if xs.is_empty() {
-        return f64::NAN;
-    }
-    xs.iter().sum::<f64>() / xs.len() as f64
-}
-
-/// The `q` quantile (nearest rank) of finite values.
-fn quantile(xs: &[f64], q: f64) -> f64 {
-    let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let k = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
-    v[k]
 }
 
 /// Reads the calibration cache of a COFFE calibration and, for every reference that did not

@@ -24,6 +24,7 @@ mod import;
 pub mod metrics;
 pub mod problem;
 pub mod scoring;
+pub mod stability;
 pub mod workbench;
 
 pub use calibration::{

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
 /// Which problems of which dataset (shared by `calibrate` and `eval`).
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ProblemArgs {
     /// The dataset, as FORMAT:PATH (venus, venus-<language>, apps, coffe, leetcode, enamel).
     #[arg(long)]
@@ -28,7 +28,7 @@ pub struct ProblemArgs {
 
 /// The measurement protocol and where results are cached (shared by `calibrate`, `eval` and
 /// `optimize`).
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ProtocolArgs {
     /// Cache folder [default: $XDG_CACHE_HOME/afterburner or ~/.cache/afterburner].
     #[arg(long, value_name = "DIR")]

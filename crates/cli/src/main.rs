@@ -2,6 +2,7 @@
 //! progress and prints; every measurement, calibration and score comes from the library crates.
 
 mod args;
+mod bench;
 mod calibrate;
 mod dataset;
 mod eval;
@@ -45,6 +46,8 @@ enum Command {
     Optimize(Box<optimize::OptimizeArgs>),
     /// Generate a completion with the embedded model (a model folder, .gguf file or ORG/NAME).
     Generate(Box<generate::GenerateArgs>),
+    /// Experiments on the measurements: `bench stability` (two calibrations compared).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::serve(args),
         Command::Optimize(args) => optimize::optimize(*args),
         Command::Generate(args) => generate::generate(*args),
+        Command::Bench(args) => bench::bench(args),
     };
     match result {
         Ok(code) => code,

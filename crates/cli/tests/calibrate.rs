@@ -244,3 +244,71 @@ fn progress_is_written_as_plain_lines_when_stderr_is_not_a_terminal() {
         "{lines:?}"
     );
 }
+
+/// `bench stability` calibrates twice into OUT/first and OUT/second (the second reusing the
+/// first's stress suites), writes the report, and `bench compare` reads the same two caches;
+/// a bad cache line is an error naming it.
+#[test]
+fn bench_stability_calibrates_twice_and_compares() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("exp");
+    let out = afterburner(&[
+        "bench",
+        "stability",
+        "--dataset",
+        &coffe(),
+        "--problem-id",
+        QUICK[0],
+        "--max-solutions",
+        "3",
+        "--repeats",
+        "1",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("3 solutions in both calibrations"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("| time | 3 |"), "{stdout}");
+    assert_eq!(cache_lines(&out_dir.join("first")).len(), 3);
+    assert_eq!(cache_lines(&out_dir.join("second")).len(), 3);
+    assert!(out_dir.join("second/stress").read_dir().unwrap().count() > 0);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("stability.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["compared"], 3, "{report}");
+    assert_eq!(report["objectives"].as_array().unwrap().len(), 3);
+
+    let compared = afterburner(&[
+        "bench",
+        "compare",
+        out_dir.join("first").to_str().unwrap(),
+        out_dir.join("second").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(compared.status.success(), "{compared:?}");
+    assert_eq!(json(&compared)["compared"], 3);
+
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(
+        broken.join("calibration.jsonl"),
+        "{\"not\": \"a record\"}\n",
+    )
+    .unwrap();
+    let err = afterburner(&[
+        "bench",
+        "compare",
+        out_dir.join("first").to_str().unwrap(),
+        broken.to_str().unwrap(),
+    ]);
+    assert!(!err.status.success());
+    let stderr = String::from_utf8_lossy(&err.stderr);
+    assert!(
+        stderr.contains("calibration.jsonl:1") && stderr.contains("not a calibration record"),
+        "{stderr}"
+    );
+}

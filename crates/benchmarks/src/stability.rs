@@ -1,0 +1,310 @@
+//! How reproducible scores are: two calibrations of the same solutions (separate runs of the
+//! protocol) compared solution by solution. For each objective: how far each solution's
+//! percentile among the other references of its problem moves between the two, under the
+//! paper's rule and under the tie rule (midrank within the noise band); how far its figure
+//! moves; its within-run CV; and how many pairs of solutions whose figures are 10% or more apart
+//! swap order. Pass/fail flips are listed. `afterburner bench stability` runs the experiment and
+//! prints [`StabilityReport::markdown`].
+
+use std::collections::BTreeMap;
+
+use afterburner_sandbox::{Noise, Objective, RecordedPerformance};
+use serde::Serialize;
+
+use crate::calibration::CalibrationRecord;
+use crate::metrics::{percentile_beaten, percentile_midrank};
+
+/// Two figures this far apart (relative to the smaller) must keep their order between runs.
+pub const FAR_APART: f64 = 0.10;
+
+/// The comparison of two calibrations.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StabilityReport {
+    /// Solutions present in both calibrations.
+    pub common: usize,
+    /// Solutions passing in both, in problems with at least two of them (the ones compared).
+    pub compared: usize,
+    /// Solutions that passed in one calibration and failed in the other: `id: first then second`.
+    pub flips: Vec<String>,
+    /// One row per objective, in [`Objective::ALL`] order.
+    pub objectives: Vec<ObjectiveStability>,
+}
+
+/// How one objective's figures and percentiles moved between the two calibrations.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ObjectiveStability {
+    /// The objective.
+    pub objective: Objective,
+    /// Solutions compared.
+    pub solutions: usize,
+    /// Mean absolute change of a solution's percentile, paper's rule, percentage points.
+    pub paper_mean_pp: f64,
+    /// 90th percentile of that change, paper's rule.
+    pub paper_p90_pp: f64,
+    /// Mean absolute change of a solution's percentile under the tie rule (midrank).
+    pub midrank_mean_pp: f64,
+    /// 90th percentile of that change under the tie rule.
+    pub midrank_p90_pp: f64,
+    /// Median relative change of a solution's figure, percent.
+    pub median_change_pct: f64,
+    /// 90th percentile of the relative change, percent.
+    pub p90_change_pct: f64,
+    /// Median within-run CV in the first calibration, percent.
+    pub median_cv_pct: f64,
+    /// Pairs of solutions of one problem whose figures (mean of both calibrations) are at least
+    /// [`FAR_APART`] apart.
+    pub far_pairs: usize,
+    /// Of those, pairs the two calibrations order differently.
+    pub swapped: usize,
+}
+
+/// A passing record's figures with their noise (records written before figures carried their
+/// noise get it from their CVs).
+fn figures(record: &CalibrationRecord) -> Option<RecordedPerformance> {
+    let perf = record.performance.filter(|_| record.passed)?;
+    Some(match (perf.noise, &record.cv) {
+        (None, Some(cv)) => perf.with_noise(Noise::of(cv)),
+        _ => perf,
+    })
+}
+
+/// Compares two calibrations of the same solutions (records matched by problem and solution id).
+pub fn compare(first: &[CalibrationRecord], second: &[CalibrationRecord]) -> StabilityReport {
+    let index = |records: &[CalibrationRecord]| -> BTreeMap<(String, String), CalibrationRecord> {
+        records
+            .iter()
+            .map(|r| {
+                (
+                    (r.key.problem_id.clone(), r.key.solution_id.clone()),
+                    r.clone(),
+                )
+            })
+            .collect()
+    };
+    let (a, b) = (index(first), index(second));
+    let mut common = 0;
+    let mut flips = Vec::new();
+    // Per problem: (solution id, figures in the first, figures in the second).
+    let mut by_problem: BTreeMap<&str, Vec<(&str, RecordedPerformance, RecordedPerformance)>> =
+        BTreeMap::new();
+    for ((problem, solution), x) in &a {
+        let Some(y) = b.get(&(problem.clone(), solution.clone())) else {
+            continue;
+        };
+        common += 1;
+        if x.passed != y.passed {
+            flips.push(format!("{solution}: {} then {}", x.status, y.status));
+        }
+        if let (Some(fx), Some(fy)) = (figures(x), figures(y)) {
+            by_problem
+                .entry(problem)
+                .or_default()
+                .push((solution, fx, fy));
+        }
+    }
+    by_problem.retain(|_, solutions| solutions.len() >= 2);
+    let compared = by_problem.values().map(Vec::len).sum();
+    let objectives = Objective::ALL
+        .into_iter()
+        .map(|objective| objective_stability(objective, &by_problem))
+        .collect();
+    StabilityReport {
+        common,
+        compared,
+        flips,
+        objectives,
+    }
+}
+
+fn objective_stability(
+    objective: Objective,
+    by_problem: &BTreeMap<&str, Vec<(&str, RecordedPerformance, RecordedPerformance)>>,
+) -> ObjectiveStability {
+    let (mut paper, mut midrank, mut change, mut cvs) = (vec![], vec![], vec![], vec![]);
+    let (mut far_pairs, mut swapped) = (0, 0);
+    for solutions in by_problem.values() {
+        for (i, (_, fa, fb)) in solutions.iter().enumerate() {
+            let others = |second: bool| -> Vec<RecordedPerformance> {
+                solutions
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, (_, x, y))| if second { *y } else { *x })
+                    .collect()
+            };
+            let (oa, ob) = (others(false), others(true));
+            let values = |v: &[RecordedPerformance]| -> Vec<f64> {
+                v.iter().map(|p| p.value(objective)).collect()
+            };
+            let (va, vb) = (fa.value(objective), fb.value(objective));
+            if let (Some(pa), Some(pb)) = (
+                percentile_beaten(va, &values(&oa)),
+                percentile_beaten(vb, &values(&ob)),
+            ) {
+                paper.push((pa - pb).abs());
+            }
+            if let (Some(pa), Some(pb)) = (
+                percentile_midrank(fa, &oa, objective),
+                percentile_midrank(fb, &ob, objective),
+            ) {
+                midrank.push((pa - pb).abs());
+            }
+            if va > 0.0 {
+                change.push((vb - va).abs() / va);
+            }
+            cvs.push(fa.cv(objective));
+            for (_, ga, gb) in &solutions[i + 1..] {
+                let (wa, wb) = (ga.value(objective), gb.value(objective));
+                let (mean_self, mean_other) = ((va + vb) / 2.0, (wa + wb) / 2.0);
+                if (mean_self - mean_other).abs() < FAR_APART * mean_self.min(mean_other) {
+                    continue;
+                }
+                far_pairs += 1;
+                if (va < wa) != (vb < wb) {
+                    swapped += 1;
+                }
+            }
+        }
+    }
+    ObjectiveStability {
+        objective,
+        solutions: paper.len(),
+        paper_mean_pp: 100.0 * mean(&paper),
+        paper_p90_pp: 100.0 * quantile(&paper, 0.9),
+        midrank_mean_pp: 100.0 * mean(&midrank),
+        midrank_p90_pp: 100.0 * quantile(&midrank, 0.9),
+        median_change_pct: 100.0 * quantile(&change, 0.5),
+        p90_change_pct: 100.0 * quantile(&change, 0.9),
+        median_cv_pct: 100.0 * quantile(&cvs, 0.5),
+        far_pairs,
+        swapped,
+    }
+}
+
+impl StabilityReport {
+    /// The report as Markdown: a summary line, the flips, one table row per objective.
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "{} solutions in both calibrations, {} passing in both and compared, {} pass/fail flips\n",
+            self.common,
+            self.compared,
+            self.flips.len()
+        );
+        for flip in &self.flips {
+            s.push_str(&format!("- flip: {flip}\n"));
+        }
+        s.push_str(
+            "\n| objective | solutions | percentile change, paper's rule: mean | p90 | \
+             tie rule (midrank): mean | p90 | figure change: median | p90 | within-run CV: median \
+             | pairs >= 10% apart | swapped |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for o in &self.objectives {
+            s.push_str(&format!(
+                "| {} | {} | {:.1} pp | {:.1} pp | {:.1} pp | {:.1} pp | {:.2}% | {:.2}% | {:.2}% | {} | {} |\n",
+                o.objective,
+                o.solutions,
+                o.paper_mean_pp,
+                o.paper_p90_pp,
+                o.midrank_mean_pp,
+                o.midrank_p90_pp,
+                o.median_change_pct,
+                o.p90_change_pct,
+                o.median_cv_pct,
+                o.far_pairs,
+                o.swapped
+            ));
+        }
+        s
+    }
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        f64::NAN
+    } else {
+        xs.iter().sum::<f64>() / xs.len() as f64
+    }
+}
+
+/// The `q` quantile (nearest rank) of the finite values; NaN when there are none.
+fn quantile(xs: &[f64], q: f64) -> f64 {
+    let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let k = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+    v[k]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calibration::CalibrationKey;
+    use afterburner_sandbox::{Language, Status};
+
+    fn record(problem: &str, solution: &str, time_ms: f64, memory_kb: f64) -> CalibrationRecord {
+        CalibrationRecord {
+            key: CalibrationKey::new(problem, solution, "code", "suite", "fp", "proto"),
+            language: Language::Python,
+            status: Status::Accepted,
+            passed: true,
+            performance: Some(RecordedPerformance::new(
+                time_ms,
+                memory_kb,
+                time_ms * memory_kb,
+            )),
+            cv: None,
+            runs: 3,
+            tests_passed: 1,
+            tests_total: 1,
+            detail: None,
+            measured_at: 0,
+        }
+    }
+
+    /// Constructed figures: three solutions whose times are near-ties (1% apart) swap places
+    /// between the calibrations; a fourth is far slower. The paper's rule moves percentiles, the
+    /// tie rule does not; the far pairs keep their order; a flip is listed.
+    #[test]
+    fn near_ties_move_paper_percentiles_but_not_midrank_ones() {
+        let first = vec![
+            record("p", "a", 100.0, 1000.0),
+            record("p", "b", 101.0, 1000.0),
+            record("p", "c", 102.0, 1000.0),
+            record("p", "d", 200.0, 1000.0),
+            record("q", "x", 5.0, 10.0),
+        ];
+        let mut second = vec![
+            record("p", "a", 102.0, 1000.0),
+            record("p", "b", 101.0, 1000.0),
+            record("p", "c", 100.0, 1000.0),
+            record("p", "d", 210.0, 1000.0),
+            record("q", "x", 5.0, 10.0),
+        ];
+        second[4].passed = false;
+        second[4].status = Status::WrongAnswer;
+        let report = compare(&first, &second);
+        assert_eq!(report.common, 5);
+        assert_eq!(report.compared, 4);
+        assert_eq!(
+            report.flips,
+            vec!["x: accepted then wrong_answer".to_string()]
+        );
+        let time = &report.objectives[0];
+        assert_eq!(time.objective, Objective::Time);
+        assert_eq!(time.solutions, 4);
+        // Paper: a goes from beating 3 of 3 (b, c, d >= 100) to 1 of 3; c the other way.
+        assert!(time.paper_mean_pp > 30.0, "{time:?}");
+        assert_eq!(time.midrank_mean_pp, 0.0, "{time:?}");
+        // d is 2x the others in both: 3 far pairs, none swapped.
+        assert_eq!((time.far_pairs, time.swapped), (3, 0));
+        // Memory never moves.
+        let memory = &report.objectives[1];
+        assert_eq!(memory.midrank_mean_pp, 0.0);
+        assert_eq!(memory.median_change_pct, 0.0);
+        let md = report.markdown();
+        assert!(md.contains("1 pass/fail flips"), "{md}");
+        assert!(md.contains("| time | 4 |"), "{md}");
+    }
+}
