@@ -272,18 +272,23 @@ fn smollm2_path() -> PathBuf {
 #[test]
 fn the_smollm2_gguf_continues_python_greedily() {
     let path = smollm2_path();
+    let greedy = |dtype: &str| {
+        generate_json(&[
+            "--model",
+            path.to_str().unwrap(),
+            "--dtype",
+            dtype,
+            "--prompt",
+            "def add(a, b):",
+            "--raw",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "16",
+        ])
+    };
     let start = Instant::now();
-    let v = generate_json(&[
-        "--model",
-        path.to_str().unwrap(),
-        "--prompt",
-        "def add(a, b):",
-        "--raw",
-        "--temperature",
-        "0",
-        "--max-new-tokens",
-        "16",
-    ]);
+    let v = greedy("f32");
     let elapsed = start.elapsed();
     let produced = ids(&v["token_ids"]).len();
     assert!((1..=16).contains(&produced), "{v}");
@@ -298,19 +303,7 @@ fn the_smollm2_gguf_continues_python_greedily() {
         v["text"], v["tokens_per_second"]
     );
     // The quantized weights (`--dtype quantized`) continue the same way.
-    let q = generate_json(&[
-        "--model",
-        path.to_str().unwrap(),
-        "--dtype",
-        "quantized",
-        "--prompt",
-        "def add(a, b):",
-        "--raw",
-        "--temperature",
-        "0",
-        "--max-new-tokens",
-        "16",
-    ]);
+    let q = greedy("quantized");
     assert_eq!(q["token_ids"], v["token_ids"], "{q}\n{v}");
 }
 

@@ -181,10 +181,10 @@ impl QuantizedMatrix {
     /// `x W^T` for `n <= 8` input rows of `cols` f32 (`xs` is `[n, cols]`), as `[out, n]`
     /// (transposed, as [`crate::model`]'s decode path builds it), parallel over output rows:
     /// each weight block is expanded once, in registers, and used for every input row.
-    pub fn matmul_rows_t(&self, xs: &[f32], n: usize) -> Vec<f32> {
+    fn matmul_rows_t(&self, xs: &[f32], n: usize) -> Vec<f32> {
         use rayon::prelude::*;
         const ROWS_PER_TASK: usize = 32;
-        assert!(n <= DIRECT_MAX_ROWS && xs.len() == n * self.cols);
+        debug_assert!(n <= DIRECT_MAX_ROWS && xs.len() == n * self.cols);
         let fma = has_fma();
         // Σx of every block of every input row: the minimum's share of each block's dot.
         let xsums: Vec<f32> = xs.chunks_exact(BLOCK).map(|c| c.iter().sum()).collect();
@@ -376,20 +376,9 @@ mod tests {
             let q = QTensor::quantize(&w, dtype).unwrap();
             let ours = QuantizedMatrix::from_qtensor(&q).unwrap().unwrap();
             assert_eq!(ours.dims(), (rows, cols));
-            let theirs: Vec<f32> = q
-                .dequantize(&device)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let mine: Vec<f32> = ours
-                .dequantize(&device)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let flat = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+            let theirs = flat(q.dequantize(&device).unwrap());
+            let mine = flat(ours.dequantize(&device).unwrap());
             assert_eq!(mine, theirs, "{dtype:?}");
             let dense = ours.dequantize(&device).unwrap();
             for n in [1, 3, 8, 9] {
