@@ -127,15 +127,8 @@ fn coffe_tests() -> Result<(), String> {
 
 /// The records of a calibration cache folder.
 fn read_records(cache: &str) -> Result<Vec<CalibrationRecord>, String> {
-    let path = std::path::Path::new(cache).join("calibration.jsonl");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(n, l)| {
-            serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))
-        })
-        .collect()
+    afterburner_benchmarks::calibration::read_records(std::path::Path::new(cache))
+        .map_err(|e| e.to_string())
 }
 
 /// Compares two calibrations of the same solutions ([`afterburner_benchmarks::stability`], as

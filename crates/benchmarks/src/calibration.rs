@@ -154,6 +154,35 @@ pub enum CalibrationError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A line of a cache file is not what it should hold.
+    #[error("{}:{line}: not a calibration record ({reason})", path.display())]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// The line number, from 1.
+        line: usize,
+        /// What the parser said.
+        reason: String,
+    },
+}
+
+/// Every record of the calibration cache in `dir`, read only (nothing is created); a
+/// malformed line is an error naming it (unlike [`CalibrationCache::open`], which skips it
+/// with a warning to keep calibrating).
+pub fn read_records(dir: &Path) -> Result<Vec<CalibrationRecord>, CalibrationError> {
+    let path = dir.join(CACHE_FILE);
+    let text = fs::read_to_string(&path).map_err(io_err("read", &path))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(n, line)| {
+            serde_json::from_str(line).map_err(|e| CalibrationError::Malformed {
+                path: path.clone(),
+                line: n + 1,
+                reason: e.to_string(),
+            })
+        })
+        .collect()
 }
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CalibrationError {

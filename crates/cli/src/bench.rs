@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use afterburner_benchmarks::calibration::{CACHE_FILE, CalibrationRecord};
+use afterburner_benchmarks::calibration::read_records;
 use afterburner_benchmarks::stability::{StabilityReport, compare};
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
@@ -150,24 +150,4 @@ fn share_stress_suites(first: &Path, second: &Path) -> Result<()> {
 /// Reads both caches' records and compares them.
 fn compare_caches(first: &Path, second: &Path) -> Result<StabilityReport> {
     Ok(compare(&read_records(first)?, &read_records(second)?))
-}
-
-/// Every record of the calibration cache in `dir`; a malformed line is an error naming it.
-fn read_records(dir: &Path) -> Result<Vec<CalibrationRecord>> {
-    let path = dir.join(CACHE_FILE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read the calibration cache {}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(n, line)| {
-            serde_json::from_str(line).with_context(|| {
-                format!(
-                    "{}:{}: not a calibration record (a truncated or foreign line?)",
-                    path.display(),
-                    n + 1
-                )
-            })
-        })
-        .collect()
 }

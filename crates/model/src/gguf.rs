@@ -15,8 +15,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor, ggml_file::qtensor_from_ggml};
-
-use crate::quantized::BlockFormat;
 use candle_core::{DType, Device, Tensor};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
@@ -32,6 +30,7 @@ use crate::error::ModelError;
 use crate::generation::GenerationDefaults;
 use crate::language_model::LanguageModel;
 use crate::model::CausalLm;
+use crate::quantized::BlockFormat;
 use crate::tokenizer::TextTokenizer;
 use crate::weights::Weights;
 
@@ -596,51 +595,39 @@ impl GgufFile {
         let mut defaults = GenerationDefaults::from_config(&config);
         defaults.pad_token_id = tokenizer.pad_token.as_ref().map(|t| t.id);
         let mut quantized = self.load_quantized_weights(&Device::Cpu)?;
-        let mut kept = HashMap::new();
-        if keep_quantized {
-            // Projections in a block format the CPU kernels multiply stay quantized: the dense
-            // model is built with a zero-byte broadcast placeholder in their place, replaced
-            // below, so the f32 copy of the whole model never exists. The embedding is looked
-            // up by row and stays f32 (a tied LM head takes the quantized copy).
-            let names: Vec<String> = quantized
-                .iter()
-                .filter(|(name, q)| {
-                    name.as_str() != "model.embed_tokens.weight"
+        // Projections in a block format the CPU kernels multiply stay quantized: the dense
+        // model is built with a zero-byte broadcast placeholder in their place, replaced below,
+        // so the f32 copy of the whole model never exists. The embedding is looked up by row
+        // and stays f32.
+        let mut kept: HashMap<String, QTensor> = if keep_quantized {
+            quantized
+                .extract_if(|name, q| {
+                    name != "model.embed_tokens.weight"
                         && q.shape().rank() == 2
                         && BlockFormat::of(q.dtype()).is_some()
                 })
-                .map(|(name, _)| name.clone())
-                .collect();
-            for name in names {
-                if let Some(q) = quantized.remove(&name) {
-                    kept.insert(name, q);
-                }
-            }
-            if config.tie_word_embeddings
-                && let Some(q) = quantized.get("model.embed_tokens.weight")
-                && BlockFormat::of(q.dtype()).is_some()
-            {
-                let embedding = qtensor_from_ggml(
-                    q.dtype(),
-                    &q.data()
-                        .map_err(|e| self.tensor_error("token_embd.weight", e))?,
-                    q.shape().dims().to_vec(),
-                    &Device::Cpu,
-                )
-                .map_err(|e| self.tensor_error("token_embd.weight", e))?;
-                kept.insert("lm_head.weight".to_string(), embedding);
-            }
-        }
+                .collect()
+        } else {
+            HashMap::new()
+        };
         let mut dense = self.dequantize_all(&quantized, device)?;
+        // A tied LM head multiplies the embedding's blocks: move them over (the dense
+        // embedding was just made from them, for the row lookups).
+        if keep_quantized
+            && config.tie_word_embeddings
+            && let Some(q) = quantized.remove("model.embed_tokens.weight")
+            && BlockFormat::of(q.dtype()).is_some()
+        {
+            kept.insert("model.embed_tokens.weight".to_string(), q);
+        }
         drop(quantized);
         for (name, q) in &kept {
-            if name == "lm_head.weight" && config.tie_word_embeddings {
-                continue;
+            if !dense.contains_key(name) {
+                let placeholder = Tensor::zeros((), DType::F32, &Device::Cpu)
+                    .and_then(|zero| zero.broadcast_as(q.shape().dims()))
+                    .map_err(|e| self.tensor_error(name, e))?;
+                dense.insert(name.clone(), placeholder);
             }
-            let placeholder = Tensor::zeros((), DType::F32, &Device::Cpu)
-                .and_then(|zero| zero.broadcast_as(q.shape().dims()))
-                .map_err(|e| self.tensor_error(name, e))?;
-            dense.insert(name.clone(), placeholder);
         }
         let weights = Weights::from_tensors(dense, &self.path);
         let mut model = CausalLm::load(&config, &weights, dtype, device)?;

@@ -712,8 +712,7 @@ impl CausalLm {
     }
 
     /// Replaces the weight of every projection whose tensor in `quantized` (Hugging Face names;
-    /// a tied `lm_head` takes `lm_head.weight` if present, else `model.embed_tokens.weight`) is
-    /// in a block format
+    /// a tied `lm_head` takes `model.embed_tokens.weight`) is in a block format
     /// [`crate::quantized`] multiplies (Q4_0, Q4_1, Q8_0), dropping the dense copy. Returns how
     /// many projections are now quantized. CPU only; for inference (see [`LinearWeight`]).
     pub fn use_quantized_weights(
@@ -729,7 +728,7 @@ impl CausalLm {
         let tied = self.config.tie_word_embeddings;
         let mut replaced = 0;
         for (name, linear) in self.linears_mut() {
-            let key = if tied && name == "lm_head" && !quantized.contains_key("lm_head.weight") {
+            let key = if tied && name == "lm_head" {
                 "model.embed_tokens.weight".to_string()
             } else {
                 format!("{name}.weight")

@@ -179,15 +179,18 @@ impl QuantizedMatrix {
     }
 
     /// `x W^T` for `n <= 8` input rows of `cols` f32 (`xs` is `[n, cols]`), as `[out, n]`
-    /// (transposed, as [`crate::model`]'s decode path builds it), parallel over output rows:
-    /// each weight block is expanded once, in registers, and used for every input row.
+    /// (transposed, as [`crate::model`]'s decode path builds it), parallel over output rows.
     fn matmul_rows_t(&self, xs: &[f32], n: usize) -> Vec<f32> {
         use rayon::prelude::*;
         const ROWS_PER_TASK: usize = 32;
         debug_assert!(n <= DIRECT_MAX_ROWS && xs.len() == n * self.cols);
         let fma = has_fma();
-        // Σx of every block of every input row: the minimum's share of each block's dot.
-        let xsums: Vec<f32> = xs.chunks_exact(BLOCK).map(|c| c.iter().sum()).collect();
+        // Σx of every block of every input row: the Q4 minimum's share of each block's dot.
+        let xsums: Vec<f32> = if self.format == BlockFormat::Q8_0 {
+            Vec::new()
+        } else {
+            xs.chunks_exact(BLOCK).map(|c| c.iter().sum()).collect()
+        };
         let xs = Inputs { xs, xsums: &xsums };
         let mut yt = vec![0f32; self.rows * n];
         yt.par_chunks_mut(ROWS_PER_TASK * n)
