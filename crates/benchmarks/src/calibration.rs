@@ -84,8 +84,12 @@ pub struct CalibrationRecord {
     pub status: Status,
     /// Whether it passed every test in every run.
     pub passed: bool,
-    /// Median figures over the runs, when it passed.
+    /// Median figures over the runs (drift-corrected), when it passed.
     pub performance: Option<RecordedPerformance>,
+    /// Median figures over the raw runs, before drift correction, when it passed and they
+    /// were corrected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<RecordedPerformance>,
     /// Coefficients of variation over the runs, when it passed.
     pub cv: Option<Dispersion>,
     /// Number of runs.
@@ -115,6 +119,10 @@ impl CalibrationRecord {
             status: c.status,
             passed: c.passed,
             performance: c.performance,
+            raw: c
+                .raw
+                .as_ref()
+                .map(|r| RecordedPerformance::new(r.wall_ms, r.peak_rss_kb, r.integral_kb_ms)),
             cv: c.summary.as_ref().map(|s| s.cv.clone()),
             runs: c.summary.as_ref().map_or(runs.len(), |s| s.runs),
             tests_passed: runs.first().map_or(0, |r| r.tests_passed),
@@ -407,6 +415,7 @@ mod tests {
             status: Status::Accepted,
             passed: true,
             performance: Some(RecordedPerformance::new(time_ms, 10.0, 100.0)),
+            raw: None,
             cv: None,
             runs: 3,
             tests_passed: 2,
@@ -454,6 +463,7 @@ mod tests {
             tests_passed: if status == Status::Accepted { 4 } else { 3 },
             tests_total: 4,
             failure: (status != Status::Accepted).then(|| format!("{status}: test 3")),
+            drift: None,
         }
     }
 

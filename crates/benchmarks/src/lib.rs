@@ -33,8 +33,8 @@ pub use calibration::{
 };
 pub use dataset::{Dataset, DatasetSpec, Format, LoadError, LoadReport, RowIssue};
 pub use harness::{
-    Case, CaseOrigin, CaseResult, Evaluation, Harness, HarnessConfig, HarnessError, Measured,
-    Observer, RunOutcome, RunSettings, StopFlag, Subject, SubjectRuns, Submission, Suite,
+    Case, CaseOrigin, CaseResult, Drift, Evaluation, Harness, HarnessConfig, HarnessError,
+    Measured, Observer, RunOutcome, RunSettings, StopFlag, Subject, SubjectRuns, Submission, Suite,
     Unobserved, Verdict, WorkerCount, parallel, worker_cpus,
 };
 pub use import::coffe::coffe_id;

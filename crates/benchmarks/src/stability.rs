@@ -254,6 +254,7 @@ mod tests {
                 memory_kb,
                 time_ms * memory_kb,
             )),
+            raw: None,
             cv: None,
             runs: 3,
             tests_passed: 1,

@@ -652,3 +652,76 @@ fn venus_rows_load_and_their_solutions_are_judged_end_to_end() {
         .collect();
     assert_eq!(statuses, [Status::Accepted, Status::WrongAnswer]);
 }
+
+#[test]
+fn each_run_records_the_drift_probe_of_its_window_and_the_baseline_is_kept_per_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = HarnessConfig {
+        drift_interval: Some(Duration::ZERO),
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..HarnessConfig::default()
+    };
+    let h = Harness::new(sandbox(), config.clone()).unwrap();
+    let p = add_problem();
+    let suite = Suite::tests_only(&p);
+    let m = h
+        .measure(&Submission::new(&p, Language::Python, ADD), &suite, None)
+        .unwrap();
+    assert!(m.passed, "{m:?}");
+    let raw = m.raw.as_ref().expect("the raw medians are kept");
+    let summary = m.summary.as_ref().expect("passed");
+    assert!(raw.wall_ms > 0.0 && summary.wall_ms > 0.0);
+    assert_eq!(
+        raw.peak_rss_kb, summary.peak_rss_kb,
+        "memory is not corrected"
+    );
+    // The baseline was measured once and written for this machine and probe.
+    let file = dir.path().join(afterburner_benchmarks::harness::PROBE_FILE);
+    let text = std::fs::read_to_string(&file).expect("probe.json written");
+    let stored: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let baseline = stored["baseline_ms"].as_f64().unwrap();
+    assert!(baseline > 0.0, "{stored}");
+    assert_eq!(
+        stored["probes_ms"].as_array().map(Vec::len),
+        Some(afterburner_benchmarks::harness::BASELINE_PROBES)
+    );
+    assert_eq!(
+        stored["machine"].as_str(),
+        Some(afterburner_benchmarks::machine_fingerprint(sandbox()).as_str())
+    );
+    // A second harness (another process, later) reads it instead of measuring its own.
+    let mut edited = stored.clone();
+    edited["baseline_ms"] = serde_json::json!(baseline * 2.0);
+    std::fs::write(&file, edited.to_string()).unwrap();
+    let h2 = Harness::new(sandbox(), config).unwrap();
+    let m2 = h2
+        .measure(&Submission::new(&p, Language::Python, ADD), &suite, None)
+        .unwrap();
+    let ratio = m2.summary.unwrap().wall_ms / m2.raw.unwrap().wall_ms;
+    let first_ratio = summary.wall_ms / raw.wall_ms;
+    assert!(
+        ratio > 1.3 * first_ratio,
+        "a doubled baseline doubles the corrected figures: {ratio} vs {first_ratio}"
+    );
+    // Without drift correction nothing is probed or kept twice.
+    let off = Harness::new(
+        sandbox(),
+        HarnessConfig {
+            drift_interval: None,
+            ..HarnessConfig::default()
+        },
+    )
+    .unwrap();
+    let m3 = off
+        .measure(&Submission::new(&p, Language::Python, ADD), &suite, None)
+        .unwrap();
+    assert!(m3.passed && m3.raw.is_none());
+    assert_ne!(
+        HarnessConfig::default().protocol_id(),
+        HarnessConfig {
+            drift_interval: None,
+            ..HarnessConfig::default()
+        }
+        .protocol_id()
+    );
+}

@@ -2,8 +2,10 @@
 //! the measurement protocol; and the wiring of those options into a [`Workbench`].
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use afterburner_benchmarks::calibration::default_cache_dir;
+use afterburner_benchmarks::harness::DEFAULT_DRIFT_INTERVAL;
 use afterburner_benchmarks::{
     CalibrationCache, HarnessConfig, Problem, StopFlag, Workbench, WorkerCount, worker_cpus,
 };
@@ -48,6 +50,10 @@ pub struct ProtocolArgs {
     /// Seed of the stress-input generators.
     #[arg(long, default_value_t = HarnessConfig::default().stress_seed)]
     pub stress_seed: u64,
+    /// How often each worker runs the drift probe, in ms; times are brought to the machine's
+    /// baseline speed measured by it (0: no drift correction, raw wall times).
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_DRIFT_INTERVAL.as_millis() as u64)]
+    pub drift_interval_ms: u64,
 }
 
 impl ProtocolArgs {
@@ -77,6 +83,8 @@ impl ProtocolArgs {
             repeats: self.repeats,
             stress_seed: self.stress_seed,
             cache_dir: Some(self.cache_dir()?),
+            drift_interval: (self.drift_interval_ms > 0)
+                .then(|| Duration::from_millis(self.drift_interval_ms)),
             ..defaults
         })
     }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use afterburner_benchmarks::calibration::read_records;
+use afterburner_benchmarks::harness::PROBE_FILE;
 use afterburner_benchmarks::stability::{StabilityReport, compare};
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
@@ -123,8 +124,18 @@ fn stability(args: StabilityArgs) -> Result<ExitCode> {
 
 /// Copies the stress suites the first calibration generated (inputs and expected outputs, not
 /// measurements) to the second, so both judge the same inputs and the second does not spend its
-/// time regenerating them. Files already there are kept.
+/// time regenerating them, and the drift probe's baseline, so both express times in the same
+/// units as a machine's one cache folder would. Files already there are kept.
 fn share_stress_suites(first: &Path, second: &Path) -> Result<()> {
+    let probe = first.join(PROBE_FILE);
+    let probe_to = second.join(PROBE_FILE);
+    if probe.exists() && !probe_to.exists() {
+        std::fs::create_dir_all(second)
+            .with_context(|| format!("cannot create {}", second.display()))?;
+        std::fs::copy(&probe, &probe_to).with_context(|| {
+            format!("cannot copy {} to {}", probe.display(), probe_to.display())
+        })?;
+    }
     let from = first.join("stress");
     let to = second.join("stress");
     let Ok(entries) = std::fs::read_dir(&from) else {

@@ -58,6 +58,7 @@
 //!   (seeded stress-input generators).
 
 pub mod literal;
+mod probe;
 mod protocol;
 mod run;
 mod scripts;
@@ -69,6 +70,7 @@ use std::path::PathBuf;
 
 use afterburner_sandbox::SandboxError;
 
+pub use probe::{BASELINE_PROBES, Drift, PROBE_FILE, PROBE_SOURCE, WINDOW_PROBES};
 pub(crate) use protocol::Conclusion;
 pub use protocol::{
     Discard, MeasureError, Measured, Observer, Rounds, RunOutcome, RunSink, StopFlag, Subject,
@@ -76,7 +78,10 @@ pub use protocol::{
 };
 pub use run::{Harness, Submission};
 pub(crate) use settings::hex;
-pub use settings::{HarnessConfig, PROTOCOL_VERSION, RunSettings, scripts_digest, short_hash};
+pub use settings::{
+    DEFAULT_DRIFT_INTERVAL, HarnessConfig, PROTOCOL_VERSION, RunSettings, scripts_digest,
+    short_hash,
+};
 pub use suite::{
     Case, CaseOrigin, DroppedInput, ENAMEL_TESTS_PER_LEVEL, Suite, planned_stress_inputs,
 };

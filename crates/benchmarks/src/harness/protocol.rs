@@ -2,7 +2,9 @@
 //!
 //! A solution is run `repeats` times (stopping at its first failure); it passes when every run
 //! passes, and its figures are the medians of wall time, peak RSS and memory integral
-//! ([`Measured::from_runs`], [`Conclusion`]). Runs of many solutions are made in *rounds*
+//! ([`Measured::from_runs`], [`Conclusion`]), times and integrals first brought to the machine's
+//! baseline speed by the drift probe run in the same window (see `probe.rs`; the raw figures
+//! are kept beside them). Runs of many solutions are made in *rounds*
 //! ([`Harness::measure_rounds`]): round `r` runs once every solution that passed its first `r`
 //! runs, each on a worker pinned to its own core, so a burst of machine noise falls on one run
 //! of many solutions (which the medians absorb) instead of on every run of one. Measuring one
@@ -19,6 +21,7 @@ use afterburner_sandbox::{Measurement, Noise, RecordedPerformance, RepeatSummary
 use serde::{Deserialize, Serialize};
 
 use super::HarnessError;
+use super::probe::Drift;
 use super::run::{Harness, Submission};
 use super::settings::RunSettings;
 use super::suite::Suite;
@@ -37,6 +40,10 @@ pub struct Measured {
     pub performance: Option<RecordedPerformance>,
     /// Why it failed, when it did.
     pub detail: Option<String>,
+    /// Medians and dispersion of the raw runs, before drift correction (when it passed and
+    /// the runs were drift-corrected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<RepeatSummary>,
 }
 
 /// One run of a solution reduced to what the protocol keeps of it: how it ended, what it cost.
@@ -53,6 +60,9 @@ pub struct RunOutcome {
     /// Why it failed, when it did ([`Evaluation::failure_reason`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// The drift probe in the run's window, when drift correction is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Drift>,
 }
 
 impl RunOutcome {
@@ -60,17 +70,36 @@ impl RunOutcome {
     pub fn passed(&self) -> bool {
         self.status == Status::Accepted
     }
-}
 
-impl From<&Evaluation> for RunOutcome {
-    fn from(e: &Evaluation) -> Self {
+    /// The run's measurement with its time, CPU time and integral at the baseline speed (the
+    /// raw measurement when no probe was run).
+    pub fn corrected(&self) -> Measurement {
+        let mut m = self.measurement.clone();
+        if let Some(d) = self.drift {
+            let f = d.factor();
+            m.wall_ms *= f;
+            m.cpu_ms *= f;
+            m.integral_kb_ms *= f;
+        }
+        m
+    }
+
+    /// The outcome of the judged run `e`, made in a window whose probe is `drift`.
+    pub fn of(e: &Evaluation, drift: Option<Drift>) -> Self {
         RunOutcome {
             status: e.status,
             measurement: e.measurement.clone(),
             tests_passed: e.accepted_cases(),
             tests_total: e.cases.len(),
             failure: e.failure_reason(),
+            drift,
         }
+    }
+}
+
+impl From<&Evaluation> for RunOutcome {
+    fn from(e: &Evaluation) -> Self {
+        RunOutcome::of(e, None)
     }
 }
 
@@ -87,6 +116,8 @@ pub(crate) struct Conclusion {
     pub performance: Option<RecordedPerformance>,
     /// Why it failed, when it did.
     pub detail: Option<String>,
+    /// Medians and dispersion of the raw runs, when it passed and they were drift-corrected.
+    pub raw: Option<RepeatSummary>,
 }
 
 impl Conclusion {
@@ -104,6 +135,7 @@ impl Conclusion {
                 status: runs[k].status,
                 summary: None,
                 performance: None,
+                raw: None,
                 detail: Some(if k == 0 {
                     reason
                 } else {
@@ -117,14 +149,17 @@ impl Conclusion {
                 status: Status::Accepted,
                 summary: None,
                 performance: None,
+                raw: None,
                 detail: Some(format!("only {} of {repeats} runs were made", runs.len())),
             };
         }
-        let measurements: Vec<Measurement> = runs[..repeats]
-            .iter()
-            .map(|r| r.measurement.clone())
-            .collect();
+        let runs = &runs[..repeats];
+        let measurements: Vec<Measurement> = runs.iter().map(RunOutcome::corrected).collect();
         let summary = RepeatSummary::of(&measurements);
+        let raw = runs.iter().any(|r| r.drift.is_some()).then(|| {
+            let raw: Vec<Measurement> = runs.iter().map(|r| r.measurement.clone()).collect();
+            RepeatSummary::of(&raw)
+        });
         let performance =
             RecordedPerformance::new(summary.wall_ms, summary.peak_rss_kb, summary.integral_kb_ms)
                 .with_noise(Noise::of(&summary.cv));
@@ -134,6 +169,7 @@ impl Conclusion {
             summary: Some(summary),
             performance: Some(performance),
             detail: None,
+            raw,
         }
     }
 }
@@ -154,6 +190,7 @@ impl Measured {
             summary: c.summary,
             performance: c.performance,
             detail: c.detail,
+            raw: c.raw,
         }
     }
 }
@@ -443,15 +480,17 @@ impl Harness<'_> {
                 stop,
                 |&i, cpu| {
                     let s = &subjects[i];
+                    let drift = self.drift_before_run(cpu)?;
                     self.evaluate_within(&s.submission, s.suite, &settings.limits, cpu)
+                        .map(|evaluation| (evaluation, drift))
                 },
                 |k, result| {
                     let i = todo[k];
                     let st = &mut state[i];
                     observer.advance(1);
                     match result {
-                        Ok(evaluation) => {
-                            let outcome = RunOutcome::from(&evaluation);
+                        Ok((evaluation, drift)) => {
+                            let outcome = RunOutcome::of(&evaluation, drift);
                             if st.runs.is_empty() {
                                 st.first = Some(evaluation);
                             }
@@ -563,6 +602,58 @@ mod tests {
             vec![Some(1), Some(2), Some(1)]
         );
         assert_eq!(worker_cpus(&c, WorkerCount::Exactly(1)), vec![Some(1)]);
+    }
+
+    fn run_at(wall_ms: f64, probe_ms: Option<f64>) -> RunOutcome {
+        let mut measurement = Measurement::not_run(Status::Accepted);
+        measurement.wall_ms = wall_ms;
+        measurement.cpu_ms = wall_ms;
+        measurement.peak_rss_kb = 1000;
+        measurement.integral_kb_ms = wall_ms * 1000.0;
+        RunOutcome {
+            status: Status::Accepted,
+            measurement,
+            tests_passed: 1,
+            tests_total: 1,
+            failure: None,
+            drift: probe_ms.map(|probe_ms| Drift {
+                probe_ms,
+                baseline_ms: 50.0,
+            }),
+        }
+    }
+
+    #[test]
+    fn runs_in_slow_windows_are_brought_to_the_baseline_and_the_raw_medians_are_kept() {
+        // The same program, 100 ms at baseline speed, measured in a window 50% slow, one at
+        // baseline speed, and one 20% slow: every corrected run is 100 ms.
+        let runs = [
+            run_at(150.0, Some(75.0)),
+            run_at(100.0, Some(50.0)),
+            run_at(120.0, Some(60.0)),
+        ];
+        let c = Conclusion::of(&runs, 3);
+        let summary = c.summary.expect("passed");
+        assert!((summary.wall_ms - 100.0).abs() < 1e-9, "{summary:?}");
+        assert!((summary.integral_kb_ms - 100_000.0).abs() < 1e-6);
+        assert!(summary.cv.wall_ms < 1e-12, "corrected runs agree");
+        assert_eq!(summary.peak_rss_kb, 1000.0, "memory is not corrected");
+        let raw = c.raw.expect("the raw medians are kept");
+        assert_eq!(raw.wall_ms, 120.0);
+        assert!(raw.cv.wall_ms > 0.1);
+        let p = c.performance.expect("passed");
+        assert!((p.time_ms - 100.0).abs() < 1e-9);
+        // Without probes the figures are the raw medians and nothing is kept twice.
+        let plain = Conclusion::of(
+            &[
+                run_at(150.0, None),
+                run_at(100.0, None),
+                run_at(120.0, None),
+            ],
+            3,
+        );
+        assert_eq!(plain.summary.expect("passed").wall_ms, 120.0);
+        assert!(plain.raw.is_none());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::HarnessError;
 use super::literal;
+use super::probe::DriftProbe;
 use super::scripts::{
     COMMON_PY, DRIVER_PY, EVALUATOR_PY, GENERATOR_PY, frame, index_field, records, stopped_before,
     str_field,
@@ -72,6 +73,7 @@ pub struct Harness<'s> {
     driver: Program,
     evaluator: Program,
     generator: Program,
+    pub(super) drift: Option<DriftProbe>,
 }
 
 impl<'s> Harness<'s> {
@@ -93,6 +95,9 @@ impl<'s> Harness<'s> {
             driver: build("driver.py", DRIVER_PY)?,
             evaluator: build("evaluator.py", EVALUATOR_PY)?,
             generator: build("generator.py", GENERATOR_PY)?,
+            drift: config
+                .drift_interval
+                .map(|every| DriftProbe::new(every, config.cache_dir.clone())),
             config,
         })
     }

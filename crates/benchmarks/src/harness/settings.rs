@@ -12,7 +12,8 @@ use super::scripts::{COMMON_PY, DRIVER_PY, EVALUATOR_PY, GENERATOR_PY};
 
 /// Version of the measurement protocol; part of every cache key. 2: figures carry their
 /// run-to-run noise for the tie rule (records of version 1 have none and are recalibrated).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: times and integrals are drift-corrected against the probe (see `probe.rs`).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -42,8 +43,12 @@ pub struct HarnessConfig {
     pub generator_limits: Limits,
     /// Limits of one run of a dataset's evaluator.
     pub evaluator_limits: Limits,
-    /// Folder for cached stress suites (`<dir>/stress/`); `None`: regenerate every time.
+    /// Folder for cached stress suites (`<dir>/stress/`) and the drift probe's baseline
+    /// (`<dir>/probe.json`); `None`: regenerate every time.
     pub cache_dir: Option<PathBuf>,
+    /// How often each worker core runs the drift probe between runs; `None`: no drift
+    /// correction (times are the raw wall times).
+    pub drift_interval: Option<Duration>,
 }
 
 fn limits(seconds: u64, memory_mib: u64) -> Limits {
@@ -57,7 +62,8 @@ fn limits(seconds: u64, memory_mib: u64) -> Limits {
 }
 
 impl Default for HarnessConfig {
-    /// 60 s and 1 GiB per run, 3 repeats, ENAMEL's seed 998244353, 3 agreeing references.
+    /// 60 s and 1 GiB per run, 3 repeats, ENAMEL's seed 998244353, 3 agreeing references,
+    /// the drift probe every [`DEFAULT_DRIFT_INTERVAL`].
     fn default() -> Self {
         HarnessConfig {
             limits: limits(60, 1024),
@@ -68,9 +74,13 @@ impl Default for HarnessConfig {
             generator_limits: limits(120, 2048),
             evaluator_limits: limits(120, 2048),
             cache_dir: None,
+            drift_interval: Some(DEFAULT_DRIFT_INTERVAL),
         }
     }
 }
+
+/// How often each worker core runs the drift probe by default.
+pub const DEFAULT_DRIFT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// SHA-256 of the harness scripts: changing them changes every protocol id.
 pub fn scripts_digest() -> String {
@@ -103,12 +113,16 @@ impl HarnessConfig {
     /// A stable id of the measurement protocol: what makes two measurements comparable.
     pub fn protocol_id(&self) -> String {
         format!(
-            "v{PROTOCOL_VERSION}/repeats={}/time={}ms/memory={}MiB/seed={}/consensus={}/scripts={}",
+            "v{PROTOCOL_VERSION}/repeats={}/time={}ms/memory={}MiB/seed={}/consensus={}/drift={}/scripts={}",
             self.repeats,
             self.limits.wall_time.as_millis(),
             self.limits.memory_bytes / MIB,
             self.stress_seed,
             self.consensus_references,
+            match self.drift_interval {
+                Some(_) => format!("probe-{}", short_hash(super::probe::PROBE_SOURCE)),
+                None => "off".to_string(),
+            },
             scripts_digest()
         )
     }
