@@ -21,7 +21,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use afterburner_sandbox::{Dispersion, Language, Sandbox, Status};
+use afterburner_sandbox::{Dispersion, Language, Noise, Sandbox, Status};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 

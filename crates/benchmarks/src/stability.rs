@@ -2,13 +2,15 @@
 //! protocol) compared solution by solution. For each objective: how far each solution's
 //! percentile among the other references of its problem moves between the two, under the
 //! paper's rule and under the tie rule (midrank within the noise band); how far its figure
-//! moves; its within-run CV; and how many pairs of solutions whose figures are 10% or more apart
-//! swap order. Pass/fail flips are listed. `afterburner bench stability` runs the experiment and
+//! moves; its within-run CV; how often its two figures tie with each other under the tie rule
+//! (identical code should score as itself); and how many pairs of solutions whose figures are
+//! 10% or more apart swap order. Pass/fail flips are listed. Problems with one solution (as in
+//! LeetCodeDataset) have no percentile but count in the figures' changes and self-ties. `afterburner bench stability` runs the experiment and
 //! prints [`StabilityReport::markdown`].
 
 use std::collections::BTreeMap;
 
-use afterburner_sandbox::{Noise, Objective, RecordedPerformance};
+use afterburner_sandbox::{Comparison, Noise, Objective, RecordedPerformance};
 use serde::Serialize;
 
 use crate::calibration::CalibrationRecord;
@@ -22,12 +24,18 @@ pub const FAR_APART: f64 = 0.10;
 pub struct StabilityReport {
     /// Solutions present in both calibrations.
     pub common: usize,
-    /// Solutions passing in both, in problems with at least two of them (the ones compared).
+    /// Solutions passing in both (their figures are compared).
+    pub passing: usize,
+    /// Of those, solutions in problems with at least two of them (their percentiles are compared).
     pub compared: usize,
     /// Solutions that passed in one calibration and failed in the other: `id: first then second`.
     pub flips: Vec<String>,
     /// One row per objective, in [`Objective::ALL`] order.
     pub objectives: Vec<ObjectiveStability>,
+    /// The same rows from the raw figures, before drift correction, when every compared
+    /// record keeps them (a side-by-side of the correction on the same runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_objectives: Option<Vec<ObjectiveStability>>,
 }
 
 /// How one objective's figures and percentiles moved between the two calibrations.
@@ -51,6 +59,8 @@ pub struct ObjectiveStability {
     pub p90_change_pct: f64,
     /// Median within-run CV in the first calibration, percent.
     pub median_cv_pct: f64,
+    /// Solutions whose figures from the two calibrations tie under the tie rule, percent.
+    pub self_tied_pct: f64,
     /// Pairs of solutions of one problem whose figures (mean of both calibrations) are at least
     /// [`FAR_APART`] apart.
     pub far_pairs: usize,
@@ -58,9 +68,21 @@ pub struct ObjectiveStability {
     pub swapped: usize,
 }
 
+/// Which of a record's figures are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Figures {
+    /// The recorded (drift-corrected) figures.
+    Recorded,
+    /// The raw figures, before drift correction.
+    Raw,
+}
+
 /// A passing record's figures with their noise (records written before figures carried their
 /// noise get it from their CVs).
-fn figures(record: &CalibrationRecord) -> Option<RecordedPerformance> {
+fn figures(record: &CalibrationRecord, which: Figures) -> Option<RecordedPerformance> {
+    if which == Figures::Raw {
+        return record.raw.filter(|_| record.passed);
+    }
     let perf = record.performance.filter(|_| record.passed)?;
     Some(match (perf.noise, &record.cv) {
         (None, Some(cv)) => perf.with_noise(Noise::of(cv)),
@@ -68,8 +90,22 @@ fn figures(record: &CalibrationRecord) -> Option<RecordedPerformance> {
     })
 }
 
-/// Compares two calibrations of the same solutions (records matched by problem and solution id).
+/// Compares two calibrations of the same solutions (records matched by problem and solution id),
+/// on the recorded figures and, where every compared record keeps them, on the raw ones.
 pub fn compare(first: &[CalibrationRecord], second: &[CalibrationRecord]) -> StabilityReport {
+    let mut report = compare_figures(first, second, Figures::Recorded);
+    let raw = compare_figures(first, second, Figures::Raw);
+    if raw.passing == report.passing && report.passing > 0 {
+        report.raw_objectives = Some(raw.objectives);
+    }
+    report
+}
+
+fn compare_figures(
+    first: &[CalibrationRecord],
+    second: &[CalibrationRecord],
+    which: Figures,
+) -> StabilityReport {
     let index = |records: &[CalibrationRecord]| -> BTreeMap<(String, String), CalibrationRecord> {
         records
             .iter()
@@ -95,24 +131,30 @@ pub fn compare(first: &[CalibrationRecord], second: &[CalibrationRecord]) -> Sta
         if x.passed != y.passed {
             flips.push(format!("{solution}: {} then {}", x.status, y.status));
         }
-        if let (Some(fx), Some(fy)) = (figures(x), figures(y)) {
+        if let (Some(fx), Some(fy)) = (figures(x, which), figures(y, which)) {
             by_problem
                 .entry(problem)
                 .or_default()
                 .push((solution, fx, fy));
         }
     }
-    by_problem.retain(|_, solutions| solutions.len() >= 2);
-    let compared = by_problem.values().map(Vec::len).sum();
+    let passing = by_problem.values().map(Vec::len).sum();
+    let compared = by_problem
+        .values()
+        .filter(|solutions| solutions.len() >= 2)
+        .map(Vec::len)
+        .sum();
     let objectives = Objective::ALL
         .into_iter()
         .map(|objective| objective_stability(objective, &by_problem))
         .collect();
     StabilityReport {
         common,
+        passing,
         compared,
         flips,
         objectives,
+        raw_objectives: None,
     }
 }
 
@@ -121,6 +163,7 @@ fn objective_stability(
     by_problem: &BTreeMap<&str, Vec<(&str, RecordedPerformance, RecordedPerformance)>>,
 ) -> ObjectiveStability {
     let (mut paper, mut midrank, mut change, mut cvs) = (vec![], vec![], vec![], vec![]);
+    let mut self_tied = Vec::new();
     let (mut far_pairs, mut swapped) = (0, 0);
     for solutions in by_problem.values() {
         for (i, (_, fa, fb)) in solutions.iter().enumerate() {
@@ -153,6 +196,11 @@ fn objective_stability(
                 change.push((vb - va).abs() / va);
             }
             cvs.push(fa.cv(objective));
+            self_tied.push(if fa.compare(fb, objective) == Comparison::Tied {
+                1.0
+            } else {
+                0.0
+            });
             for (_, ga, gb) in &solutions[i + 1..] {
                 let (wa, wb) = (ga.value(objective), gb.value(objective));
                 let (mean_self, mean_other) = ((va + vb) / 2.0, (wa + wb) / 2.0);
@@ -176,6 +224,7 @@ fn objective_stability(
         median_change_pct: 100.0 * quantile(&change, 0.5),
         p90_change_pct: 100.0 * quantile(&change, 0.9),
         median_cv_pct: 100.0 * quantile(&cvs, 0.5),
+        self_tied_pct: 100.0 * mean(&self_tied),
         far_pairs,
         swapped,
     }
@@ -185,8 +234,10 @@ impl StabilityReport {
     /// The report as Markdown: a summary line, the flips, one table row per objective.
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "{} solutions in both calibrations, {} passing in both and compared, {} pass/fail flips\n",
+            "{} solutions in both calibrations, {} passing in both (figures compared), {} of them \
+             in problems with two or more (percentiles compared), {} pass/fail flips\n",
             self.common,
+            self.passing,
             self.compared,
             self.flips.len()
         );
@@ -196,11 +247,14 @@ impl StabilityReport {
         s.push_str(
             "\n| objective | solutions | percentile change, paper's rule: mean | p90 | \
              tie rule (midrank): mean | p90 | figure change: median | p90 | within-run CV: median \
-             | pairs >= 10% apart | swapped |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+             | tied with itself | pairs >= 10% apart | swapped |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
-        for o in &self.objectives {
+        let rows = self.objectives.iter().map(|o| (o, ""));
+        let raw_rows = self.raw_objectives.iter().flatten().map(|o| (o, " (raw)"));
+        for (o, label) in rows.chain(raw_rows) {
             s.push_str(&format!(
-                "| {} | {} | {:.1} pp | {:.1} pp | {:.1} pp | {:.1} pp | {:.2}% | {:.2}% | {:.2}% | {} | {} |\n",
+                "| {}{label} | {} | {:.1} pp | {:.1} pp | {:.1} pp | {:.1} pp | {:.2}% | {:.2}% | {:.2}% | {:.0}% | {} | {} |\n",
                 o.objective,
                 o.solutions,
                 o.paper_mean_pp,
@@ -210,6 +264,7 @@ impl StabilityReport {
                 o.median_change_pct,
                 o.p90_change_pct,
                 o.median_cv_pct,
+                o.self_tied_pct,
                 o.far_pairs,
                 o.swapped
             ));
@@ -307,5 +362,38 @@ mod tests {
         let md = report.markdown();
         assert!(md.contains("1 pass/fail flips"), "{md}");
         assert!(md.contains("| time | 4 |"), "{md}");
+        // a, b, c move 2% at most (within the 3% drift floor): tied with themselves; d moved 5%.
+        assert_eq!(time.self_tied_pct, 75.0, "{time:?}");
+        assert_eq!(memory.self_tied_pct, 100.0);
+    }
+
+    /// A problem with one solution (LeetCodeDataset) has no percentile, but its figures count.
+    #[test]
+    fn single_solutions_count_in_figure_changes_and_self_ties() {
+        let first = vec![record("p", "a", 100.0, 1000.0), record("q", "x", 50.0, 10.0)];
+        let second = vec![record("p", "a", 110.0, 1000.0), record("q", "x", 50.5, 10.0)];
+        let report = compare(&first, &second);
+        assert_eq!((report.passing, report.compared), (2, 0));
+        let time = &report.objectives[0];
+        assert_eq!(time.solutions, 0, "no percentile without a second solution");
+        assert!((time.p90_change_pct - 10.0).abs() < 1e-9, "{time:?}");
+        assert_eq!(time.self_tied_pct, 50.0, "x moved 1%, a 10%");
+        assert!(report.raw_objectives.is_none(), "these records keep no raw figures");
+    }
+
+    /// Records keeping their raw figures get a second table: the same runs before correction.
+    #[test]
+    fn raw_figures_are_compared_beside_the_corrected_ones() {
+        let with_raw = |mut r: CalibrationRecord, raw_ms: f64| {
+            r.raw = Some(RecordedPerformance::new(raw_ms, 1000.0, raw_ms * 1000.0));
+            r
+        };
+        let first = vec![with_raw(record("p", "a", 100.0, 1000.0), 100.0)];
+        let second = vec![with_raw(record("p", "a", 101.0, 1000.0), 150.0)];
+        let report = compare(&first, &second);
+        let raw = report.raw_objectives.as_ref().expect("raw rows");
+        assert!((raw[0].median_change_pct - 50.0).abs() < 1e-9, "{raw:?}");
+        assert!((report.objectives[0].median_change_pct - 1.0).abs() < 1e-9);
+        assert!(report.markdown().contains("| time (raw) |"));
     }
 }
