@@ -119,10 +119,10 @@ impl CalibrationRecord {
             status: c.status,
             passed: c.passed,
             performance: c.performance,
-            raw: c
-                .raw
-                .as_ref()
-                .map(|r| RecordedPerformance::new(r.wall_ms, r.peak_rss_kb, r.integral_kb_ms)),
+            raw: c.raw.as_ref().map(|r| {
+                RecordedPerformance::new(r.wall_ms, r.peak_rss_kb, r.integral_kb_ms)
+                    .with_noise(Noise::of(&r.cv))
+            }),
             cv: c.summary.as_ref().map(|s| s.cv.clone()),
             runs: c.summary.as_ref().map_or(runs.len(), |s| s.runs),
             tests_passed: runs.first().map_or(0, |r| r.tests_passed),
@@ -464,6 +464,7 @@ mod tests {
             tests_total: 4,
             failure: (status != Status::Accepted).then(|| format!("{status}: test 3")),
             drift: None,
+            counted: false,
         }
     }
 
@@ -484,6 +485,36 @@ mod tests {
         assert_eq!(p.integral, 3000.0);
         assert_eq!((r.runs, r.tests_passed, r.tests_total), (3, 4, 4));
         assert!(r.cv.unwrap().wall_ms > 0.0);
+        assert!(
+            r.raw.is_none(),
+            "no probe ran: the figures are the raw ones"
+        );
+
+        // Runs made in windows of different speeds: corrected figures, raw ones kept with
+        // their own noise.
+        let drifted: Vec<RunOutcome> = ok
+            .iter()
+            .map(|r| RunOutcome {
+                drift: Some(crate::harness::Drift {
+                    probe_ms: 2.0 * r.measurement.wall_ms,
+                    baseline_ms: 20.0,
+                }),
+                ..r.clone()
+            })
+            .collect();
+        let r = CalibrationRecord::from_runs(key.clone(), Language::Python, &drifted, 3);
+        let p = r.performance.unwrap();
+        assert!(
+            (p.time_ms - 10.0).abs() < 1e-9,
+            "every run is 10 ms at baseline speed"
+        );
+        assert!(p.cv(afterburner_sandbox::Objective::Time) < 1e-12);
+        let raw = r.raw.expect("raw figures kept");
+        assert_eq!(raw.time_ms, 20.0);
+        assert!(
+            raw.cv(afterburner_sandbox::Objective::Time) > 0.3,
+            "{raw:?}"
+        );
 
         let second_fails = [
             run(Status::Accepted, 30.0, 100),

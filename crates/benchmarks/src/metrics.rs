@@ -61,6 +61,58 @@ pub fn percentile_midrank(
     Some(score / references.len() as f64)
 }
 
+/// Instruction counts this close (relative) are the same: a counted run still varies by a few
+/// dozen instructions in 10^8 (the driver's own timing output has a varying number of digits).
+pub const INSTRUCTIONS_TIE: f64 = 1e-5;
+
+/// Beyond-Instr's percentile: the share of references that executed more instructions than
+/// `count`, counts within [`INSTRUCTIONS_TIE`] of each other counting half; `None` when no
+/// reference has a count.
+pub fn instructions_percentile(count: f64, references: &[RecordedPerformance]) -> Option<f64> {
+    let counts: Vec<f64> = references.iter().filter_map(|r| r.instructions).collect();
+    if counts.is_empty() {
+        return None;
+    }
+    let score: f64 = counts
+        .iter()
+        .map(|&d| {
+            if (d - count).abs() <= INSTRUCTIONS_TIE * d.max(count) {
+                0.5
+            } else if d > count {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .sum();
+    Some(score / counts.len() as f64)
+}
+
+/// Beyond-Instr (COFFE's machine-independent cost; not the paper's Beyond-I, the memory
+/// integral): the mean over problems whose references have instruction counts of the mean over
+/// runs of [`instructions_percentile`], a failed run (or a passing one without a count) scoring
+/// 0; `None` when no problem has counted references.
+pub fn beyond_instructions(problems: &[ProblemRuns]) -> Option<f64> {
+    let per_problem: Vec<f64> = problems
+        .iter()
+        .filter(|p| p.references.iter().any(|r| r.instructions.is_some()))
+        .filter(|p| !p.runs.is_empty())
+        .map(|p| {
+            let total: f64 = p
+                .runs
+                .iter()
+                .map(|run| {
+                    run.and_then(|r| r.instructions)
+                        .and_then(|c| instructions_percentile(c, &p.references))
+                        .unwrap_or(0.0)
+                })
+                .sum();
+            total / p.runs.len() as f64
+        })
+        .collect();
+    (!per_problem.is_empty()).then(|| per_problem.iter().sum::<f64>() / per_problem.len() as f64)
+}
+
 /// The paper's rule: the share of reference values `d` with `d >= x` (exact ties count as
 /// beaten, near-ties are ordered); `None` when there are none. Kept for comparison
 /// (`datasets_report stability` prints both); scores use [`percentile_midrank`].
@@ -426,6 +478,53 @@ impl SplitMix64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instruction_counts_rank_exactly_and_failed_runs_score_zero() {
+        let counted = |n: f64| perf(1.0, 1.0, 1.0).with_instructions(Some(n));
+        let refs = [
+            counted(100.0),
+            counted(200.0),
+            counted(300.0),
+            perf(1.0, 1.0, 1.0),
+        ];
+        // Fewer than 200 and 300, tied with none: 2 of the 3 counted references.
+        assert!(close(
+            instructions_percentile(150.0, &refs).unwrap(),
+            2.0 / 3.0
+        ));
+        // Equal to 200: beats 300, ties 200.
+        assert!(close(
+            instructions_percentile(200.0, &refs).unwrap(),
+            1.5 / 3.0
+        ));
+        // A few instructions in 10^8 apart is a tie too.
+        let big = [counted(243_425_121.0)];
+        assert!(close(
+            instructions_percentile(243_425_138.0, &big).unwrap(),
+            0.5
+        ));
+        assert!(close(
+            instructions_percentile(243_000_000.0, &big).unwrap(),
+            1.0
+        ));
+        assert_eq!(instructions_percentile(5.0, &[perf(1.0, 1.0, 1.0)]), None);
+        let problems = [
+            ProblemRuns {
+                problem_id: "a".into(),
+                runs: vec![Some(counted(50.0)), None],
+                references: refs.to_vec(),
+            },
+            ProblemRuns {
+                problem_id: "uncounted".into(),
+                runs: vec![Some(perf(1.0, 1.0, 1.0))],
+                references: vec![perf(2.0, 2.0, 2.0)],
+            },
+        ];
+        // Problem a: (1 + 0) / 2; the uncounted problem is not scored.
+        assert!(close(beyond_instructions(&problems).unwrap(), 0.5));
+        assert_eq!(beyond_instructions(&problems[1..]), None);
+    }
 
     fn perf(time_ms: f64, memory_kb: f64, integral: f64) -> RecordedPerformance {
         RecordedPerformance::new(time_ms, memory_kb, integral)

@@ -10,7 +10,9 @@ use afterburner_sandbox::{Dispersion, Language, Measurement, RecordedPerformance
 use serde::{Serialize, Serializer};
 
 use crate::harness::{Measured, Observer, Subject, Submission, Verdict};
-use crate::metrics::{Bucket, Objective, ProblemRuns, RunScore, score_run};
+use crate::metrics::{
+    Bucket, Objective, ProblemRuns, RunScore, instructions_percentile, score_run,
+};
 use crate::workbench::{Calibrated, Workbench};
 
 /// A candidate solution of a dataset problem, as a solutions file lists it.
@@ -92,10 +94,11 @@ impl Workbench<'_> {
             };
             outcomes[k] = Some(CandidateOutcome::failed(error));
         }
-        let repeats = self.harness().config().repeats;
+        let settings = self.harness().config().run_settings();
+        let (repeats, needed) = (settings.repeats, settings.runs_needed());
         let measured = self.measure(&subjects, "solutions", observer);
         for (runs, k) in measured.into_iter().zip(subject_of) {
-            if !runs.complete(repeats) {
+            if !runs.complete(needed) {
                 continue;
             }
             outcomes[k] = Some(match runs.into_measured(repeats) {
@@ -172,6 +175,13 @@ pub struct EvalRow {
     pub detail: Option<String>,
     /// The sandbox's measurement of its first run.
     pub first_run: Option<Measurement>,
+    /// Instructions executed (counted under valgrind), when counting was asked for and it passed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<f64>,
+    /// Share of the counted references executing more instructions (ties half): its
+    /// Beyond-Instr percentile, when both were counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instructions_percentile: Option<f64>,
     /// Median memory integral, KiB*ms, when it passed.
     pub integral_kb_ms: Option<f64>,
     /// Its language.
@@ -228,6 +238,10 @@ impl EvalRow {
                 .clone()
                 .or_else(|| m.and_then(|m| m.detail.clone())),
             first_run: m.map(|m| m.evaluation.measurement.clone()),
+            instructions: perf.and_then(|p| p.instructions),
+            instructions_percentile: perf
+                .and_then(|p| p.instructions)
+                .and_then(|c| instructions_percentile(c, references)),
             integral_kb_ms: perf.map(|p| p.integral),
             language: candidate.language,
             line: candidate.line,

@@ -253,23 +253,35 @@ impl StabilityReport {
         let rows = self.objectives.iter().map(|o| (o, ""));
         let raw_rows = self.raw_objectives.iter().flatten().map(|o| (o, " (raw)"));
         for (o, label) in rows.chain(raw_rows) {
+            let pp = |x: f64| cell(x, 1, " pp");
+            let pct = |x: f64, digits| cell(x, digits, "%");
             s.push_str(&format!(
-                "| {}{label} | {} | {:.1} pp | {:.1} pp | {:.1} pp | {:.1} pp | {:.2}% | {:.2}% | {:.2}% | {:.0}% | {} | {} |\n",
+                "| {}{label} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 o.objective,
                 o.solutions,
-                o.paper_mean_pp,
-                o.paper_p90_pp,
-                o.midrank_mean_pp,
-                o.midrank_p90_pp,
-                o.median_change_pct,
-                o.p90_change_pct,
-                o.median_cv_pct,
-                o.self_tied_pct,
+                pp(o.paper_mean_pp),
+                pp(o.paper_p90_pp),
+                pp(o.midrank_mean_pp),
+                pp(o.midrank_p90_pp),
+                pct(o.median_change_pct, 2),
+                pct(o.p90_change_pct, 2),
+                pct(o.median_cv_pct, 2),
+                pct(o.self_tied_pct, 0),
                 o.far_pairs,
                 o.swapped
             ));
         }
         s
+    }
+}
+
+/// A table cell: the figure with `digits` decimals and its unit, or `-` when there is none
+/// (no percentile without a second solution).
+fn cell(x: f64, digits: usize, unit: &str) -> String {
+    if x.is_finite() {
+        format!("{x:.digits$}{unit}")
+    } else {
+        "-".to_string()
     }
 }
 
@@ -370,15 +382,29 @@ mod tests {
     /// A problem with one solution (LeetCodeDataset) has no percentile, but its figures count.
     #[test]
     fn single_solutions_count_in_figure_changes_and_self_ties() {
-        let first = vec![record("p", "a", 100.0, 1000.0), record("q", "x", 50.0, 10.0)];
-        let second = vec![record("p", "a", 110.0, 1000.0), record("q", "x", 50.5, 10.0)];
+        let first = vec![
+            record("p", "a", 100.0, 1000.0),
+            record("q", "x", 50.0, 10.0),
+        ];
+        let second = vec![
+            record("p", "a", 110.0, 1000.0),
+            record("q", "x", 50.5, 10.0),
+        ];
         let report = compare(&first, &second);
         assert_eq!((report.passing, report.compared), (2, 0));
         let time = &report.objectives[0];
         assert_eq!(time.solutions, 0, "no percentile without a second solution");
         assert!((time.p90_change_pct - 10.0).abs() < 1e-9, "{time:?}");
         assert_eq!(time.self_tied_pct, 50.0, "x moved 1%, a 10%");
-        assert!(report.raw_objectives.is_none(), "these records keep no raw figures");
+        assert!(
+            report.raw_objectives.is_none(),
+            "these records keep no raw figures"
+        );
+        assert!(
+            report
+                .markdown()
+                .contains("| time | 0 | - | - | - | - | 1.00% |")
+        );
     }
 
     /// Records keeping their raw figures get a second table: the same runs before correction.

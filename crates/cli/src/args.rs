@@ -54,6 +54,10 @@ pub struct ProtocolArgs {
     /// baseline speed measured by it (0: no drift correction, raw wall times).
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_DRIFT_INTERVAL.as_millis() as u64)]
     pub drift_interval_ms: u64,
+    /// Also count each passing solution's instructions, in one more run under valgrind
+    /// (deterministic, ~35x slower than a timed run): scored as Beyond-Instr.
+    #[arg(long)]
+    pub count_instructions: bool,
 }
 
 impl ProtocolArgs {
@@ -85,6 +89,7 @@ impl ProtocolArgs {
             cache_dir: Some(self.cache_dir()?),
             drift_interval: (self.drift_interval_ms > 0)
                 .then(|| Duration::from_millis(self.drift_interval_ms)),
+            count_instructions: self.count_instructions,
             ..defaults
         })
     }

@@ -180,6 +180,9 @@ struct EvalSummary<'a> {
     malformed: &'a [Malformed],
     fingerprint: &'a str,
     protocol: &'a str,
+    /// Beyond-Instr, when instructions were counted (`--count-instructions`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    beyond_instr: Option<f64>,
 }
 
 fn interval(e: &Estimate) -> [f64; 2] {
@@ -245,6 +248,11 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
     let summary = summarize(&scores.problem_runs, &config).map_err(|e| {
         anyhow::anyhow!("cannot compute metrics: {e} (do the references pass on this machine?)")
     })?;
+    let beyond_instr = args
+        .protocol
+        .count_instructions
+        .then(|| afterburner_benchmarks::metrics::beyond_instructions(&scores.problem_runs))
+        .flatten();
     if args.json {
         let buckets = |o| BucketsJson::from(summary.bucket_counts(o));
         let json = EvalSummary {
@@ -272,11 +280,19 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
             malformed: &malformed,
             fingerprint: bench.fingerprint(),
             protocol: bench.protocol(),
+            beyond_instr,
         };
         println!("{}", serde_json::to_value(&json)?);
     } else {
         print_table(&problems, &scores.rows);
         print_summary(&summary, &scores.missing, &malformed);
+        if let Some(b) = beyond_instr {
+            println!(
+                "{:<10} {:>6.1}%   (instructions counted under valgrind; exact ties count half)",
+                "Beyond-Instr",
+                b * 100.0
+            );
+        }
     }
     if summary.problems == 0 {
         bail!("no problem could be scored");

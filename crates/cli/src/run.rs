@@ -37,6 +37,10 @@ pub struct RunArgs {
     /// Include the memory trace (`[t_ns, rss_kb]` pairs) in the JSON output.
     #[arg(long)]
     pub trace: bool,
+    /// Count the instructions the program executes, under valgrind (deterministic, ~35x
+    /// slower; time and memory are then valgrind's). Raise --time-limit to match.
+    #[arg(long)]
+    pub count_instructions: bool,
 }
 
 /// Arguments of `afterburner doctor`.
@@ -110,6 +114,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         limits,
         cpu: None,
         keep_memory_trace: args.trace,
+        count_instructions: args.count_instructions,
     };
     let report = match measure(&sandbox, language, &source, &request, args.repeat) {
         Ok(r) => r,
@@ -233,7 +238,9 @@ fn print_human(r: &RunReport) {
     );
     match m.instructions {
         Some(i) => println!("instructions  {i}"),
-        None => println!("instructions  n/a (no hardware counters)"),
+        None => {
+            println!("instructions  n/a (no hardware counters; --count-instructions uses valgrind)")
+        }
     }
     if let Some(s) = &r.median {
         println!(
@@ -336,6 +343,15 @@ pub fn doctor(args: DoctorArgs) -> Result<ExitCode> {
     );
     println!("cpus          {:?}", caps.cpus);
     println!("supervisor    {:?}", caps.supervisor_cpu);
+    match &caps.valgrind {
+        Some(v) => println!(
+            "instructions  counted under {} when asked (--count-instructions)",
+            v.display()
+        ),
+        None => println!(
+            "instructions  not countable without hardware counters: apt-get install valgrind"
+        ),
+    }
     for w in &caps.warnings {
         println!("warning       {w}");
     }

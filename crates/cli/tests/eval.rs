@@ -252,3 +252,50 @@ fn candidates_are_measured_with_the_references_repeats() {
     assert_eq!(refs.len(), 2);
     assert!(refs.iter().all(|r| r["runs"] == 3), "{refs:?}");
 }
+
+#[test]
+fn counted_instructions_score_beyond_instr_and_identical_code_counts_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("rows.jsonl");
+    let protocol = [
+        "--repeats",
+        "1",
+        "--max-solutions",
+        "2",
+        "--count-instructions",
+    ];
+    let extra = ["--json", "--out", out_path.to_str().unwrap()];
+    let out = eval_with(dir.path(), &QUICK[..1], &protocol, &extra);
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["protocol"]
+            .as_str()
+            .unwrap()
+            .contains("instructions=valgrind"),
+        "{v}"
+    );
+    let beyond = v["beyond_instr"].as_f64().expect("Beyond-Instr reported");
+    assert!((0.0..=1.0).contains(&beyond), "{v}");
+    let rows = jsonl(&out_path);
+    let good = &rows[0];
+    let count = good["instructions"]
+        .as_f64()
+        .expect("the candidate was counted");
+    assert!(count > 1e6, "{good}");
+    assert_eq!(good["instructions_percentile"].as_f64(), Some(beyond));
+    // The candidate is reference 0's own code: it counts the same (within a few instructions
+    // of the driver's timing output) and ties with it.
+    let records = jsonl(&dir.path().join("cache").join("calibration.jsonl"));
+    let reference = records
+        .iter()
+        .find(|r| r["solution_id"] == format!("{}/ref-0", QUICK[0]))
+        .expect("reference 0 calibrated");
+    let theirs = reference["performance"]["instructions"]
+        .as_f64()
+        .expect("counted");
+    assert!(
+        (theirs - count).abs() <= 1e-5 * count,
+        "{theirs} vs {count}"
+    );
+}

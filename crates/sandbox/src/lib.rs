@@ -11,6 +11,7 @@
 //! This crate knows nothing of datasets, test cases, LLMs or HTTP.
 
 mod cgroup;
+mod counting;
 mod error;
 mod jail;
 mod landlock;

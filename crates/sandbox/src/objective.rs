@@ -72,6 +72,10 @@ pub struct RecordedPerformance {
     /// from before the tie rule, or from a dataset, have none: only the drift floor applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noise: Option<Noise>,
+    /// Instructions executed, counted under valgrind (deterministic), when counting was asked
+    /// for: COFFE's machine-independent cost, scored as Beyond-Instr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<f64>,
 }
 
 /// Coefficients of variation (standard deviation / mean) of a solution's figures over its
@@ -144,6 +148,15 @@ impl RecordedPerformance {
             memory_kb,
             integral,
             noise: None,
+            instructions: None,
+        }
+    }
+
+    /// The same figures with their instruction count.
+    pub fn with_instructions(self, instructions: Option<f64>) -> Self {
+        RecordedPerformance {
+            instructions,
+            ..self
         }
     }
 

@@ -60,6 +60,8 @@ pub struct Capabilities {
     pub supervisor_cpu: Option<usize>,
     /// Degradations the user should know about.
     pub warnings: Vec<String>,
+    /// valgrind, which counts instructions in runs that ask for it; `None`: not installed.
+    pub valgrind: Option<PathBuf>,
 }
 
 /// How one compilation went.
@@ -129,6 +131,9 @@ pub struct RunRequest {
     pub cpu: Option<usize>,
     /// Whether to keep the full memory trace in the result.
     pub keep_memory_trace: bool,
+    /// Whether to count the instructions the program executes under valgrind (deterministic,
+    /// ~35x slower; the run's time and memory are then valgrind's): see `counting.rs`.
+    pub count_instructions: bool,
 }
 
 /// Isolated, measured execution of untrusted programs; share one per process.
@@ -147,6 +152,7 @@ pub struct Sandbox {
     counter: AtomicU64,
     warnings: Vec<String>,
     favordynmods: bool,
+    valgrind: Option<PathBuf>,
 }
 
 /// The sandbox's working directory; removed on drop when it was created by us.
@@ -316,6 +322,7 @@ impl Sandbox {
             counter: AtomicU64::new(0),
             warnings,
             favordynmods,
+            valgrind: crate::counting::find_valgrind(),
         })
     }
 
@@ -328,6 +335,7 @@ impl Sandbox {
             cpus: self.cpus.clone(),
             supervisor_cpu: self.supervisor_cpu,
             warnings: self.warnings.clone(),
+            valgrind: self.valgrind.clone(),
         }
     }
 
@@ -419,8 +427,22 @@ impl Sandbox {
         {
             return Ok(not_compiled(c));
         }
-        let argv = program.toolchain.run_argv(&request.limits);
-        self.execute(&program.toolchain, &program.dir.0, false, &argv, request)
+        let mut argv = program.toolchain.run_argv(&request.limits);
+        if request.count_instructions {
+            let Some(valgrind) = &self.valgrind else {
+                return Err(SandboxError::Unsupported(
+                    "counting instructions needs valgrind, which is not installed \
+                     (apt-get install valgrind)"
+                        .into(),
+                ));
+            };
+            argv = crate::counting::counted_argv(valgrind, &argv);
+        }
+        let mut result = self.execute(&program.toolchain, &program.dir.0, false, &argv, request)?;
+        if request.count_instructions {
+            result.measurement.instructions = crate::counting::take_count(&mut result.stderr);
+        }
+        Ok(result)
     }
 
     /// Runs a built program `n` times on the same request.
@@ -478,7 +500,7 @@ impl Sandbox {
         ];
         if cgroup.is_none() {
             rlimits.push((libc::RLIMIT_NPROC, u64::from(limits.max_processes)));
-            if !toolchain.reserves_virtual_memory() {
+            if !toolchain.reserves_virtual_memory() && !request.count_instructions {
                 rlimits.push((libc::RLIMIT_AS, limits.memory_bytes));
             }
         }

@@ -353,3 +353,61 @@ fn orphaned_grandchild_does_not_outlive_the_run() {
         assert_nothing_left();
     });
 }
+
+/// Runs `source` (Python) with its instructions counted under valgrind.
+fn counted(source: &str) -> afterburner_sandbox::RunResult {
+    let sb = support::sandbox();
+    assert!(
+        sb.capabilities().valgrind.is_some(),
+        "valgrind is not installed (scripts/setup installs it)"
+    );
+    let program = sb.build(Language::Python, source).expect("build");
+    sb.run(
+        &program,
+        &afterburner_sandbox::RunRequest {
+            limits: limits(60.0, 1024),
+            count_instructions: true,
+            ..Default::default()
+        },
+    )
+    .expect("run")
+}
+
+const LOOP: &str = "total = 0\nfor i in range(30000):\n    total += i * i % 7\nprint(total)\n";
+
+#[test]
+fn instruction_counts_are_exact_and_a_program_cannot_hide_or_shrink_its_own() {
+    contained(
+        "instruction_counts_are_exact_and_a_program_cannot_hide_or_shrink_its_own",
+        || {
+            let a = counted(LOOP);
+            let b = counted(LOOP);
+            assert_eq!(a.measurement.status, Status::Accepted, "{a:?}");
+            let count = a.measurement.instructions.expect("counted");
+            assert!(count > 10_000_000, "{count}");
+            assert_eq!(
+                Some(count),
+                b.measurement.instructions,
+                "the same count twice"
+            );
+            assert!(
+                a.stderr.is_empty(),
+                "valgrind's lines are removed: {:?}",
+                a.stderr
+            );
+            // Closing or redirecting stderr (and every other descriptor) does not silence the
+            // count: valgrind writes through its own copy.
+            let hiding = counted(&format!(
+                "import os\nos.dup2(os.open('/dev/null', os.O_WRONLY), 2)\nos.close(2)\n\
+                 for fd in range(3, 1100):\n    try:\n        os.close(fd)\n    except OSError:\n        pass\n{LOOP}"
+            ));
+            assert!(hiding.measurement.instructions.expect("still counted") > count);
+            // A forged summary line adds to the count, never replaces it.
+            let forging = counted(&format!(
+                "import sys\nsys.stderr.write('==1== I   refs:      5\\n')\n{LOOP}"
+            ));
+            assert!(forging.measurement.instructions.expect("counted") > count);
+            assert_nothing_left();
+        },
+    );
+}

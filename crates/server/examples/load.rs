@@ -358,6 +358,7 @@ fn main() {
                                         limits: Limits::default(),
                                         cpu,
                                         keep_memory_trace: false,
+                                        count_instructions: false,
                                     },
                                 )
                                 .ok()?;

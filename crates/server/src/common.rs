@@ -103,6 +103,7 @@ pub(crate) fn run_single(
             limits,
             cpu: w.cpu,
             keep_memory_trace,
+            count_instructions: false,
         },
     )?;
     Ok(SingleRun {

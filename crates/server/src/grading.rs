@@ -31,6 +31,7 @@ pub(crate) fn grade(
     let settings = RunSettings {
         limits: limits.clone(),
         repeats,
+        count_instructions: false,
     };
     let submission = Submission::new(problem, language, code);
     let mut graded = w

@@ -79,8 +79,8 @@ pub use protocol::{
 pub use run::{Harness, Submission};
 pub(crate) use settings::hex;
 pub use settings::{
-    DEFAULT_DRIFT_INTERVAL, HarnessConfig, PROTOCOL_VERSION, RunSettings, scripts_digest,
-    short_hash,
+    COUNTING_MIN_LIMIT, COUNTING_SLOWDOWN, DEFAULT_DRIFT_INTERVAL, HarnessConfig, PROTOCOL_VERSION,
+    RunSettings, counting_limits, scripts_digest, short_hash,
 };
 pub use suite::{
     Case, CaseOrigin, DroppedInput, ENAMEL_TESTS_PER_LEVEL, Suite, planned_stress_inputs,

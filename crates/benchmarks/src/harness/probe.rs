@@ -129,13 +129,13 @@ impl Harness<'_> {
             cpu_time: Duration::from_secs(30),
             ..self.config.limits.clone()
         };
-        let raw = self.raw_run(&probe_problem(), PROBE_SOURCE, &[""], &limits, cpu)?;
+        let raw = self.raw_run(&probe_problem(), PROBE_SOURCE, &[""], &limits, cpu, false)?;
         let m = &raw.result.measurement;
         if m.status != Status::Accepted || raw.fatal.is_some() || m.wall_ms <= 0.0 {
             return Err(HarnessError::Unsupported {
                 problem: "afterburner/drift-probe".to_string(),
                 reason: format!(
-                    "the drift probe failed ({}{}); set drift_interval to None to measure without it",
+                    "the drift probe failed ({}{}); measure without drift correction (`--drift-interval-ms 0`, or `drift_interval: None`) if it cannot run here",
                     m.status,
                     raw.fatal.map(|(_, e)| format!(": {e}")).unwrap_or_default()
                 ),

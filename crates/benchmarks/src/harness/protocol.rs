@@ -17,13 +17,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 
-use afterburner_sandbox::{Measurement, Noise, RecordedPerformance, RepeatSummary, Status};
+use afterburner_sandbox::{Limits, Measurement, Noise, RecordedPerformance, RepeatSummary, Status};
 use serde::{Deserialize, Serialize};
 
 use super::HarnessError;
 use super::probe::Drift;
 use super::run::{Harness, Submission};
-use super::settings::RunSettings;
+use super::settings::{RunSettings, counting_limits};
 use super::suite::Suite;
 use super::verdict::Evaluation;
 
@@ -63,6 +63,10 @@ pub struct RunOutcome {
     /// The drift probe in the run's window, when drift correction is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<Drift>,
+    /// Whether this is the instruction-counting run (under valgrind: only its status and
+    /// count are used, never its time or memory).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub counted: bool,
 }
 
 impl RunOutcome {
@@ -93,6 +97,7 @@ impl RunOutcome {
             tests_total: e.cases.len(),
             failure: e.failure_reason(),
             drift,
+            counted: false,
         }
     }
 }
@@ -122,9 +127,17 @@ pub(crate) struct Conclusion {
 
 impl Conclusion {
     /// The protocol's verdict on `runs` of `repeats`: a solution passes when all `repeats` runs
-    /// passed (runs after the first failure are ignored), and its figures are the medians.
+    /// passed (runs after the first failure are ignored), and its figures are the medians. The
+    /// instruction-counting run, when there is one, gives the count alone (a solution it fails
+    /// under valgrind keeps its verdict and has no count).
     pub(crate) fn of(runs: &[RunOutcome], repeats: usize) -> Conclusion {
         let repeats = repeats.max(1);
+        let instructions = runs
+            .iter()
+            .find(|r| r.counted && r.passed())
+            .and_then(|r| r.measurement.instructions)
+            .map(|i| i as f64);
+        let runs: Vec<RunOutcome> = runs.iter().filter(|r| !r.counted).cloned().collect();
         if let Some(k) = runs.iter().position(|r| !r.passed()) {
             let reason = runs[k]
                 .failure
@@ -162,7 +175,8 @@ impl Conclusion {
         });
         let performance =
             RecordedPerformance::new(summary.wall_ms, summary.peak_rss_kb, summary.integral_kb_ms)
-                .with_noise(Noise::of(&summary.cv));
+                .with_noise(Noise::of(&summary.cv))
+                .with_instructions(instructions);
         Conclusion {
             passed: true,
             status: Status::Accepted,
@@ -218,9 +232,12 @@ pub struct SubjectRuns {
 }
 
 impl SubjectRuns {
-    /// Whether nothing is left to run: all `repeats` runs made, a run failed, or an error.
-    pub fn complete(&self, repeats: usize) -> bool {
-        self.error.is_some() || self.runs.len() >= repeats || self.runs.iter().any(|r| !r.passed())
+    /// Whether nothing is left to run: all `needed` runs made ([`RunSettings::runs_needed`]),
+    /// a timed run failed, or an error.
+    pub fn complete(&self, needed: usize) -> bool {
+        self.error.is_some()
+            || self.runs.len() >= needed
+            || self.runs.iter().any(|r| !r.passed() && !r.counted)
     }
 
     /// The protocol's conclusion on a complete subject whose first run was made now: its
@@ -446,6 +463,7 @@ impl Harness<'_> {
             what,
         } = rounds;
         let repeats = settings.repeats.max(1);
+        let needed = settings.runs_needed();
         let mut state: Vec<SubjectRuns> = subjects
             .iter()
             .map(|s| SubjectRuns {
@@ -455,47 +473,67 @@ impl Harness<'_> {
             .collect();
         let left = state
             .iter()
-            .filter(|st| !st.complete(repeats))
-            .map(|st| repeats - st.runs.len())
+            .filter(|st| !st.complete(needed))
+            .map(|st| needed - st.runs.len())
             .sum();
         observer.stage(what, left);
         for (i, st) in state.iter().enumerate() {
-            if st.complete(repeats)
+            if st.complete(needed)
                 && let Err(e) = sink.subject_complete(i, st)
             {
                 observer.say(&format!("error: {e}"));
             }
         }
-        for round in 0..repeats {
+        for round in 0..needed {
             if stop.is_stopped() {
                 break;
             }
-            let todo: Vec<usize> = (0..state.len())
-                .filter(|&i| !state[i].complete(repeats) && state[i].runs.len() == round)
+            // The round after the timed ones is the counting run, given time for valgrind.
+            let counting = round >= repeats;
+            let todo: Vec<(usize, Limits)> = (0..state.len())
+                .filter(|&i| !state[i].complete(needed) && state[i].runs.len() == round)
+                .map(|i| {
+                    let limits = if counting {
+                        let slowest = state[i]
+                            .runs
+                            .iter()
+                            .map(|r| r.measurement.wall_ms)
+                            .fold(0.0, f64::max);
+                        counting_limits(&settings.limits, slowest)
+                    } else {
+                        settings.limits.clone()
+                    };
+                    (i, limits)
+                })
                 .collect();
-            observer.round(round, repeats);
+            observer.round(round, needed);
             parallel(
                 &todo,
                 cpus,
                 stop,
-                |&i, cpu| {
-                    let s = &subjects[i];
-                    let drift = self.drift_before_run(cpu)?;
-                    self.evaluate_within(&s.submission, s.suite, &settings.limits, cpu)
+                |(i, limits), cpu| {
+                    let s = &subjects[*i];
+                    let drift = if counting {
+                        None
+                    } else {
+                        self.drift_before_run(cpu)?
+                    };
+                    self.evaluate_run(&s.submission, s.suite, limits, cpu, counting)
                         .map(|evaluation| (evaluation, drift))
                 },
                 |k, result| {
-                    let i = todo[k];
+                    let i = todo[k].0;
                     let st = &mut state[i];
                     observer.advance(1);
                     match result {
                         Ok((evaluation, drift)) => {
-                            let outcome = RunOutcome::of(&evaluation, drift);
+                            let mut outcome = RunOutcome::of(&evaluation, drift);
+                            outcome.counted = counting;
                             if st.runs.is_empty() {
                                 st.first = Some(evaluation);
                             }
                             st.runs.push(outcome);
-                            if !st.complete(repeats)
+                            if !st.complete(needed)
                                 && let Err(e) = sink.run_made(i, round, &st.runs[round])
                             {
                                 observer.say(&format!("error: {e}"));
@@ -503,8 +541,8 @@ impl Harness<'_> {
                         }
                         Err(e) => st.error = Some(e),
                     }
-                    if st.complete(repeats) {
-                        observer.advance(repeats.saturating_sub(round + 1));
+                    if st.complete(needed) {
+                        observer.advance(needed.saturating_sub(round + 1));
                         if let Err(e) = sink.subject_complete(i, st) {
                             observer.say(&format!("error: {e}"));
                         }
@@ -620,6 +658,7 @@ mod tests {
                 probe_ms,
                 baseline_ms: 50.0,
             }),
+            counted: false,
         }
     }
 

@@ -119,17 +119,20 @@ impl<'s> Harness<'s> {
         frames: &[&[u8]],
         limits: &Limits,
         cpu: Option<usize>,
+        count_instructions: bool,
     ) -> Result<RunResult, HarnessError> {
         let request = RunRequest {
             stdin: frame(header, frames),
             limits: limits.clone(),
             cpu,
             keep_memory_trace: false,
+            count_instructions,
         };
         Ok(self.sandbox.run(program, &request)?)
     }
 
-    /// Runs `code` on `inputs` with the driver (Python) and collects the raw outputs.
+    /// Runs `code` on `inputs` with the driver (Python) and collects the raw outputs; under
+    /// valgrind counting instructions when `count_instructions`.
     pub(super) fn raw_run(
         &self,
         problem: &Problem,
@@ -137,6 +140,7 @@ impl<'s> Harness<'s> {
         inputs: &[&str],
         limits: &Limits,
         cpu: Option<usize>,
+        count_instructions: bool,
     ) -> Result<RawRun, HarnessError> {
         let mut header = json!({
             "source": code,
@@ -158,7 +162,14 @@ impl<'s> Harness<'s> {
             h.extend(f);
         }
         let frames: Vec<&[u8]> = inputs.iter().map(|s| s.as_bytes()).collect();
-        let result = self.run_script(&self.driver, &header, &frames, limits, cpu)?;
+        let result = self.run_script(
+            &self.driver,
+            &header,
+            &frames,
+            limits,
+            cpu,
+            count_instructions,
+        )?;
         let mut outputs: Vec<Option<(RawOutput, u64)>> = vec![None; inputs.len()];
         let mut fatal = None;
         for rec in records(&result.stdout) {
@@ -209,6 +220,7 @@ impl<'s> Harness<'s> {
         inputs: &[&str],
         limits: &Limits,
         cpu: Option<usize>,
+        count_instructions: bool,
     ) -> Result<RawRun, HarnessError> {
         let program = self.sandbox.build(language, code)?;
         let compile_ms = program.compile_ms();
@@ -240,6 +252,7 @@ impl<'s> Harness<'s> {
                     limits: limits.clone(),
                     cpu,
                     keep_memory_trace: false,
+                    count_instructions,
                 },
             )?;
             let m = &r.measurement;
@@ -346,6 +359,7 @@ impl<'s> Harness<'s> {
             &frames,
             &self.config.evaluator_limits,
             cpu,
+            false,
         )?;
         let mut verdicts: Vec<Option<(bool, Option<String>)>> = vec![None; triples.len()];
         let mut setup_error = None;
@@ -390,6 +404,20 @@ impl<'s> Harness<'s> {
         limits: &Limits,
         cpu: Option<usize>,
     ) -> Result<Evaluation, HarnessError> {
+        self.evaluate_run(submission, suite, limits, cpu, false)
+    }
+
+    /// [`Harness::evaluate_within`], under valgrind counting instructions when
+    /// `count_instructions` (the evaluation's measurement then holds the count; its time and
+    /// memory are valgrind's).
+    pub(super) fn evaluate_run(
+        &self,
+        submission: &Submission<'_>,
+        suite: &Suite,
+        limits: &Limits,
+        cpu: Option<usize>,
+        count_instructions: bool,
+    ) -> Result<Evaluation, HarnessError> {
         let Submission {
             problem,
             language,
@@ -411,9 +439,9 @@ impl<'s> Harness<'s> {
         }
         let inputs: Vec<&str> = suite.cases.iter().map(|c| c.input.as_str()).collect();
         let raw = if language == Language::Python {
-            self.raw_run(problem, code, &inputs, limits, cpu)?
+            self.raw_run(problem, code, &inputs, limits, cpu, count_instructions)?
         } else if problem.entry == Entry::StdinStdout {
-            self.native_run(language, code, &inputs, limits, cpu)?
+            self.native_run(language, code, &inputs, limits, cpu, count_instructions)?
         } else {
             return Err(HarnessError::Unsupported {
                 problem: problem.id.clone(),
@@ -595,6 +623,7 @@ impl<'s> Harness<'s> {
             &[],
             &self.config.generator_limits,
             cpu,
+            false,
         )?;
         let mut out: Vec<Option<Result<String, String>>> = vec![None; n];
         for rec in records(&result.stdout) {

@@ -24,6 +24,39 @@ pub struct RunSettings {
     pub limits: Limits,
     /// Runs per solution; its figures are the medians (a solution must pass every run).
     pub repeats: usize,
+    /// Whether a passing solution gets one more run, under valgrind, counting its
+    /// instructions (see [`COUNTING_SLOWDOWN`]).
+    pub count_instructions: bool,
+}
+
+impl RunSettings {
+    /// Runs a solution needs: its repeats, and the counting run when instructions are counted.
+    pub fn runs_needed(&self) -> usize {
+        self.repeats.max(1) + usize::from(self.count_instructions)
+    }
+}
+
+/// How much longer than its slowest timed run a counting run may take (valgrind's cachegrind
+/// without cache simulation ran Python ~35x slower here; BENCHMARKS.md), never under
+/// [`COUNTING_MIN_LIMIT`].
+pub const COUNTING_SLOWDOWN: u32 = 100;
+
+/// The least time a counting run is given.
+pub const COUNTING_MIN_LIMIT: Duration = Duration::from_secs(20);
+
+/// The limits of a counting run of a solution whose timed runs took at most `slowest_ms`:
+/// [`COUNTING_SLOWDOWN`] times that (at least [`COUNTING_MIN_LIMIT`]), and room for valgrind's
+/// own memory (three times the limit).
+pub fn counting_limits(limits: &Limits, slowest_ms: f64) -> Limits {
+    let time =
+        Duration::from_secs_f64((slowest_ms.max(0.0) / 1000.0) * f64::from(COUNTING_SLOWDOWN))
+            .max(COUNTING_MIN_LIMIT);
+    Limits {
+        wall_time: time,
+        cpu_time: time,
+        memory_bytes: limits.memory_bytes.saturating_mul(3),
+        ..limits.clone()
+    }
 }
 
 /// Settings of a [`Harness`](super::Harness): the measurement protocol and where stress suites are cached.
@@ -49,6 +82,8 @@ pub struct HarnessConfig {
     /// How often each worker core runs the drift probe between runs; `None`: no drift
     /// correction (times are the raw wall times).
     pub drift_interval: Option<Duration>,
+    /// Whether passing solutions also get their instructions counted (one run under valgrind).
+    pub count_instructions: bool,
 }
 
 fn limits(seconds: u64, memory_mib: u64) -> Limits {
@@ -75,6 +110,7 @@ impl Default for HarnessConfig {
             evaluator_limits: limits(120, 2048),
             cache_dir: None,
             drift_interval: Some(DEFAULT_DRIFT_INTERVAL),
+            count_instructions: false,
         }
     }
 }
@@ -107,13 +143,14 @@ impl HarnessConfig {
         RunSettings {
             limits: self.limits.clone(),
             repeats: self.repeats,
+            count_instructions: self.count_instructions,
         }
     }
 
     /// A stable id of the measurement protocol: what makes two measurements comparable.
     pub fn protocol_id(&self) -> String {
         format!(
-            "v{PROTOCOL_VERSION}/repeats={}/time={}ms/memory={}MiB/seed={}/consensus={}/drift={}/scripts={}",
+            "v{PROTOCOL_VERSION}/repeats={}/time={}ms/memory={}MiB/seed={}/consensus={}/drift={}{}/scripts={}",
             self.repeats,
             self.limits.wall_time.as_millis(),
             self.limits.memory_bytes / MIB,
@@ -122,6 +159,11 @@ impl HarnessConfig {
             match self.drift_interval {
                 Some(_) => format!("probe-{}", short_hash(super::probe::PROBE_SOURCE)),
                 None => "off".to_string(),
+            },
+            if self.count_instructions {
+                "/instructions=valgrind"
+            } else {
+                ""
             },
             scripts_digest()
         )

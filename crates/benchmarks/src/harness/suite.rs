@@ -366,9 +366,16 @@ impl Harness<'_> {
         let mut outputs: Vec<Vec<Option<RawOutput>>> = Vec::with_capacity(refs.len());
         for r in refs {
             let raw = if r.language == Language::Python {
-                self.raw_run(problem, &r.code, &texts, &self.config.consensus_limits, cpu)?
+                self.raw_run(
+                    problem,
+                    &r.code,
+                    &texts,
+                    &self.config.consensus_limits,
+                    cpu,
+                    false,
+                )?
             } else {
-                self.native_run(r.language, &r.code, &texts, &self.config.limits, cpu)?
+                self.native_run(r.language, &r.code, &texts, &self.config.limits, cpu, false)?
             };
             let fatal = raw
                 .fatal
