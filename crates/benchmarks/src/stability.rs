@@ -14,7 +14,7 @@ use afterburner_sandbox::{Comparison, Noise, Objective, RecordedPerformance};
 use serde::Serialize;
 
 use crate::calibration::CalibrationRecord;
-use crate::metrics::{percentile_beaten, percentile_midrank};
+use crate::metrics::{instructions_percentile, percentile_beaten, percentile_midrank};
 
 /// Two figures this far apart (relative to the smaller) must keep their order between runs.
 pub const FAR_APART: f64 = 0.10;
@@ -36,6 +36,25 @@ pub struct StabilityReport {
     /// record keeps them (a side-by-side of the correction on the same runs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw_objectives: Option<Vec<ObjectiveStability>>,
+    /// How instruction counts moved, when both calibrations counted them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<InstructionStability>,
+}
+
+/// How instruction counts (Beyond-Instr) moved between the two calibrations.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InstructionStability {
+    /// Solutions counted in both.
+    pub solutions: usize,
+    /// Mean absolute change of a solution's Beyond-Instr percentile among the other counted
+    /// solutions of its problem, percentage points.
+    pub mean_pp: f64,
+    /// 90th percentile of that change.
+    pub p90_pp: f64,
+    /// Median relative change of a count, percent.
+    pub median_change_pct: f64,
+    /// Largest relative change of a count, percent.
+    pub max_change_pct: f64,
 }
 
 /// How one objective's figures and percentiles moved between the two calibrations.
@@ -98,7 +117,62 @@ pub fn compare(first: &[CalibrationRecord], second: &[CalibrationRecord]) -> Sta
     if raw.passing == report.passing && report.passing > 0 {
         report.raw_objectives = Some(raw.objectives);
     }
+    report.instructions = instruction_stability(first, second);
     report
+}
+
+/// Counts of the solutions counted in both calibrations, per problem:
+/// `(count in the first, count in the second)`.
+fn instruction_stability(
+    first: &[CalibrationRecord],
+    second: &[CalibrationRecord],
+) -> Option<InstructionStability> {
+    let count = |r: &CalibrationRecord| r.performance.filter(|_| r.passed)?.instructions;
+    let mut by_problem: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    for a in first {
+        let Some(b) = second.iter().find(|b| {
+            b.key.problem_id == a.key.problem_id && b.key.solution_id == a.key.solution_id
+        }) else {
+            continue;
+        };
+        if let (Some(x), Some(y)) = (count(a), count(b)) {
+            by_problem
+                .entry(&a.key.problem_id)
+                .or_default()
+                .push((x, y));
+        }
+    }
+    let (mut moves, mut changes) = (Vec::new(), Vec::new());
+    for counts in by_problem.values() {
+        for (i, &(x, y)) in counts.iter().enumerate() {
+            changes.push((y - x).abs() / x.max(1.0));
+            let others =
+                |second: bool| -> Vec<RecordedPerformance> {
+                    counts
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != i)
+                        .map(|(_, &(a, b))| {
+                            RecordedPerformance::new(0.0, 0.0, 0.0)
+                                .with_instructions(Some(if second { b } else { a }))
+                        })
+                        .collect()
+                };
+            if let (Some(p), Some(q)) = (
+                instructions_percentile(x, &others(false)),
+                instructions_percentile(y, &others(true)),
+            ) {
+                moves.push((p - q).abs());
+            }
+        }
+    }
+    (!changes.is_empty()).then(|| InstructionStability {
+        solutions: changes.len(),
+        mean_pp: 100.0 * mean(&moves),
+        p90_pp: 100.0 * quantile(&moves, 0.9),
+        median_change_pct: 100.0 * quantile(&changes, 0.5),
+        max_change_pct: 100.0 * quantile(&changes, 1.0),
+    })
 }
 
 fn compare_figures(
@@ -155,6 +229,7 @@ fn compare_figures(
         flips,
         objectives,
         raw_objectives: None,
+        instructions: None,
     }
 }
 
@@ -269,6 +344,17 @@ impl StabilityReport {
                 pct(o.self_tied_pct, 0),
                 o.far_pairs,
                 o.swapped
+            ));
+        }
+        if let Some(i) = &self.instructions {
+            s.push_str(&format!(
+                "\ninstructions (valgrind): {} solutions counted in both; Beyond-Instr percentile \
+                 change mean {} (p90 {}); count change median {}, largest {}\n",
+                i.solutions,
+                cell(i.mean_pp, 1, " pp"),
+                cell(i.p90_pp, 1, " pp"),
+                cell(i.median_change_pct, 5, "%"),
+                cell(i.max_change_pct, 5, "%"),
             ));
         }
         s
@@ -421,5 +507,32 @@ mod tests {
         assert!((raw[0].median_change_pct - 50.0).abs() < 1e-9, "{raw:?}");
         assert!((report.objectives[0].median_change_pct - 1.0).abs() < 1e-9);
         assert!(report.markdown().contains("| time (raw) |"));
+        assert!(report.instructions.is_none(), "nothing was counted");
+    }
+
+    /// Counted records get an instructions line: counts a few instructions apart tie.
+    #[test]
+    fn instruction_counts_are_compared_when_both_calibrations_counted() {
+        let counted = |mut r: CalibrationRecord, n: f64| {
+            r.performance = r.performance.map(|p| p.with_instructions(Some(n)));
+            r
+        };
+        let first = vec![
+            counted(record("p", "a", 100.0, 1000.0), 1_000_000.0),
+            counted(record("p", "b", 100.0, 1000.0), 2_000_000.0),
+        ];
+        let second = vec![
+            counted(record("p", "a", 120.0, 1000.0), 1_000_003.0),
+            counted(record("p", "b", 90.0, 1000.0), 2_000_000.0),
+        ];
+        let i = compare(&first, &second).instructions.expect("counted");
+        assert_eq!(i.solutions, 2);
+        assert_eq!(i.mean_pp, 0.0, "{i:?}");
+        assert!((i.max_change_pct - 0.0003).abs() < 1e-9, "{i:?}");
+        assert!(
+            compare(&first, &second)
+                .markdown()
+                .contains("instructions (valgrind): 2")
+        );
     }
 }
