@@ -1,170 +1,109 @@
-"""Afterburner reward for verl's batch reward manager (standard library only).
+"""Afterburner reward for verl (standard library only).
 
-verl configuration (see the README's `afterburner serve` section)::
+Two entry points, for the two ways verl calls a custom reward function:
+
+``compute_score_async`` -- verl 0.8 and later (the reward loop; checked against verl v0.9.0,
+``verl/experimental/reward_loop/reward_manager/naive.py`` and ``verl/trainer/ppo/reward.py``).
+The naive reward manager awaits ``compute_score(data_source=, solution_str=, ground_truth=,
+extra_info=, **reward_kwargs)`` once per sample, all samples of a batch at once on one event
+loop. The calls are not one HTTP request each: a micro-batcher gathers the calls awaiting on
+the loop (for ``batch_window_ms``, or until ``chunk_size`` are waiting) into one
+``POST /v1/reward`` chunk, over a shared pool of kept-alive connections::
+
+    reward.reward_manager.name=naive
+    reward.custom_reward_function.path=/path/to/afterburner/python/afterburner_verl.py
+    reward.custom_reward_function.name=compute_score_async
+    +reward.custom_reward_function.reward_kwargs.urls='http://127.0.0.1:8080'
+    reward.num_workers=2          # reward-loop workers; each batches on its own
+
+``compute_score`` -- verl 0.7 and earlier, batch reward manager (one call per batch)::
 
     reward_model.reward_manager=batch
     custom_reward_function.path=/path/to/afterburner/python/afterburner_verl.py
     custom_reward_function.name=compute_score
     +custom_reward_function.reward_kwargs.url=http://127.0.0.1:8080
 
-Each sample's ``reward_model.ground_truth`` (a dict, or a JSON string of one) says what to
-judge the response on:
+(verl 0.9 still accepts the top-level ``custom_reward_function.*`` keys and moves them under
+``reward.``, but its reward loop has no ``batch`` manager: use ``compute_score_async`` there.)
 
-    {"problem_id": "two-sum",              # a problem of a dataset the server loaded,
+Each sample's ``reward_model.ground_truth`` (a JSON string, as ``afterburner data grpo
+--format verl`` writes it, or a dict) is a ``/v1/reward`` label::
+
+    {"problem_id": "cc-0613857324",        # a problem of a dataset the server loaded,
      # or "tests": [{"input": "...", "expected": "..."}] for inline stdin/stdout tests
      "language": "python",                 # optional, default python
      "instruction": "time",                # time | memory | integral
      "baseline": {"passed": true, "time_ms": 120.5, "memory_kb": 14000, "integral": 9.1e5}}
 
-Fields missing from the ground truth are taken from ``extra_info`` (or from
-``extra_info["afterburner"]``) when present there.
+Fields missing from it are taken from ``extra_info`` (or ``extra_info["afterburner"]``;
+``baseline_passed``/``baseline_time_ms``/... make a baseline). Start the server with the
+dataset the prompts came from (``afterburner serve --dataset coffe:PATH``) so ids resolve.
 
-The function posts the batch to ``POST /v1/reward`` in chunks, waits and retries when the
-server is over capacity (503 with ``Retry-After``), and returns one dict per response:
-``score`` (the reward) plus ``format``, ``correctness``, ``efficiency`` and ``passed``, which
-verl logs as reward extra info. A sandbox failure is never turned into a made-up score: the
-chunk is retried, then an error is raised.
+Both return, per response, ``{"score", "format", "correctness", "efficiency", "passed"}``;
+verl logs all but ``score`` as reward extra info. A sandbox failure is never turned into a
+made-up score: the item is sent again, then :class:`afterburner_client.AfterburnerError` is
+raised, as it is when no server answers.
 
-Settings (keyword arguments, else environment variables): ``url`` / ``AFTERBURNER_URL``
-(default ``http://127.0.0.1:8080``), ``token`` / ``AFTERBURNER_TOKEN``, ``chunk_size`` /
-``AFTERBURNER_CHUNK`` (default 64), ``timeout`` / ``AFTERBURNER_TIMEOUT`` seconds per request
-(default 600), ``max_wait`` / ``AFTERBURNER_MAX_WAIT`` total seconds of waiting for capacity
-(default 1800).
+Settings (keyword arguments through ``reward_kwargs``, else environment variables; see
+``afterburner_client.Settings``): ``urls`` (several hosts, comma-separated or a list; round
+robin, failover) / ``AFTERBURNER_URLS``, ``url`` / ``AFTERBURNER_URL``, ``token`` /
+``AFTERBURNER_TOKEN``, ``chunk_size`` (64), ``concurrency`` (4 requests per host), ``timeout``
+(600 s per request), ``max_wait`` (1800 s over capacity), ``attempts`` (3),
+``batch_window_ms`` (10). Environment variables reach verl's Ray workers only when Ray was
+started from the same environment; ``reward_kwargs`` always do.
 """
 
-import json
 import os
-import time
-import urllib.error
-import urllib.request
+import sys
 
-__all__ = ["compute_score"]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-_LABEL_KEYS = ("problem_id", "tests", "entry", "checker", "language", "instruction", "baseline")
+from afterburner_client import AfterburnerError, Settings, client_for, label_of, submit_async  # noqa: E402
 
-
-def _setting(kwargs, name, env, default):
-    value = kwargs.get(name)
-    if value is None:
-        value = os.environ.get(env)
-    return default if value in (None, "") else value
+__all__ = ["compute_score", "compute_score_async", "AfterburnerError"]
 
 
-def _as_dict(value, what, index):
-    if value is None:
-        return {}
-    if isinstance(value, dict):
-        return dict(value)
-    if isinstance(value, (str, bytes)):
-        try:
-            parsed = json.loads(value)
-        except ValueError as e:
-            raise ValueError(f"sample {index}: {what} is not JSON: {e}") from None
-        if not isinstance(parsed, dict):
-            raise ValueError(f"sample {index}: {what} is JSON but not an object")
-        return parsed
-    # numpy object arrays and the like hold dicts; anything else is a mistake.
-    raise ValueError(f"sample {index}: {what} must be a dict or a JSON string, got {type(value).__name__}")
+def _scored(result, where):
+    """verl's per-sample dict, or an error when the server had no reward for the item."""
+    if result.get("reward") is None:
+        raise AfterburnerError(
+            f"afterburner: {where} (problem {result.get('problem_id')}): the sandbox failed after retries, "
+            f"no reward is made up: {result.get('error')}"
+        )
+    components = result.get("components") or {}
+    return {
+        "score": float(result["reward"]),
+        "format": float(components.get("format", 0.0)),
+        "correctness": float(components.get("correctness", 0.0)),
+        "efficiency": float(components.get("efficiency", 0.0)),
+        "passed": 1.0 if result.get("passed") else 0.0,
+    }
 
 
-def _label(ground_truth, extra_info, index):
-    label = _as_dict(ground_truth, "ground_truth", index)
-    extra = _as_dict(extra_info, "extra_info", index) if extra_info is not None else {}
-    nested = extra.get("afterburner")
-    if isinstance(nested, dict):
-        extra = dict(extra, **nested)
-    for key in _LABEL_KEYS:
-        if key not in label and key in extra:
-            label[key] = extra[key]
-    return {k: v for k, v in label.items() if k in _LABEL_KEYS}
+def _item(response, ground_truth, extra_info, where):
+    item = label_of(ground_truth, extra_info, where)
+    item["response"] = response if isinstance(response, str) else str(response)
+    return item
 
 
-def _request(url, body, token, timeout):
-    data = None if body is None else json.dumps(body).encode("utf-8")
-    request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
-    request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, dict(response.headers), json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            payload = {"error": raw.decode("utf-8", "replace")}
-        return e.code, dict(e.headers or {}), payload
-
-
-def _max_batch(base, token, timeout, wanted):
-    status, _, body = _request(f"{base}/status", None, token, timeout)
-    if status != 200 or not isinstance(body, dict):
-        raise RuntimeError(f"afterburner server at {base}: GET /status answered {status}: {body}")
-    server_max = body.get("limits", {}).get("max_batch") or wanted
-    return max(1, min(wanted, int(server_max)))
-
-
-def _post_chunk(base, items, token, timeout, deadline):
-    attempts_left = 3
-    while True:
-        status, headers, body = _request(f"{base}/v1/reward", {"items": items}, token, timeout)
-        if status == 200:
-            results = body.get("results", [])
-            if len(results) != len(items):
-                raise RuntimeError(f"afterburner: {len(results)} results for {len(items)} items")
-            failed = [r.get("error") for r in results if r.get("reward") is None]
-            if not failed:
-                return results
-            attempts_left -= 1
-            if attempts_left == 0:
-                raise RuntimeError(f"afterburner: the sandbox failed on {len(failed)} items: {failed[0]}")
-            time.sleep(1.0)
-            continue
-        if status == 503:
-            wait = float(headers.get("Retry-After") or headers.get("retry-after") or 1)
-            if time.monotonic() + wait > deadline:
-                raise RuntimeError(f"afterburner: server over capacity for too long: {body}")
-            time.sleep(wait)
-            continue
-        message = body.get("error") if isinstance(body, dict) else body
-        raise RuntimeError(f"afterburner: POST /v1/reward answered {status}: {message}")
+async def compute_score_async(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    """Scores one response (verl's reward loop); concurrent calls share ``/v1/reward`` chunks."""
+    settings = Settings.from_kwargs(kwargs)
+    where = f"sample of {data_source}"
+    if isinstance(extra_info, dict) and extra_info.get("index") is not None:
+        where = f"sample {extra_info.get('index')} of {data_source}"
+    item = _item(solution_str, ground_truth, extra_info, where)
+    return _scored(await submit_async(settings, item), where)
 
 
 def compute_score(data_sources, solution_strs, ground_truths, extra_infos=None, **kwargs):
-    """Scores a batch of responses with the Afterburner reward; one dict per response."""
-    base = str(_setting(kwargs, "url", "AFTERBURNER_URL", "http://127.0.0.1:8080")).rstrip("/")
-    token = _setting(kwargs, "token", "AFTERBURNER_TOKEN", None)
-    timeout = float(_setting(kwargs, "timeout", "AFTERBURNER_TIMEOUT", 600))
-    max_wait = float(_setting(kwargs, "max_wait", "AFTERBURNER_MAX_WAIT", 1800))
-    wanted = int(_setting(kwargs, "chunk_size", "AFTERBURNER_CHUNK", 64))
+    """Scores a batch of responses (verl's batch reward manager); one dict per response."""
+    settings = Settings.from_kwargs(kwargs)
     n = len(solution_strs)
     if extra_infos is None:
         extra_infos = [None] * n
     if len(ground_truths) != n or len(extra_infos) != n:
-        raise ValueError(f"{n} responses but {len(ground_truths)} ground truths and {len(extra_infos)} extra infos")
-    items = []
-    for i, (response, truth, extra) in enumerate(zip(solution_strs, ground_truths, extra_infos)):
-        item = _label(truth, extra, i)
-        if "instruction" not in item:
-            raise ValueError(f"sample {i}: no `instruction` (time, memory or integral) in its ground truth")
-        item["response"] = response
-        items.append(item)
-    if not items:
-        return []
-    chunk = _max_batch(base, token, timeout, wanted)
-    deadline = time.monotonic() + max_wait
-    results = []
-    for start in range(0, len(items), chunk):
-        results.extend(_post_chunk(base, items[start:start + chunk], token, timeout, deadline))
-    scores = []
-    for r in results:
-        components = r.get("components") or {}
-        scores.append({
-            "score": float(r["reward"]),
-            "format": float(components.get("format", 0.0)),
-            "correctness": float(components.get("correctness", 0.0)),
-            "efficiency": float(components.get("efficiency", 0.0)),
-            "passed": 1.0 if r.get("passed") else 0.0,
-        })
-    return scores
+        raise ValueError(f"afterburner: {n} responses but {len(ground_truths)} ground truths and {len(extra_infos)} extra infos")
+    items = [_item(r, t, e, f"sample {i}") for i, (r, t, e) in enumerate(zip(solution_strs, ground_truths, extra_infos))]
+    results = client_for(settings).reward(items)
+    return [_scored(r, f"sample {i}") for i, r in enumerate(results)]
