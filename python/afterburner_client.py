@@ -41,6 +41,7 @@ __all__ = [
     "Client",
     "Settings",
     "client_for",
+    "close_all",
     "label_of",
     "submit_async",
 ]
@@ -239,6 +240,7 @@ class Client:
         self.hosts = _Hosts(settings.urls)
         self.parsed = [urllib.parse.urlsplit(u) for u in settings.urls]
         self.connections = _Connections()
+        self._opened = weakref.WeakSet()  # every live connection of every thread, for close()
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.concurrency * len(settings.urls), thread_name_prefix="afterburner"
         )
@@ -257,6 +259,8 @@ class Client:
             cls = http.client.HTTPSConnection if p.scheme == "https" else http.client.HTTPConnection
             conn = cls(p.hostname, p.port, timeout=self.settings.timeout)
             self.connections.by_host[i] = conn
+            with self._stats_lock:
+                self._opened.add(conn)
         return conn
 
     def _drop(self, i):
@@ -390,7 +394,11 @@ class Client:
         return results
 
     def close(self):
-        self.pool.shutdown(wait=False)
+        """Stops the threads and closes every connection (a closed client cannot be used)."""
+        self.pool.shutdown(wait=True)
+        with self._stats_lock:
+            for conn in list(self._opened):
+                conn.close()
 
 
 def _retry_after(response, default):
@@ -415,6 +423,15 @@ def client_for(settings):
         if client is None:
             client = _clients[settings] = Client(settings)
         return client
+
+
+def close_all():
+    """Closes the process's shared clients (tests and benchmarks; trainers never need to)."""
+    with _clients_lock:
+        clients = list(_clients.values())
+        _clients.clear()
+    for client in clients:
+        client.close()
 
 
 class _MicroBatcher:

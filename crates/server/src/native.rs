@@ -538,11 +538,6 @@ impl ItemBody<'_> {
             ItemVerdict::NoCode { passed, .. } | ItemVerdict::Failed { passed, .. } => *passed,
         }
     }
-
-    /// One of the reward's terms, when it was computed.
-    fn component(&self, term: fn(&Components) -> f64) -> Option<f64> {
-        self.components.as_ref().map(term)
-    }
 }
 
 /// The `/v1/reward` answer.
@@ -582,8 +577,16 @@ pub(crate) async fn reward(
 }
 
 /// OpenRLHF's remote reward request: `query` (prompt + response), `prompts`, `labels`.
+///
+/// Checked against OpenRLHF v0.11.0 (commit 3c3be6234e0c, `openrlhf/utils/agent.py`,
+/// `SingleTurnAgentExecutor._fetch_rewards_via_http`): each finished sample is posted alone as
+/// `{"query": [prompt and response decoded with special tokens], "prompts": [prompt], "labels":
+/// [label]}`, sharded over the `--reward.remote_url` list, so every URL but the first gets
+/// empty lists; the answer's `rewards`, `scores` and `extra_logs` (each value a list of
+/// numbers) become tensors.
 #[derive(Debug, Deserialize)]
 pub(crate) struct GetRewardRequest {
+    #[serde(default)]
     query: Vec<String>,
     #[serde(default)]
     prompts: Vec<String>,
@@ -591,16 +594,70 @@ pub(crate) struct GetRewardRequest {
     labels: Vec<Value>,
 }
 
+/// End-of-turn and end-of-text markers a chat model's tokenizer leaves at the end of a reply
+/// decoded with its special tokens, as OpenRLHF decodes it.
+const END_MARKERS: [&str; 10] = [
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "<|end_of_text|>",
+    "<|end|>",
+    "<|return|>",
+    "<end_of_turn>",
+    "<eos>",
+    "</s>",
+    "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
+];
+
+/// The response within an OpenRLHF query: what follows the prompt, without the end-of-turn
+/// markers the decoder left at its end.
+///
+/// The query is the prompt's tokens and the response's decoded together, so it starts with the
+/// prompt unless decoding changed the prompt's text (a tokenizer that normalises spaces); then
+/// the prompt's last characters (its chat template's assistant header) are looked for where the
+/// prompt should end. A query in which neither is found is refused rather than guessed at: the
+/// prompt holds an original solution, whose code must never be taken for the response's.
+fn response_of<'q>(query: &'q str, prompt: &str, at: &str) -> Result<&'q str, ApiError> {
+    let response = if prompt.is_empty() {
+        query
+    } else if let Some(rest) = query.strip_prefix(prompt) {
+        rest
+    } else {
+        let mut tail_start = prompt.len().saturating_sub(32);
+        while !prompt.is_char_boundary(tail_start) {
+            tail_start += 1;
+        }
+        let tail = &prompt[tail_start..];
+        let mut window_end = (prompt.len() + 64).min(query.len());
+        while !query.is_char_boundary(window_end) {
+            window_end -= 1;
+        }
+        match query[..window_end].rfind(tail) {
+            Some(p) if !tail.is_empty() => &query[p + tail.len()..],
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "`{at}`: the query does not start with its prompt, nor holds the prompt's end \
+                     ({tail:?}) where the prompt should end: cannot tell the response from the \
+                     prompt"
+                )));
+            }
+        }
+    };
+    let mut response = response.trim_end();
+    while let Some(marker) = END_MARKERS.iter().find(|m| response.ends_with(*m)) {
+        response = response[..response.len() - marker.len()].trim_end();
+    }
+    Ok(response)
+}
+
 /// `POST /get_reward`: each label is a JSON string (or object) with the fields of a
-/// `/v1/reward` item but `response`; the response is the query minus its prompt.
+/// `/v1/reward` item but `response`; the response is the query minus its prompt and trailing
+/// end-of-turn markers. An empty request (another server's share of a sample) gets empty lists.
 pub(crate) async fn get_reward(
     State(state): State<Arc<AppState>>,
     JsonBody(req): JsonBody<GetRewardRequest>,
 ) -> Result<Wire<GetRewardBody>, ApiError> {
     let n = req.query.len();
-    if n == 0 {
-        return Err(ApiError::bad_request("`query` is empty: nothing to reward"));
-    }
     if req.labels.len() != n {
         return Err(ApiError::bad_request(format!(
             "`labels`: {} labels for {n} queries; each query needs a label, a JSON string such \
@@ -615,6 +672,9 @@ pub(crate) async fn get_reward(
             req.prompts.len()
         )));
     }
+    if n == 0 {
+        return Ok(Wire(GetRewardBody::default()));
+    }
     let mut prepared = Vec::with_capacity(n);
     for (i, (query, label)) in req.query.iter().zip(&req.labels).enumerate() {
         let label: RewardLabel = match label {
@@ -622,10 +682,8 @@ pub(crate) async fn get_reward(
             other => parse_json(other.to_string().as_bytes()),
         }
         .map_err(|e| ApiError::bad_request(format!("`labels[{i}]`: {}", e.message)))?;
-        let response = match req.prompts.get(i) {
-            Some(p) if !p.is_empty() => query.strip_prefix(p.as_str()).unwrap_or(query),
-            _ => query.as_str(),
-        };
+        let prompt = req.prompts.get(i).map_or("", String::as_str);
+        let response = response_of(query, prompt, &format!("query[{i}]"))?;
         prepared.push(prepare(&state, response, &label, &format!("labels[{i}]."))?);
     }
     let config = state.config.reward;
@@ -649,39 +707,80 @@ pub(crate) async fn get_reward(
             ),
         ));
     }
-    let answers: Vec<ItemBody<'_>> = outcomes.iter().map(|o| ItemBody::of(o, &config)).collect();
-    let component = |term: fn(&Components) -> f64| -> Vec<Option<f64>> {
-        answers.iter().map(|a| a.component(term)).collect()
-    };
-    let passed: Vec<f64> = answers
-        .iter()
-        .map(|a| if a.passed() { 1.0 } else { 0.0 })
-        .collect();
-    Ok(Wire(GetRewardBody {
-        rewards: answers.iter().map(|a| a.reward).collect(),
-        extra_logs: ExtraLogs {
-            format: component(|c| c.format),
-            correctness: component(|c| c.correctness),
-            efficiency: component(|c| c.efficiency),
-            passed: passed.clone(),
-        },
-        scores: passed,
-    }))
+    let mut body = GetRewardBody::default();
+    for o in &outcomes {
+        let answer = ItemBody::of(o, &config);
+        // Failed items were answered above: every other one has its reward and terms.
+        let (Some(reward), Some(terms)) = (answer.reward, &answer.components) else {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error: an item without a failure has no reward",
+            ));
+        };
+        let passed = if answer.passed() { 1.0 } else { 0.0 };
+        body.rewards.push(reward);
+        body.scores.push(passed);
+        body.extra_logs.format.push(terms.format);
+        body.extra_logs.correctness.push(terms.correctness);
+        body.extra_logs.efficiency.push(terms.efficiency);
+        body.extra_logs.passed.push(passed);
+    }
+    Ok(Wire(body))
 }
 
-/// OpenRLHF's reward answer: one reward and one score (1 passed, 0 not) per query.
-#[derive(Debug, Serialize)]
+/// OpenRLHF's reward answer: one reward and one score (1 passed, 0 not) per query, and the
+/// reward's terms per query in `extra_logs` (OpenRLHF logs each key).
+#[derive(Debug, Default, Serialize)]
 pub(crate) struct GetRewardBody {
-    rewards: Vec<Option<f64>>,
+    rewards: Vec<f64>,
     scores: Vec<f64>,
     extra_logs: ExtraLogs,
 }
 
 /// Per-query terms OpenRLHF logs beside the rewards.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub(crate) struct ExtraLogs {
-    format: Vec<Option<f64>>,
-    correctness: Vec<Option<f64>>,
-    efficiency: Vec<Option<f64>>,
+    format: Vec<f64>,
+    correctness: Vec<f64>,
+    efficiency: Vec<f64>,
     passed: Vec<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROMPT: &str = "<|im_start|>user\nSquare it.<|im_end|>\n<|im_start|>assistant\n";
+
+    #[test]
+    fn the_response_is_the_query_after_its_prompt_without_end_markers() {
+        let query = format!("{PROMPT}<thinking>t</thinking><solution>s</solution><|im_end|>\n");
+        assert_eq!(
+            response_of(&query, PROMPT, "query[0]").unwrap(),
+            "<thinking>t</thinking><solution>s</solution>"
+        );
+        assert_eq!(
+            response_of("reply</s><|endoftext|>", "", "query[0]").unwrap(),
+            "reply"
+        );
+    }
+
+    #[test]
+    fn a_prompt_the_decoder_changed_is_found_by_its_end() {
+        // A tokenizer that normalises spaces changed the prompt's start, not its template end.
+        let decoded = PROMPT.replace("Square it.", "Square it .");
+        let query = format!("{decoded}answer<|im_end|>");
+        assert_eq!(response_of(&query, PROMPT, "query[0]").unwrap(), "answer");
+    }
+
+    #[test]
+    fn a_query_without_its_prompt_is_refused_not_guessed() {
+        let e = response_of("something else entirely", PROMPT, "query[3]").unwrap_err();
+        assert!(e.message.contains("`query[3]`"), "{}", e.message);
+        assert!(
+            e.message.contains("cannot tell the response"),
+            "{}",
+            e.message
+        );
+    }
 }
