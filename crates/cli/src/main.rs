@@ -4,6 +4,7 @@
 mod args;
 mod bench;
 mod calibrate;
+mod data;
 mod dataset;
 mod eval;
 mod generate;
@@ -46,6 +47,9 @@ enum Command {
     Optimize(Box<optimize::OptimizeArgs>),
     /// Generate a completion with the embedded model (a model folder, .gguf file or ORG/NAME).
     Generate(Box<generate::GenerateArgs>),
+    /// Build training data (SFT, DPO, GRPO) for TRL, LLaMA-Factory, verl or OpenRLHF from
+    /// measured reference solutions.
+    Data(data::DataArgs),
     /// Experiments on the measurements: `bench stability` (two calibrations compared).
     Bench(bench::BenchArgs),
 }
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::serve(args),
         Command::Optimize(args) => optimize::optimize(*args),
         Command::Generate(args) => generate::generate(*args),
+        Command::Data(args) => data::data(args),
         Command::Bench(args) => bench::bench(args),
     };
     match result {
