@@ -248,6 +248,7 @@ class Client:
         self.max_chunk = settings.chunk_size
         # Seconds spent inside HTTP calls (sending, waiting, reading), for overhead figures.
         self.http_seconds = 0.0
+        self.requests_sent = 0
         self._stats_lock = threading.Lock()
 
     # -- one request --------------------------------------------------------------------------
@@ -287,6 +288,7 @@ class Client:
         finally:
             with self._stats_lock:
                 self.http_seconds += time.perf_counter() - started
+                self.requests_sent += 1
         try:
             payload = json.loads(raw) if raw else None
         except ValueError:
