@@ -1,6 +1,7 @@
 //! `afterburner serve`: the sandbox and reward server trainers and evaluators point at.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -57,6 +58,10 @@ pub struct ServeArgs {
     /// Built programs kept for reuse when the same code comes again (0: none).
     #[arg(long, default_value_t = 64)]
     pub program_cache: usize,
+    /// Cache folder shared with `calibrate` (stress suites of dataset problems, the drift
+    /// probe's baseline) [default: $XDG_CACHE_HOME/afterburner or ~/.cache/afterburner].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
     /// Seconds a shutdown waits for open requests before closing them.
     #[arg(long, default_value_t = 150)]
     pub shutdown_grace: u64,
@@ -107,6 +112,10 @@ impl ServeArgs {
             max_batch: self.max_batch,
             max_repeats: self.max_repeats,
             program_cache: self.program_cache,
+            cache_dir: self
+                .cache
+                .clone()
+                .or_else(afterburner_benchmarks::default_cache_dir),
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
             ..ServerConfig::default()
         })

@@ -43,6 +43,9 @@ pub struct ServerConfig {
     pub program_cache: usize,
     /// Sandbox state directory (a fresh temporary one when `None`).
     pub state_dir: Option<PathBuf>,
+    /// The cache folder shared with `calibrate` (stress suites, the drift probe's baseline);
+    /// none: stress suites are kept in memory only.
+    pub cache_dir: Option<PathBuf>,
     /// Longest a graceful shutdown waits for in-flight requests before giving up on them.
     pub shutdown_grace: Duration,
     /// The embedded model answering `/v1/chat/completions`, `/v1/completions` and `/v1/models`.
@@ -66,6 +69,7 @@ impl Default for ServerConfig {
             results_max_bytes: 256 * MIB as usize,
             program_cache: 64,
             state_dir: None,
+            cache_dir: afterburner_benchmarks::default_cache_dir(),
             shutdown_grace: Duration::from_secs(150),
             model: None,
         }

@@ -5,7 +5,9 @@
 //! A problem is named by the id of a problem of a dataset loaded at start (`--dataset`), or
 //! given inline as `tests` (`[{"input", "expected"}]`, plus optional `entry` and `checker` in
 //! the benchmark crate's serde forms; stdin/stdout and exact token comparison by default).
-//! Suites are the problem's correctness tests.
+//! A loaded problem's suite is the one `calibrate` and `eval` measure on: its tests, then its
+//! stress inputs (COFFE's stressful tests, ENAMEL's generated inputs), prepared on first use;
+//! inline tests are their own suite.
 
 use std::sync::Arc;
 
@@ -63,7 +65,7 @@ pub(crate) struct Target {
 }
 
 /// Resolves `spec` for a solution in `language`; errors are prefixed with `at` (`items[2].`).
-fn resolve(
+async fn resolve(
     state: &AppState,
     spec: &ProblemSpec,
     language: Language,
@@ -99,15 +101,17 @@ fn resolve(
                     }
                 ))
             })?;
-            if loaded.suite.cases.is_empty() {
+            let suite = loaded.suite(state).await?;
+            if suite.cases.is_empty() {
                 return Err(ApiError::bad_request(format!(
-                    "`{at}problem_id`: problem `{id}` has no fixed tests (ENAMEL problems are \
-                     judged on generated inputs, which this server does not prepare)"
+                    "`{at}problem_id`: problem `{id}` has no tests, and none of its stress \
+                     inputs could be prepared ({} dropped)",
+                    suite.dropped.len()
                 )));
             }
             Target {
                 problem: loaded.problem.clone(),
-                suite: loaded.suite.clone(),
+                suite,
             }
         }
         (None, Some(tests)) => {
@@ -267,7 +271,7 @@ pub(crate) async fn evaluate(
     JsonBody(req): JsonBody<EvaluateRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let language = program_language(&req.language, &req.code)?;
-    let target = resolve(&state, &req.problem, language, "")?;
+    let target = resolve(&state, &req.problem, language, "").await?;
     let limits = req.run.limits(&state)?;
     let repeats = req.run.repeats(&state)?;
     let (t, l, code) = (target.clone(), limits.clone(), req.code);
@@ -352,7 +356,7 @@ fn parse_objective(s: &str, at: &str) -> Result<Objective, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("`{at}instruction`: {e}")))
 }
 
-fn prepare(
+async fn prepare(
     state: &AppState,
     response: &str,
     label: &RewardLabel,
@@ -362,7 +366,7 @@ fn prepare(
         Some(l) => parse_language(l, &format!("{at}language"))?,
         None => Language::Python,
     };
-    let target = resolve(state, &label.problem, language, at)?;
+    let target = resolve(state, &label.problem, language, at).await?;
     let objective = parse_objective(&label.instruction, at)?;
     Ok(Prepared {
         language,
@@ -560,12 +564,10 @@ pub(crate) async fn reward(
     let limits = req.run.limits(&state)?;
     let repeats = req.run.repeats(&state)?;
     let config = req.reward_config.unwrap_or(state.config.reward);
-    let prepared = req
-        .items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| prepare(&state, &item.response, &item.label, &format!("items[{i}].")))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut prepared = Vec::with_capacity(req.items.len());
+    for (i, item) in req.items.iter().enumerate() {
+        prepared.push(prepare(&state, &item.response, &item.label, &format!("items[{i}].")).await?);
+    }
     let outcomes = run_items(&state, prepared, &limits, repeats).await?;
     let body = to_wire_value(&RewardBody {
         results: outcomes.iter().map(|o| ItemBody::of(o, &config)).collect(),
@@ -684,7 +686,7 @@ pub(crate) async fn get_reward(
         .map_err(|e| ApiError::bad_request(format!("`labels[{i}]`: {}", e.message)))?;
         let prompt = req.prompts.get(i).map_or("", String::as_str);
         let response = response_of(query, prompt, &format!("query[{i}]"))?;
-        prepared.push(prepare(&state, response, &label, &format!("labels[{i}]."))?);
+        prepared.push(prepare(&state, response, &label, &format!("labels[{i}].")).await?);
     }
     let config = state.config.reward;
     let limits = SuiteRunAsked::default().limits(&state)?;

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use afterburner_benchmarks::{HarnessConfig, Suite, load};
+use afterburner_benchmarks::{HarnessConfig, load};
 use tokio::sync::oneshot;
 
 use crate::app::router;
@@ -54,14 +54,7 @@ fn load_problems(
                 ));
                 continue;
             }
-            let suite = Arc::new(Suite::tests_only(&problem));
-            problems.insert(
-                problem.id.clone(),
-                Loaded {
-                    problem: Arc::new(problem),
-                    suite,
-                },
-            );
+            problems.insert(problem.id.clone(), Loaded::new(problem));
         }
     }
     Ok(problems)
@@ -97,7 +90,7 @@ impl Server {
                 .resolve(None, None, "default limits")
                 .map_err(ServerError::Config)?,
             repeats: 1,
-            cache_dir: None,
+            cache_dir: config.cache_dir.clone(),
             ..defaults
         };
         let listener = std::net::TcpListener::bind(config.addr).map_err(|e| ServerError::Io {

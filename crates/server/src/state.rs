@@ -18,11 +18,62 @@ use crate::metrics::Metrics;
 use crate::pool::{JobFn, Pool, PoolInfo, Work, job};
 use crate::results::ResultStore;
 
-/// A problem of a loaded dataset and its suite (its correctness tests).
+/// A problem of a loaded dataset and its suite: its tests, then its stress inputs with their
+/// expected outputs, the same suite `calibrate` and `eval` measure on. A problem with stress
+/// sources has its suite prepared on first use (a pool job: generators and consensus
+/// references run in the sandbox), shared by every later request and cached on disk in the
+/// harness's cache folder under the same key as `calibrate`'s.
 #[derive(Debug)]
 pub(crate) struct Loaded {
     pub problem: Arc<Problem>,
-    pub suite: Arc<Suite>,
+    suite: tokio::sync::OnceCell<Arc<Suite>>,
+}
+
+impl Loaded {
+    /// A loaded problem; its suite is its tests alone when it has no stress sources.
+    pub fn new(problem: Problem) -> Loaded {
+        let suite = if problem.stress.is_empty() {
+            tokio::sync::OnceCell::new_with(Some(Arc::new(Suite::tests_only(&problem))))
+        } else {
+            tokio::sync::OnceCell::new()
+        };
+        Loaded {
+            problem: Arc::new(problem),
+            suite,
+        }
+    }
+
+    /// Its suite, prepared on a worker the first time it is asked for.
+    pub async fn suite(&self, state: &AppState) -> Result<Arc<Suite>, ApiError> {
+        self.suite
+            .get_or_try_init(|| async {
+                let problem = self.problem.clone();
+                let started = Instant::now();
+                let work: Work<Result<Suite, afterburner_benchmarks::HarnessError>> =
+                    Box::new(move |w| w.harness.suite(&problem, w.cpu));
+                let suite = state.run_one(work).await?.map_err(|e| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!(
+                            "cannot prepare the stress suite of problem `{}`: {e}",
+                            self.problem.id
+                        ),
+                    )
+                })?;
+                tracing::info!(
+                    problem = %self.problem.id,
+                    cases = suite.cases.len(),
+                    stress = suite.stress_cases(),
+                    dropped = suite.dropped.len(),
+                    cached = suite.from_cache,
+                    "suite prepared in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                Ok(Arc::new(suite))
+            })
+            .await
+            .cloned()
+    }
 }
 
 /// Everything the handlers share.
