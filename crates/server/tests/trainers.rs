@@ -17,7 +17,7 @@ use support::*;
 
 const PYTHON_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../python");
 
-/// The COFFE problem with the smallest suite (9 tests), so each run is short.
+/// The COFFE problem with the fewest tests (9, plus its stress inputs), so each run is short.
 const COFFE_ID: &str = "cc-0613857324";
 
 /// Runs each trainer's entry point on the samples read from stdin; prints their rewards.
