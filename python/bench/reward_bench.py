@@ -21,7 +21,10 @@ in the same run:
 The batch: ``--batch`` completions spread evenly over the ``--problems`` (COFFE problems, by
 id, of ``--data``): three in four are the problem's verified human solutions (cycled), one in
 four another problem's solution (a wrong answer), each wrapped in the paper's
-``<thinking>/<solution>`` format. ``--sandbox-share k`` sends one round of completions (one
+``<thinking>/<solution>`` format. With ``--labels inline`` (the default) the shim's labels
+carry the problem's tests from ``testcases.json``, the very cases the SandboxFusion side sends;
+with ``--labels id`` they name the problem and the server judges it on its own suite (its tests
+and stress inputs: more work per completion than the SandboxFusion side does). ``--sandbox-share k`` sends one round of completions (one
 per problem) in k the SandboxFusion way, on a diagonal so right and wrong answers keep their
 proportions (a per-test request costs tens of ms: the whole batch, ~43,000 requests, would take
 over an hour on a 2-core machine); its rewards/s are over the completions it scored.
@@ -109,12 +112,32 @@ def build_batch(problems, size):
 # The shim
 
 
-def run_shim(url, batch, chunk_size):
+def shim_truths(batch, problems, labels):
+    """The ground truth of each completion, as `afterburner data grpo --format verl` writes it."""
     baseline = {"passed": True, "time_ms": 500.0, "memory_kb": 20000.0, "integral": 5e6}
-    truths = [json.dumps({"problem_id": pid, "instruction": "time", "baseline": baseline}) for pid, _, _ in batch]
+    if labels == "inline":  # the very cases the SandboxFusion side sends
+        inline = {pid: [{"input": i, "expected": o} for i, o in cases] for pid, (_, cases) in problems.items()}
+        return [json.dumps({"tests": inline[pid], "instruction": "time", "baseline": baseline}) for pid, _, _ in batch]
+    # by id: the server's suite for the problem (its tests, then its stress inputs)
+    return [json.dumps({"problem_id": pid, "instruction": "time", "baseline": baseline}) for pid, _, _ in batch]
+
+
+def warm_up(url, batch, problems, labels):
+    """One completion per problem through /v1/reward (builds suites, opens connections): the
+    number of cases the server runs per problem."""
+    firsts = {}
+    for (pid, response, _), truth in zip(batch, shim_truths(batch, problems, labels)):
+        firsts.setdefault(pid, dict(json.loads(truth), response=response))
+    client = afterburner_client.client_for(afterburner_client.Settings.from_kwargs({"urls": url}))
+    results = client.reward(list(firsts.values()))
+    return {pid: r.get("tests") for pid, r in zip(firsts, results)}
+
+
+def run_shim(url, batch, chunk_size, problems, labels):
+    """The batch through `compute_score_async`, all calls awaited at once on one event loop."""
+    truths = shim_truths(batch, problems, labels)
     kwargs = {"urls": url, "chunk_size": chunk_size}
-    settings = afterburner_client.Settings.from_kwargs(kwargs)
-    client = afterburner_client.client_for(settings)
+    client = afterburner_client.client_for(afterburner_client.Settings.from_kwargs(kwargs))
 
     async def run():
         calls = [
@@ -226,6 +249,13 @@ def main():
     parser.add_argument(
         "--sandbox-share", type=int, default=32, help="send one round of completions in k the SandboxFusion way"
     )
+    parser.add_argument(
+        "--labels",
+        choices=["inline", "id"],
+        default="inline",
+        help="inline: the shim's labels carry the problem's tests, the cases SandboxFusion gets; id: labels name the "
+        "problem and the server judges it on its own suite (tests and stress inputs)",
+    )
     parser.add_argument("--max-concurrent", type=int, default=64, help="verl's sandbox_fusion.max_concurrent")
     args = parser.parse_args()
 
@@ -239,13 +269,15 @@ def main():
         f"load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
+    print(f"# shim labels: {args.labels}", flush=True)
     print("# problems: " + ", ".join(f"{pid} ({len(problems[pid][1])} tests)" for pid in problems), flush=True)
 
-    # One small warm-up each way (builds, caches, connections), not timed.
-    run_shim(args.url, batch[: len(problems)], args.chunk_size)
+    # One small warm-up each way (builds, suites, connections), not timed.
+    cases = warm_up(args.url, batch, problems, args.labels)
+    print("# cases the server runs per completion: " + ", ".join(f"{pid} {n}" for pid, n in cases.items()), flush=True)
     run_sandbox_fusion(args.url, [(pid, r, c) for pid, r, c in batch[: len(problems)] if len(problems[pid][1]) < 50][:1], problems, args.max_concurrent)
 
-    shim = run_shim(args.url, batch, args.chunk_size)
+    shim = run_shim(args.url, batch, args.chunk_size, problems, args.labels)
     print(f"shim: {json.dumps(shim)}", flush=True)
     # Whole rounds (one completion of each problem), one round in `share`, on a diagonal so the
     # subset holds right and wrong answers in the batch's proportions.
