@@ -16,6 +16,7 @@ mod progress;
 mod run;
 mod serve;
 mod serve_model;
+mod train;
 
 use std::process::ExitCode;
 
@@ -50,6 +51,8 @@ enum Command {
     /// Build training data (SFT, DPO, GRPO) for TRL, LLaMA-Factory, verl or OpenRLHF from
     /// measured reference solutions.
     Data(data::DataArgs),
+    /// Fine-tune the embedded model with LoRA: `train sft` (PEFT-format adapters).
+    Train(train::TrainArgs),
     /// Experiments on the measurements: `bench stability` (two calibrations compared).
     Bench(bench::BenchArgs),
 }
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Optimize(args) => optimize::optimize(*args),
         Command::Generate(args) => generate::generate(*args),
         Command::Data(args) => data::data(args),
+        Command::Train(args) => train::train(args),
         Command::Bench(args) => bench::bench(args),
     };
     match result {

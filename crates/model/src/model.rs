@@ -114,8 +114,10 @@ impl Linear {
             y = y.broadcast_add(bias)?;
         }
         if let Some(lora) = &self.lora {
-            let down = x2.matmul(&lora.a.t()?)?; // [n, rank]
-            let up = down.matmul(&lora.b.t()?)?; // [n, out]
+            // Adapters may be kept in f32 (master weights) on a lower-precision base.
+            let (a, b) = (lora.a.to_dtype(x2.dtype())?, lora.b.to_dtype(x2.dtype())?);
+            let down = x2.matmul(&a.t()?)?; // [n, rank]
+            let up = down.matmul(&b.t()?)?; // [n, out]
             y = (y + (up * lora.scaling)?)?;
         }
         let mut out_dims = dims;

@@ -1,0 +1,171 @@
+//! `afterburner train sft`: LoRA supervised fine-tuning of the embedded model on TRL
+//! prompt-completion rows (`afterburner data sft --format trl` writes them). The loop is the
+//! train crate's ([`afterburner_train::train_sft`]); this module parses, loads, shows progress
+//! and prints.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use afterburner_model::DType;
+use afterburner_train::sft::read_prompt_completion;
+use afterburner_train::{LoraConfig, OptimConfig, SftConfig, train_sft};
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand};
+
+use crate::model_choice::{Precision, choose_model, load_model};
+use crate::progress::progress;
+
+/// Arguments of `afterburner train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[command(subcommand)]
+    command: TrainCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TrainCommand {
+    /// Supervised fine-tuning with LoRA: loss on completion tokens only, chat template applied.
+    Sft(SftArgs),
+}
+
+/// Arguments of `afterburner train sft` (named as TRL's and PEFT's).
+#[derive(Debug, Args)]
+pub struct SftArgs {
+    /// The base model: a Hugging Face folder, a .gguf file, or ORG/NAME in the hub cache
+    /// [default: the embedded default].
+    #[arg(long)]
+    model: Option<String>,
+    /// Prompt-completion rows (JSONL): TRL's conversational or standard form.
+    #[arg(long, value_name = "FILE.jsonl")]
+    data: PathBuf,
+    /// Output folder: adapter/ (PEFT format), metrics.jsonl, summary.json.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Optimiser steps (overrides --num-train-epochs).
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Passes over the data.
+    #[arg(long, default_value_t = 1.0)]
+    num_train_epochs: f64,
+    /// Peak learning rate (linear warmup, then cosine decay to 0).
+    #[arg(long, default_value_t = 2e-4)]
+    learning_rate: f64,
+    /// Share of the steps spent warming up.
+    #[arg(long, default_value_t = 0.0)]
+    warmup_ratio: f64,
+    /// Decoupled weight decay (AdamW).
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Largest global gradient norm (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// Examples per micro-batch.
+    #[arg(long, default_value_t = 1)]
+    per_device_train_batch_size: usize,
+    /// Micro-batches per optimiser step.
+    #[arg(long, default_value_t = 1)]
+    gradient_accumulation_steps: usize,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 16)]
+    lora_r: usize,
+    /// LoRA alpha (scaling alpha / r).
+    #[arg(long, default_value_t = 32.0)]
+    lora_alpha: f64,
+    /// LoRA dropout (only 0, PEFT's default, so far).
+    #[arg(long, default_value_t = 0.0)]
+    lora_dropout: f64,
+    /// Modules that get adapters (repeatable) [default: q,k,v,o,gate,up,down projections].
+    #[arg(long = "lora-target-modules", value_name = "NAME")]
+    lora_target_modules: Vec<String>,
+    /// Examples longer than this many tokens are skipped (and counted).
+    #[arg(long, default_value_t = 1024)]
+    max_length: usize,
+    /// Seed of the adapter's initialisation and the data order.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+/// Runs `afterburner train ...`.
+pub fn train(args: TrainArgs) -> Result<ExitCode> {
+    match args.command {
+        TrainCommand::Sft(a) => sft(a),
+    }
+}
+
+fn sft(args: SftArgs) -> Result<ExitCode> {
+    if !args.num_train_epochs.is_finite() || args.num_train_epochs <= 0.0 {
+        bail!(
+            "--num-train-epochs must be positive, got {}",
+            args.num_train_epochs
+        );
+    }
+    let examples = read_prompt_completion(&args.data)?;
+    let choice = choose_model(args.model.as_deref())?;
+    let device = afterburner_model::best_device();
+    let mut model = load_model(&choice.path, Precision::Dense(DType::F32), &device)
+        .with_context(|| format!("cannot load the model {}", choice.name))?;
+    let lora = LoraConfig {
+        r: args.lora_r,
+        alpha: args.lora_alpha,
+        dropout: args.lora_dropout,
+        target_modules: if args.lora_target_modules.is_empty() {
+            LoraConfig::default().target_modules
+        } else {
+            args.lora_target_modules.clone()
+        },
+    };
+    let config = SftConfig {
+        lora,
+        optim: OptimConfig {
+            learning_rate: args.learning_rate,
+            weight_decay: args.weight_decay,
+            warmup_ratio: args.warmup_ratio,
+            max_grad_norm: args.max_grad_norm,
+            ..OptimConfig::default()
+        },
+        max_steps: args.max_steps,
+        num_train_epochs: args.num_train_epochs,
+        per_device_train_batch_size: args.per_device_train_batch_size,
+        gradient_accumulation_steps: args.gradient_accumulation_steps,
+        max_length: args.max_length,
+        seed: args.seed,
+    };
+    eprintln!(
+        "training LoRA (r {}, alpha {}) on {} with {} examples from {}",
+        config.lora.r,
+        config.lora.alpha,
+        choice.name,
+        examples.len(),
+        args.data.display()
+    );
+    let mut bar = None;
+    let summary = train_sft(&mut model, &examples, &config, &args.out, &mut |m| {
+        let pb = bar.get_or_insert_with(|| progress(m.total_steps, "train"));
+        pb.set_position(m.step as u64);
+        pb.set_message(format!(
+            "loss {:.4} lr {:.2e} grad {:.3} {:.0} tok/s",
+            m.loss, m.learning_rate, m.grad_norm, m.tokens_per_s
+        ));
+    })?;
+    if let Some(pb) = bar {
+        pb.finish_and_clear();
+    }
+    let summary_path = args.out.join("summary.json");
+    std::fs::write(
+        &summary_path,
+        serde_json::to_string_pretty(&summary)? + "\n",
+    )
+    .with_context(|| format!("cannot write {}", summary_path.display()))?;
+    println!(
+        "trained {} steps on {} examples ({} longer than --max-length {} skipped): loss {:.4} -> \
+         {:.4}; adapter (PEFT) in {}",
+        summary.steps,
+        summary.examples,
+        summary.skipped_too_long,
+        args.max_length,
+        summary.first_loss,
+        summary.last_loss,
+        summary.adapter.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

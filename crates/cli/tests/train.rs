@@ -1,0 +1,113 @@
+//! The `afterburner train sft` contract on the tiny Qwen2 fixture: it trains, writes a PEFT
+//! adapter, metrics and a summary, and refuses bad rows and settings with a message.
+
+mod support;
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+use support::*;
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/tiny-qwen2")
+}
+
+fn write_rows(path: &std::path::Path, rows: &[Value]) {
+    let text: Vec<String> = rows.iter().map(Value::to_string).collect();
+    std::fs::write(path, text.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn sft_writes_a_peft_adapter_metrics_and_a_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("sft.jsonl");
+    write_rows(
+        &data,
+        &[
+            json!({"prompt": [{"role": "user", "content": "add"}],
+                   "completion": [{"role": "assistant", "content": "print(a+b)"}],
+                   "problem_id": "p1", "split": "train"}),
+            json!({"prompt": "Q: hello\nA:", "completion": " print('hi')"}),
+        ],
+    );
+    let out = tmp.path().join("run");
+    let result = afterburner(&[
+        "train",
+        "sft",
+        "--model",
+        fixture().to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "5",
+        "--lora-r",
+        "4",
+        "--learning-rate",
+        "1e-2",
+    ]);
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        result.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(stdout.contains("trained 5 steps on 2 examples"), "{stdout}");
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["r"], 4);
+    assert!(out.join("adapter/adapter_model.safetensors").is_file());
+    assert_eq!(jsonl(&out.join("metrics.jsonl")).len(), 5);
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert!(summary["last_loss"].as_f64().unwrap() < summary["first_loss"].as_f64().unwrap());
+}
+
+#[test]
+fn bad_rows_and_settings_are_refused_with_the_file_the_row_and_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("bad.jsonl");
+    write_rows(
+        &data,
+        &[
+            json!({"prompt": "ok", "completion": "fine"}),
+            json!({"prompt": [{"role": "user"}], "completion": "x"}),
+        ],
+    );
+    let out_dir = tmp.path().join("o");
+    let run = |extra: &[&str]| {
+        let mut args: Vec<String> = ["train", "sft", "--model"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.push(fixture().display().to_string());
+        args.extend(["--data".into(), data.display().to_string()]);
+        args.extend(["--out".into(), out_dir.display().to_string()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = afterburner(&args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("bad.jsonl: row 2: `prompt[0]` needs string `role` and `content`"),
+        "{stderr}"
+    );
+    write_rows(&data, &[json!({"prompt": "ok", "completion": "fine"})]);
+    let (code, stderr) = run(&["--lora-target-modules", "c_attn"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no module of the model matches"),
+        "{stderr}"
+    );
+    let (code, stderr) = run(&["--max-length", "2"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("longer than --max-length 2"), "{stderr}");
+}

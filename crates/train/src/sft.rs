@@ -1,0 +1,189 @@
+//! Supervised fine-tuning: TRL's prompt-completion data, tokenized as TRL does, with the loss
+//! on completion tokens only.
+//!
+//! Conversational rows (`prompt` and `completion` are chat lists) are rendered with the model's
+//! chat template: the prompt with the generation prompt, then prompt + completion; the
+//! completion's tokens are what the second adds to the first (TRL's
+//! `DataCollatorForLanguageModeling` with `completion_only_loss`). Standard rows (strings) are
+//! tokenized as `prompt` then `prompt + completion`, with no template. The loss is the mean
+//! cross-entropy over every completion token of the optimiser step's batch (summed over its
+//! micro-batches and divided by their token count, as transformers does since 4.46).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use afterburner_model::{ChatMessage, LanguageModel, LogitsOutput, Tensor};
+use candle_core::D;
+use serde_json::Value;
+
+use crate::TrainError;
+
+/// One prompt and its completion, as messages (conversational) or text (standard).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptCompletion {
+    /// Chat lists: the prompt's messages, the completion's (assistant) messages.
+    Conversational {
+        /// The prompt.
+        prompt: Vec<ChatMessage>,
+        /// The completion.
+        completion: Vec<ChatMessage>,
+    },
+    /// Plain text.
+    Standard {
+        /// The prompt.
+        prompt: String,
+        /// The completion.
+        completion: String,
+    },
+}
+
+/// A tokenized example: ids and the position where the completion starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokenized {
+    /// Prompt then completion tokens.
+    pub ids: Vec<u32>,
+    /// Index of the first completion token (>= 1).
+    pub completion_start: usize,
+}
+
+impl Tokenized {
+    /// Completion tokens (the loss's count).
+    pub fn completion_tokens(&self) -> usize {
+        self.ids.len() - self.completion_start
+    }
+}
+
+fn messages(value: &Value, what: &str) -> Result<Vec<ChatMessage>, String> {
+    let list = value
+        .as_array()
+        .ok_or_else(|| format!("`{what}` is neither a string nor a list of messages"))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = m.get("role").and_then(Value::as_str);
+            let content = m.get("content").and_then(Value::as_str);
+            match (role, content) {
+                (Some(r), Some(c)) => Ok(ChatMessage::new(r, c)),
+                _ => Err(format!("`{what}[{i}]` needs string `role` and `content`")),
+            }
+        })
+        .collect()
+}
+
+/// Reads prompt-completion rows from a JSONL file (`afterburner data sft --format trl`, or any
+/// TRL prompt-completion dataset). A row that does not fit is an error naming the file, the
+/// line and why; nothing is skipped silently.
+pub fn read_prompt_completion(path: &Path) -> Result<Vec<PromptCompletion>, TrainError> {
+    let file = std::fs::File::open(path).map_err(|e| TrainError::io("open", path, e))?;
+    let mut out = Vec::new();
+    for (n, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| TrainError::io("read", path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |why: String| TrainError::Data {
+            path: path.to_path_buf(),
+            row: n + 1,
+            reason: why,
+        };
+        let row: Value = serde_json::from_str(&line).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let prompt = row.get("prompt").ok_or_else(|| bad("no `prompt`".into()))?;
+        let completion = row
+            .get("completion")
+            .ok_or_else(|| bad("no `completion` (a prompt-completion row is needed)".into()))?;
+        let example = match (prompt, completion) {
+            (Value::String(p), Value::String(c)) => PromptCompletion::Standard {
+                prompt: p.clone(),
+                completion: c.clone(),
+            },
+            (p, c) => {
+                let prompt = messages(p, "prompt").map_err(bad)?;
+                let completion = messages(c, "completion").map_err(bad)?;
+                if completion.is_empty() {
+                    return Err(bad("`completion` has no message".into()));
+                }
+                PromptCompletion::Conversational { prompt, completion }
+            }
+        };
+        out.push(example);
+    }
+    if out.is_empty() {
+        return Err(TrainError::Data {
+            path: path.to_path_buf(),
+            row: 0,
+            reason: "no rows".into(),
+        });
+    }
+    Ok(out)
+}
+
+/// Tokenizes `example` for `model`; `None` when it is longer than `max_length` tokens.
+pub fn tokenize(
+    model: &LanguageModel,
+    example: &PromptCompletion,
+    max_length: usize,
+) -> Result<Option<Tokenized>, TrainError> {
+    let err = |e: afterburner_model::ModelError| TrainError::Model(e.to_string());
+    let (prompt_text, full_text) = match example {
+        PromptCompletion::Conversational { prompt, completion } => {
+            let prompt_text = model.render_chat(prompt, true).map_err(err)?;
+            let mut all = prompt.clone();
+            all.extend(completion.iter().cloned());
+            let full_text = model.render_chat(&all, false).map_err(err)?;
+            (prompt_text, full_text)
+        }
+        PromptCompletion::Standard { prompt, completion } => {
+            (prompt.clone(), format!("{prompt}{completion}"))
+        }
+    };
+    let add_special = matches!(example, PromptCompletion::Standard { .. });
+    let prompt_ids = model
+        .tokenizer()
+        .encode(&prompt_text, add_special)
+        .map_err(err)?;
+    let ids = model
+        .tokenizer()
+        .encode(&full_text, add_special)
+        .map_err(err)?;
+    if !ids.starts_with(&prompt_ids) || ids.len() <= prompt_ids.len() {
+        return Err(TrainError::Config(
+            "the tokenized prompt + completion does not start with the tokenized prompt (the \
+             chat template renders the prompt differently once the answer follows)"
+                .into(),
+        ));
+    }
+    if ids.len() > max_length {
+        return Ok(None);
+    }
+    Ok(Some(Tokenized {
+        completion_start: prompt_ids.len().max(1),
+        ids,
+    }))
+}
+
+/// The summed negative log-likelihood of `example`'s completion tokens (a scalar tensor).
+pub fn completion_nll(model: &LanguageModel, example: &Tokenized) -> Result<Tensor, TrainError> {
+    let err = |e: candle_core::Error| TrainError::Model(e.to_string());
+    let device = model.model().device().clone();
+    let n = example.ids.len();
+    let input = Tensor::from_vec(example.ids.clone(), (1, n), &device).map_err(err)?;
+    let logits = model
+        .model()
+        .forward(&input, None, None, LogitsOutput::All)
+        .map_err(|e| TrainError::Model(e.to_string()))?;
+    let start = example.completion_start;
+    // Logits at positions start-1 .. n-1 predict tokens start .. n.
+    let logits = logits
+        .squeeze(0)
+        .and_then(|l| l.narrow(0, start - 1, n - start))
+        .and_then(|l| l.to_dtype(candle_core::DType::F32))
+        .map_err(err)?;
+    let targets =
+        Tensor::from_vec(example.ids[start..].to_vec(), (n - start, 1), &device).map_err(err)?;
+    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1).map_err(err)?;
+    log_probs
+        .gather(&targets, 1)
+        .and_then(|p| p.sum_all())
+        .and_then(|s| s.neg())
+        .map_err(err)
+}
