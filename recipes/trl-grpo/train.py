@@ -38,7 +38,7 @@ def load_rows(data_dir):
         if os.path.exists(train):
             files = {"train": train}
             test = os.path.join(data_dir, f"test.{ext}")
-            if os.path.exists(test):
+            if os.path.exists(test) and os.path.getsize(test) > 0:  # --test-share 0 leaves it empty
                 files["test"] = test
             return load_dataset(builder, data_files=files)
     raise SystemExit(f"{data_dir}: no train.parquet or train.jsonl (make it with `afterburner data grpo --format trl --out {data_dir}`)")
