@@ -89,6 +89,19 @@ pub struct AdapterConfig {
     /// Per-module alphas (none from us; refused when present).
     #[serde(default)]
     pub alpha_pattern: HashMap<String, serde_json::Value>,
+    /// DoRA (weight-decomposed LoRA): refused when true.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub use_dora: bool,
+    /// Transposed (Conv1D-style) weights: refused when true.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fan_in_fan_out: bool,
+    /// A bias on `lora_B`: refused when true.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub lora_bias: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn no_bias() -> String {
@@ -256,6 +269,9 @@ impl Adapters {
             modules_to_save: None,
             rank_pattern: HashMap::new(),
             alpha_pattern: HashMap::new(),
+            use_dora: false,
+            fan_in_fan_out: false,
+            lora_bias: false,
         };
         let text = serde_json::to_string_pretty(&config)
             .map_err(|e| TrainError::Config(format!("adapter config: {e}")))?;
@@ -308,6 +324,11 @@ impl Adapters {
         {
             return Err(refuse(
                 "modules_to_save (fully trained modules) is not supported".into(),
+            ));
+        }
+        if config.use_dora || config.fan_in_fan_out || config.lora_bias {
+            return Err(refuse(
+                "DoRA, fan_in_fan_out and lora_bias adapters are not supported".into(),
             ));
         }
         if config.bias != "none" {
