@@ -8,10 +8,11 @@ use std::process::ExitCode;
 
 use afterburner_model::DType;
 use afterburner_train::sft::read_prompt_completion;
-use afterburner_train::{LoraConfig, OptimConfig, SftConfig, train_sft};
+use afterburner_train::{LoraConfig, OptimConfig, RunControl, SftConfig, train_sft};
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 
+use crate::interrupt::stop_flag;
 use crate::model_choice::{Precision, choose_model, load_model};
 use crate::progress::progress;
 
@@ -83,6 +84,13 @@ pub struct SftArgs {
     /// Seed of the adapter's initialisation and the data order.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Write a checkpoint (DIR/checkpoint-N) every N optimiser steps.
+    #[arg(long, value_name = "N")]
+    save_steps: Option<usize>,
+    /// Continue exactly from a checkpoint folder written by an earlier run with the same
+    /// settings and data (Ctrl-C writes one).
+    #[arg(long, value_name = "DIR/checkpoint-N")]
+    resume_from_checkpoint: Option<PathBuf>,
 }
 
 /// Runs `afterburner train ...`.
@@ -139,16 +147,41 @@ fn sft(args: SftArgs) -> Result<ExitCode> {
         args.data.display()
     );
     let mut bar = None;
-    let summary = train_sft(&mut model, &examples, &config, &args.out, &mut |m| {
-        let pb = bar.get_or_insert_with(|| progress(m.total_steps, "train"));
-        pb.set_position(m.step as u64);
-        pb.set_message(format!(
-            "loss {:.4} lr {:.2e} grad {:.3} {:.0} tok/s",
-            m.loss, m.learning_rate, m.grad_norm, m.tokens_per_s
-        ));
-    })?;
+    let stop = stop_flag();
+    let is_stopped = move || stop.is_stopped();
+    let control = RunControl {
+        save_steps: args.save_steps,
+        resume_from: args.resume_from_checkpoint.clone(),
+        stop: Some(&is_stopped),
+    };
+    let summary = train_sft(
+        &mut model,
+        &examples,
+        &config,
+        &args.out,
+        &control,
+        &mut |m| {
+            let pb = bar.get_or_insert_with(|| progress(m.total_steps, "train"));
+            pb.set_position(m.step as u64);
+            pb.set_message(format!(
+                "loss {:.4} lr {:.2e} grad {:.3} {:.0} tok/s",
+                m.loss, m.learning_rate, m.grad_norm, m.tokens_per_s
+            ));
+        },
+    )?;
     if let Some(pb) = bar {
         pb.finish_and_clear();
+    }
+    if summary.interrupted {
+        let checkpoint = summary
+            .checkpoint
+            .as_ref()
+            .map_or("-".to_string(), |c| c.display().to_string());
+        eprintln!(
+            "interrupted after step {}: resume with --resume-from-checkpoint {checkpoint}",
+            summary.steps
+        );
+        return Ok(ExitCode::from(130));
     }
     let summary_path = args.out.join("summary.json");
     std::fs::write(

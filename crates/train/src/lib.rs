@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use afterburner_model::LanguageModel;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use lora::{Adapters, LoraConfig, SeededRng};
 pub use optim::{OptimConfig, StepReport};
@@ -144,18 +144,96 @@ pub struct SftSummary {
     pub first_loss: f64,
     /// Loss of the last step.
     pub last_loss: f64,
-    /// Where the adapter was saved.
+    /// Where the adapter was saved (when the run finished).
     pub adapter: PathBuf,
+    /// The last checkpoint written, if any.
+    pub checkpoint: Option<PathBuf>,
+    /// Whether the stop flag ended the run early (resume from `checkpoint`).
+    pub interrupted: bool,
+}
+
+/// Where a run stands, saved in each checkpoint (`trainer_state.json`) so that a resumed run
+/// continues exactly: the same batches, the same updates.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainerState {
+    step: usize,
+    total_steps: usize,
+    rng: u64,
+    order: Vec<usize>,
+    cursor: usize,
+    consumed: usize,
+    first_loss: f64,
+    last_loss: f64,
+    examples: usize,
+    settings: String,
+}
+
+/// The settings a checkpoint must have been made with to be resumed.
+fn settings_key(config: &SftConfig, examples: usize) -> String {
+    format!(
+        "{:?}|{:?}|{:?}|{}|{}|{}|{}|{}|{}",
+        config.lora,
+        config.optim,
+        config.max_steps,
+        config.num_train_epochs,
+        config.per_device_train_batch_size,
+        config.gradient_accumulation_steps,
+        config.max_length,
+        config.seed,
+        examples
+    )
+}
+
+/// How a run is driven: checkpoints, resumption, stopping.
+#[derive(Default)]
+pub struct RunControl<'a> {
+    /// Write a checkpoint every this many optimiser steps.
+    pub save_steps: Option<usize>,
+    /// Resume from this checkpoint folder (`out/checkpoint-N`).
+    pub resume_from: Option<PathBuf>,
+    /// Checked after every step: when it says stop, a checkpoint is written and the run ends.
+    pub stop: Option<&'a (dyn Fn() -> bool + Sync)>,
+}
+
+fn write_checkpoint(
+    out: &Path,
+    adapters: &Adapters,
+    trainer: &optim::Trainer,
+    state: &TrainerState,
+    base: &str,
+) -> Result<PathBuf, TrainError> {
+    let dir = out.join(format!("checkpoint-{}", state.step));
+    let tmp = out.join(format!(".checkpoint-{}.tmp", state.step));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io("remove", &tmp, e))?;
+    }
+    adapters.save_peft(&tmp.join("adapter"), Some(base))?;
+    let optimizer = tmp.join("optimizer.safetensors");
+    candle_core::safetensors::save(&trainer.state_tensors(), &optimizer)
+        .map_err(|e| TrainError::io("write", &optimizer, std::io::Error::other(e.to_string())))?;
+    let state_path = tmp.join("trainer_state.json");
+    let text = serde_json::to_string(state)
+        .map_err(|e| TrainError::Config(format!("trainer state: {e}")))?;
+    std::fs::write(&state_path, text).map_err(|e| TrainError::io("write", &state_path, e))?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| TrainError::io("remove", &dir, e))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(|e| TrainError::io("rename into place", &dir, e))?;
+    Ok(dir)
 }
 
 /// Trains LoRA adapters on `examples` with `model` (whose projections get the adapters) and
 /// saves them in PEFT's format to `out/adapter`; one metrics line per optimiser step goes to
-/// `out/metrics.jsonl` and to `on_step`.
+/// `out/metrics.jsonl` and to `on_step`. `control` adds checkpoints every N steps
+/// (`out/checkpoint-N`: the adapter, the optimiser's moments, the data order and position, the
+/// RNG), resumption from one (exact: the same batches and updates as an uninterrupted run), and
+/// a stop flag (a checkpoint is written and the run returns `interrupted`).
 pub fn train_sft(
     model: &mut LanguageModel,
     examples: &[PromptCompletion],
     config: &SftConfig,
     out: &Path,
+    control: &RunControl,
     on_step: &mut dyn FnMut(&StepMetrics),
 ) -> Result<SftSummary, TrainError> {
     if config.per_device_train_batch_size == 0 || config.gradient_accumulation_steps == 0 {
@@ -163,6 +241,9 @@ pub fn train_sft(
             "--per-device-train-batch-size and --gradient-accumulation-steps must be at least 1"
                 .into(),
         ));
+    }
+    if control.save_steps == Some(0) {
+        return Err(TrainError::Config("--save-steps must be at least 1".into()));
     }
     let mut tokenized = Vec::new();
     let mut skipped_too_long = 0;
@@ -189,35 +270,97 @@ pub fn train_sft(
         None => ((config.num_train_epochs * steps_per_epoch as f64).ceil() as usize).max(1),
     };
     let device = model.model().device().clone();
-    let adapters = Adapters::attach(model.model_mut(), &config.lora, config.seed, &device)?;
-    let vars = adapters.vars();
-    let mut trainer = optim::Trainer::new(vars.clone(), config.optim.clone(), total_steps)?;
+    let settings = settings_key(config, tokenized.len());
     std::fs::create_dir_all(out).map_err(|e| TrainError::io("create", out, e))?;
     let metrics_path = out.join("metrics.jsonl");
-    let mut metrics_file = std::fs::File::create(&metrics_path)
-        .map_err(|e| TrainError::io("create", &metrics_path, e))?;
-    let mut rng = SeededRng::new(config.seed ^ 0x5EED_DA7A);
-    let mut order: Vec<usize> = Vec::new();
-    let mut cursor = 0usize;
-    let mut consumed = 0usize;
-    let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
+    let (adapters, mut trainer, mut state) = match &control.resume_from {
+        None => {
+            let adapters = Adapters::attach(model.model_mut(), &config.lora, config.seed, &device)?;
+            let trainer = optim::Trainer::new(adapters.vars(), config.optim.clone(), total_steps)?;
+            std::fs::File::create(&metrics_path)
+                .map_err(|e| TrainError::io("create", &metrics_path, e))?;
+            let state = TrainerState {
+                step: 0,
+                total_steps,
+                rng: config.seed ^ 0x5EED_DA7A,
+                order: Vec::new(),
+                cursor: 0,
+                consumed: 0,
+                first_loss: f64::NAN,
+                last_loss: f64::NAN,
+                examples: tokenized.len(),
+                settings: settings.clone(),
+            };
+            (adapters, trainer, state)
+        }
+        Some(dir) => {
+            let state_path = dir.join("trainer_state.json");
+            let text = std::fs::read_to_string(&state_path)
+                .map_err(|e| TrainError::io("read", &state_path, e))?;
+            let state: TrainerState = serde_json::from_str(&text).map_err(|e| {
+                TrainError::Config(format!(
+                    "{}: not a trainer state: {e}",
+                    state_path.display()
+                ))
+            })?;
+            if state.settings != settings {
+                return Err(TrainError::Config(format!(
+                    "{} was made with other settings or data; resume with the same ones                      (checkpoint: {}; now: {settings})",
+                    dir.display(),
+                    state.settings
+                )));
+            }
+            let adapters = Adapters::load_peft(model.model_mut(), &dir.join("adapter"), &device)?;
+            let mut trainer =
+                optim::Trainer::new(adapters.vars(), config.optim.clone(), total_steps)?;
+            let optimizer = dir.join("optimizer.safetensors");
+            let moments = candle_core::safetensors::load(&optimizer, &device).map_err(|e| {
+                TrainError::io("read", &optimizer, std::io::Error::other(e.to_string()))
+            })?;
+            trainer.restore(moments, state.step)?;
+            // Keep the metrics of the steps the checkpoint holds; later lines are redone.
+            let kept: Vec<String> = std::fs::read_to_string(&metrics_path)
+                .unwrap_or_default()
+                .lines()
+                .take(state.step)
+                .map(str::to_string)
+                .collect();
+            let mut text = kept.join("\n");
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            std::fs::write(&metrics_path, text)
+                .map_err(|e| TrainError::io("write", &metrics_path, e))?;
+            (adapters, trainer, state)
+        }
+    };
+    let vars = adapters.vars();
+    let mut metrics_file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| TrainError::io("open", &metrics_path, e))?;
+    let base = model.origin().display().to_string();
     let err = |e: candle_core::Error| TrainError::Model(e.to_string());
-    for step in 0..total_steps {
+    let mut checkpoint = None;
+    let mut interrupted = false;
+    while state.step < total_steps {
         let started = Instant::now();
+        let mut rng = SeededRng::from_state(state.rng);
         let mut batch = Vec::with_capacity(per_step);
         for _ in 0..per_step {
-            if cursor == order.len() {
-                order = (0..tokenized.len()).collect();
-                for i in (1..order.len()).rev() {
+            if state.cursor == state.order.len() {
+                state.order = (0..tokenized.len()).collect();
+                for i in (1..state.order.len()).rev() {
                     let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-                    order.swap(i, j);
+                    state.order.swap(i, j);
                 }
-                cursor = 0;
+                state.cursor = 0;
             }
-            batch.push(&tokenized[order[cursor]]);
-            cursor += 1;
-            consumed += 1;
+            batch.push(&tokenized[state.order[state.cursor]]);
+            state.cursor += 1;
+            state.consumed += 1;
         }
+        state.rng = rng.state();
         let tokens: usize = batch.iter().map(|t| t.completion_tokens()).sum();
         let all_tokens: usize = batch.iter().map(|t| t.ids.len()).sum();
         let mut grads = None;
@@ -233,19 +376,20 @@ pub fn train_sft(
         if !loss.is_finite() {
             return Err(TrainError::Diverged(format!(
                 "the loss is {loss} at step {}",
-                step + 1
+                state.step + 1
             )));
         }
         let mut grads = grads.ok_or_else(|| TrainError::Model("no gradient".into()))?;
         let report = trainer.step(&mut grads)?;
-        if step == 0 {
-            first_loss = loss;
+        state.step += 1;
+        if state.step == 1 {
+            state.first_loss = loss;
         }
-        last_loss = loss;
+        state.last_loss = loss;
         let metrics = StepMetrics {
-            step: step + 1,
+            step: state.step,
             total_steps,
-            epoch: consumed as f64 / tokenized.len() as f64,
+            epoch: state.consumed as f64 / tokenized.len() as f64,
             loss,
             grad_norm: report.grad_norm,
             learning_rate: report.learning_rate,
@@ -256,16 +400,28 @@ pub fn train_sft(
             .map_err(|e| TrainError::Config(format!("metrics: {e}")))?;
         writeln!(metrics_file, "{line}").map_err(|e| TrainError::io("write", &metrics_path, e))?;
         on_step(&metrics);
+        let stop = control.stop.is_some_and(|s| s()) && state.step < total_steps;
+        let due = control.save_steps.is_some_and(|n| state.step % n == 0);
+        if stop || due {
+            checkpoint = Some(write_checkpoint(out, &adapters, &trainer, &state, &base)?);
+        }
+        if stop {
+            interrupted = true;
+            break;
+        }
     }
     let adapter = out.join("adapter");
-    let base = model.origin().display().to_string();
-    adapters.save_peft(&adapter, Some(&base))?;
+    if !interrupted {
+        adapters.save_peft(&adapter, Some(&base))?;
+    }
     Ok(SftSummary {
         examples: tokenized.len(),
         skipped_too_long,
-        steps: total_steps,
-        first_loss,
-        last_loss,
+        steps: state.step,
+        first_loss: state.first_loss,
+        last_loss: state.last_loss,
         adapter,
+        checkpoint,
+        interrupted,
     })
 }

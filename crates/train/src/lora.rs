@@ -127,6 +127,16 @@ impl SeededRng {
         SeededRng(seed)
     }
 
+    /// The generator's state (to checkpoint it).
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+
+    /// A generator continuing from a [`Self::state`].
+    pub fn from_state(state: u64) -> Self {
+        SeededRng(state)
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -1,12 +1,13 @@
-//! The optimiser: AdamW with decoupled weight decay (candle's, which follows PyTorch's
-//! `torch.optim.AdamW`), the learning-rate schedule of transformers'
+//! The optimiser: AdamW with decoupled weight decay (PyTorch's `torch.optim.AdamW` update,
+//! written here so its moments can be checkpointed), the learning-rate schedule of transformers'
 //! `get_cosine_schedule_with_warmup` (linear warmup from 0, then cosine decay to 0), and
 //! global gradient-norm clipping (`torch.nn.utils.clip_grad_norm_`).
+
+use std::collections::HashMap;
 
 use afterburner_model::Tensor;
 use candle_core::Var;
 use candle_core::backprop::GradStore;
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
 use crate::TrainError;
 
@@ -57,7 +58,8 @@ pub fn learning_rate(config: &OptimConfig, step: usize, total: usize) -> f64 {
 /// AdamW over a fixed set of variables, with the schedule and clipping.
 pub struct Trainer {
     vars: Vec<Var>,
-    adamw: AdamW,
+    /// First and second moments of each variable.
+    moments: Vec<(Tensor, Tensor)>,
     config: OptimConfig,
     total_steps: usize,
     step: usize,
@@ -95,24 +97,60 @@ impl Trainer {
                 config.warmup_ratio
             )));
         }
-        let adamw = AdamW::new(
-            vars.clone(),
-            ParamsAdamW {
-                lr: learning_rate(&config, 0, total_steps),
-                beta1: config.adam_beta1,
-                beta2: config.adam_beta2,
-                eps: config.adam_epsilon,
-                weight_decay: config.weight_decay,
-            },
-        )
-        .map_err(err)?;
+        let moments = vars
+            .iter()
+            .map(|v| {
+                let zeros = v.as_tensor().zeros_like()?;
+                Ok((zeros.clone(), zeros))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()
+            .map_err(err)?;
         Ok(Trainer {
             vars,
-            adamw,
+            moments,
             config,
             total_steps,
             step: 0,
         })
+    }
+
+    /// The optimiser's state: each variable's moments (`m.{i}`, `v.{i}`), for a checkpoint.
+    pub fn state_tensors(&self) -> HashMap<String, Tensor> {
+        let mut out = HashMap::new();
+        for (i, (m, v)) in self.moments.iter().enumerate() {
+            out.insert(format!("m.{i}"), m.clone());
+            out.insert(format!("v.{i}"), v.clone());
+        }
+        out
+    }
+
+    /// Restores the state of [`Self::state_tensors`] after `steps` optimiser steps.
+    pub fn restore(
+        &mut self,
+        mut tensors: HashMap<String, Tensor>,
+        steps: usize,
+    ) -> Result<(), TrainError> {
+        for (i, (m, v)) in self.moments.iter_mut().enumerate() {
+            let (Some(new_m), Some(new_v)) = (
+                tensors.remove(&format!("m.{i}")),
+                tensors.remove(&format!("v.{i}")),
+            ) else {
+                return Err(TrainError::Config(format!(
+                    "the checkpoint's optimiser state lacks the moments of variable {i}"
+                )));
+            };
+            if new_m.dims() != m.dims() || new_v.dims() != v.dims() {
+                return Err(TrainError::Config(format!(
+                    "the checkpoint's moments of variable {i} have shape {:?}, the adapter {:?}",
+                    new_m.dims(),
+                    m.dims()
+                )));
+            }
+            *m = new_m;
+            *v = new_v;
+        }
+        self.step = steps;
+        Ok(())
     }
 
     /// Optimiser steps taken.
@@ -150,9 +188,25 @@ impl Trainer {
             }
         }
         let lr = learning_rate(&self.config, self.step, self.total_steps);
-        self.adamw.set_learning_rate(lr);
-        self.adamw.step(grads).map_err(err)?;
         self.step += 1;
+        let c = &self.config;
+        let t = self.step as i32;
+        let (bias1, bias2) = (1.0 - c.adam_beta1.powi(t), 1.0 - c.adam_beta2.powi(t));
+        for (var, (m, v)) in self.vars.iter().zip(self.moments.iter_mut()) {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let update = (|| -> candle_core::Result<()> {
+                *m = ((&*m * c.adam_beta1)? + (g * (1.0 - c.adam_beta1))?)?;
+                *v = ((&*v * c.adam_beta2)? + (g.sqr()? * (1.0 - c.adam_beta2))?)?;
+                let m_hat = (&*m / bias1)?;
+                let v_hat = (&*v / bias2)?;
+                let step = (m_hat / (v_hat.sqrt()? + c.adam_epsilon)?)?;
+                let decayed = (var.as_tensor() * (1.0 - lr * c.weight_decay))?;
+                var.set(&(decayed - (step * lr)?)?)
+            })();
+            update.map_err(err)?;
+        }
         Ok(StepReport {
             grad_norm,
             learning_rate: lr,

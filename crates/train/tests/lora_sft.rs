@@ -9,7 +9,8 @@ use afterburner_model::{
 };
 use afterburner_train::sft::{completion_nll, tokenize};
 use afterburner_train::{
-    Adapters, LoraConfig, OptimConfig, PromptCompletion, SftConfig, TrainError, train_sft,
+    Adapters, LoraConfig, OptimConfig, PromptCompletion, RunControl, SftConfig, TrainError,
+    train_sft,
 };
 use serde_json::Value;
 
@@ -189,6 +190,7 @@ fn sft_learns_a_short_program_and_its_adapter_reloads_with_the_same_logits() {
         &program_examples(),
         &config,
         out.path(),
+        &RunControl::default(),
         &mut |_| lines += 1,
     )
     .unwrap();
@@ -283,4 +285,123 @@ fn adapters_that_do_not_fit_and_bad_settings_say_what_is_wrong() {
     )
     .unwrap_err();
     assert!(matches!(e, TrainError::Config(_)), "{e}");
+}
+
+#[test]
+fn a_run_stopped_and_resumed_from_its_checkpoint_ends_exactly_as_an_uninterrupted_one() {
+    let config = SftConfig {
+        lora: LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            ..LoraConfig::default()
+        },
+        optim: OptimConfig {
+            learning_rate: 1e-2,
+            warmup_ratio: 0.2,
+            weight_decay: 0.01,
+            ..OptimConfig::default()
+        },
+        max_steps: Some(6),
+        seed: 11,
+        ..SftConfig::default()
+    };
+    let whole = tempfile::tempdir().unwrap();
+    let mut m = model();
+    let straight = train_sft(
+        &mut m,
+        &program_examples(),
+        &config,
+        whole.path(),
+        &RunControl::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let expected = logits(&m, &IDS);
+
+    let parts = tempfile::tempdir().unwrap();
+    let stop_after_3 = std::sync::atomic::AtomicUsize::new(0);
+    let stop = || stop_after_3.load(std::sync::atomic::Ordering::SeqCst) >= 3;
+    let mut first = model();
+    let interrupted = train_sft(
+        &mut first,
+        &program_examples(),
+        &config,
+        parts.path(),
+        &RunControl {
+            save_steps: Some(2),
+            stop: Some(&stop),
+            ..RunControl::default()
+        },
+        &mut |_| {
+            stop_after_3.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        },
+    )
+    .unwrap();
+    assert!(interrupted.interrupted);
+    assert_eq!(interrupted.steps, 3);
+    let checkpoint = interrupted.checkpoint.unwrap();
+    assert!(checkpoint.ends_with("checkpoint-3"));
+    assert!(
+        parts
+            .path()
+            .join("checkpoint-2/adapter/adapter_config.json")
+            .is_file()
+    );
+    assert!(
+        !parts.path().join("adapter").exists(),
+        "no final adapter before the end"
+    );
+
+    let mut second = model();
+    let resumed = train_sft(
+        &mut second,
+        &program_examples(),
+        &config,
+        parts.path(),
+        &RunControl {
+            resume_from: Some(checkpoint.clone()),
+            ..RunControl::default()
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(!resumed.interrupted);
+    assert_eq!(resumed.steps, 6);
+    assert_eq!(resumed.last_loss, straight.last_loss);
+    assert_eq!(
+        logits(&second, &IDS),
+        expected,
+        "the same adapter as without interruption"
+    );
+    let lines = |dir: &std::path::Path| {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("tokens_per_s");
+                v
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(lines(parts.path()), lines(whole.path()));
+
+    // Other settings cannot resume it.
+    let other = SftConfig {
+        seed: 12,
+        ..config.clone()
+    };
+    let e = train_sft(
+        &mut model(),
+        &program_examples(),
+        &other,
+        parts.path(),
+        &RunControl {
+            resume_from: Some(checkpoint),
+            ..RunControl::default()
+        },
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("other settings or data"), "{e}");
 }
