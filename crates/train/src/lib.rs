@@ -4,6 +4,7 @@
 //! - [`optim`]: AdamW, warmup + cosine schedule, gradient clipping and accumulation.
 //! - [`sft`]: TRL prompt-completion rows, tokenized with the chat template, loss on completion
 //!   tokens only.
+//! - [`dpo`]: TRL preference rows and the sigmoid DPO loss against the adapters-off reference.
 //! - [`train_sft`]: the supervised loop: seeded shuffling, accumulation, one metrics line per
 //!   optimiser step, the adapter saved at the end.
 //!
@@ -12,6 +13,7 @@
 
 #![warn(missing_docs)]
 
+pub mod dpo;
 pub mod lora;
 pub mod optim;
 pub mod sft;

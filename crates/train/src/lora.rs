@@ -228,6 +228,29 @@ impl Adapters {
         })
     }
 
+    /// Switches the adapters off: the model computes as its base (the DPO reference).
+    pub fn detach(&self, model: &mut CausalLm) {
+        for (name, linear) in model.linears_mut() {
+            if self.modules.iter().any(|(n, _, _)| *n == name) {
+                linear.lora = None;
+            }
+        }
+    }
+
+    /// Switches the adapters back on after [`Self::detach`].
+    pub fn reattach(&self, model: &mut CausalLm) {
+        let scaling = self.config.alpha / self.config.r as f64;
+        for (name, linear) in model.linears_mut() {
+            if let Some((_, a, b)) = self.modules.iter().find(|(n, _, _)| *n == name) {
+                linear.lora = Some(LoraAdapter {
+                    a: a.as_tensor().clone(),
+                    b: b.as_tensor().clone(),
+                    scaling,
+                });
+            }
+        }
+    }
+
     /// The trainable variables, `A` then `B` of each module.
     pub fn vars(&self) -> Vec<Var> {
         self.modules

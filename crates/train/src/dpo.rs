@@ -1,0 +1,197 @@
+//! Direct preference optimisation: TRL's preference rows, tokenized as `DPOTrainer` does, and
+//! its sigmoid loss with the reference policy taken from the same model with the adapters off
+//! (TRL's PEFT default: no second copy of the model).
+//!
+//! For a pair, with `logp` the summed log-probability of a completion's tokens given the prompt,
+//! `delta = (logp_policy(chosen) - logp_ref(chosen)) - (logp_policy(rejected) -
+//! logp_ref(rejected))` and the loss is `-log sigmoid(beta * delta)`, averaged over the pairs of
+//! the batch (`loss_type="sigmoid"`, TRL's default, `beta` 0.1).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use afterburner_model::{ChatMessage, LanguageModel, Tensor};
+use serde_json::Value;
+
+use crate::TrainError;
+use crate::lora::Adapters;
+use crate::sft::{PromptCompletion, Tokenized, completion_nll, tokenize};
+
+/// A prompt with a preferred and a dispreferred completion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preference {
+    /// The prompt with the chosen completion.
+    pub chosen: PromptCompletion,
+    /// The prompt with the rejected completion.
+    pub rejected: PromptCompletion,
+}
+
+fn messages(value: &Value, what: &str) -> Result<Vec<ChatMessage>, String> {
+    let list = value
+        .as_array()
+        .ok_or_else(|| format!("`{what}` is neither a string nor a list of messages"))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = m.get("role").and_then(Value::as_str);
+            let content = m.get("content").and_then(Value::as_str);
+            match (role, content) {
+                (Some(r), Some(c)) => Ok(ChatMessage::new(r, c)),
+                _ => Err(format!("`{what}[{i}]` needs string `role` and `content`")),
+            }
+        })
+        .collect()
+}
+
+/// Reads preference rows (`prompt`, `chosen`, `rejected`; TRL's conversational or standard
+/// form, as `afterburner data dpo --format trl` writes) from a JSONL file. A row that does not
+/// fit is an error naming the file, the row and why.
+pub fn read_preferences(path: &Path) -> Result<Vec<Preference>, TrainError> {
+    let file = std::fs::File::open(path).map_err(|e| TrainError::io("open", path, e))?;
+    let mut out = Vec::new();
+    for (n, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| TrainError::io("read", path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |why: String| TrainError::Data {
+            path: path.to_path_buf(),
+            row: n + 1,
+            reason: why,
+        };
+        let row: Value = serde_json::from_str(&line).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let field = |name: &str| {
+            row.get(name)
+                .ok_or_else(|| bad(format!("no `{name}` (a preference row is needed)")))
+        };
+        let (prompt, chosen, rejected) = (field("prompt")?, field("chosen")?, field("rejected")?);
+        let pair = match (prompt, chosen, rejected) {
+            (Value::String(p), Value::String(c), Value::String(r)) => Preference {
+                chosen: PromptCompletion::Standard {
+                    prompt: p.clone(),
+                    completion: c.clone(),
+                },
+                rejected: PromptCompletion::Standard {
+                    prompt: p.clone(),
+                    completion: r.clone(),
+                },
+            },
+            (p, c, r) => {
+                let prompt = messages(p, "prompt").map_err(bad)?;
+                let chosen = messages(c, "chosen").map_err(bad)?;
+                let rejected = messages(r, "rejected").map_err(bad)?;
+                if chosen.is_empty() || rejected.is_empty() {
+                    return Err(bad("`chosen` or `rejected` has no message".into()));
+                }
+                Preference {
+                    chosen: PromptCompletion::Conversational {
+                        prompt: prompt.clone(),
+                        completion: chosen,
+                    },
+                    rejected: PromptCompletion::Conversational {
+                        prompt,
+                        completion: rejected,
+                    },
+                }
+            }
+        };
+        out.push(pair);
+    }
+    if out.is_empty() {
+        return Err(TrainError::Data {
+            path: path.to_path_buf(),
+            row: 0,
+            reason: "no rows".into(),
+        });
+    }
+    Ok(out)
+}
+
+/// A tokenized pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizedPair {
+    /// Prompt + chosen.
+    pub chosen: Tokenized,
+    /// Prompt + rejected.
+    pub rejected: Tokenized,
+}
+
+/// Tokenizes a pair; `None` when either side is longer than `max_length` tokens.
+pub fn tokenize_pair(
+    model: &LanguageModel,
+    pair: &Preference,
+    max_length: usize,
+) -> Result<Option<TokenizedPair>, TrainError> {
+    let chosen = tokenize(model, &pair.chosen, max_length)?;
+    let rejected = tokenize(model, &pair.rejected, max_length)?;
+    Ok(chosen
+        .zip(rejected)
+        .map(|(chosen, rejected)| TokenizedPair { chosen, rejected }))
+}
+
+/// The reference log-probabilities of a pair, `(chosen, rejected)`: the model with its adapters
+/// switched off (detached: no gradient).
+pub fn reference_logps(
+    model: &mut LanguageModel,
+    adapters: &Adapters,
+    pair: &TokenizedPair,
+) -> Result<(f64, f64), TrainError> {
+    let err = |e: candle_core::Error| TrainError::Model(e.to_string());
+    adapters.detach(model.model_mut());
+    let result = (|| {
+        let c = completion_nll(model, &pair.chosen)?
+            .to_scalar::<f32>()
+            .map_err(err)?;
+        let r = completion_nll(model, &pair.rejected)?
+            .to_scalar::<f32>()
+            .map_err(err)?;
+        Ok((-(c as f64), -(r as f64)))
+    })();
+    adapters.reattach(model.model_mut());
+    result
+}
+
+/// One pair's DPO loss and what TRL logs of it.
+#[derive(Debug)]
+pub struct PairLoss {
+    /// `-log sigmoid(beta * delta)` (a scalar tensor, differentiable in the adapters).
+    pub loss: Tensor,
+    /// `beta * (logp(chosen) - ref(chosen))`.
+    pub chosen_reward: f64,
+    /// `beta * (logp(rejected) - ref(rejected))`.
+    pub rejected_reward: f64,
+}
+
+/// The sigmoid DPO loss of `pair` under the policy (adapters on), given its reference
+/// log-probabilities.
+pub fn pair_loss(
+    model: &LanguageModel,
+    pair: &TokenizedPair,
+    reference: (f64, f64),
+    beta: f64,
+) -> Result<PairLoss, TrainError> {
+    let err = |e: candle_core::Error| TrainError::Model(e.to_string());
+    let chosen = completion_nll(model, &pair.chosen)?.neg().map_err(err)?;
+    let rejected = completion_nll(model, &pair.rejected)?.neg().map_err(err)?;
+    let chosen_ratio = (&chosen - reference.0).map_err(err)?;
+    let rejected_ratio = (&rejected - reference.1).map_err(err)?;
+    let delta = (&chosen_ratio - &rejected_ratio).map_err(err)?;
+    // -log sigmoid(x) = softplus(-x) = log(1 + exp(-x)), computed stably.
+    let x = (delta * beta).map_err(err)?;
+    let loss = softplus_neg(&x).map_err(err)?;
+    let value = |t: &Tensor| t.to_scalar::<f32>().map(|v| v as f64).map_err(err);
+    Ok(PairLoss {
+        chosen_reward: beta * value(&chosen_ratio)?,
+        rejected_reward: beta * value(&rejected_ratio)?,
+        loss,
+    })
+}
+
+/// `log(1 + exp(-x))` for a scalar tensor, stable for large `|x|`:
+/// `max(-x, 0) + log(1 + exp(-|x|))`.
+fn softplus_neg(x: &Tensor) -> candle_core::Result<Tensor> {
+    let neg = x.neg()?;
+    let relu = neg.relu()?;
+    let tail = x.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+    relu + tail
+}

@@ -1,0 +1,163 @@
+//! DPO parity with TRL and PEFT (`python/parity/make_dpo_parity.py`): TRL's tokenization of
+//! preference rows, the sigmoid loss with the adapter-off reference, its logged rewards, and
+//! every LoRA gradient.
+
+use std::path::PathBuf;
+
+use afterburner_model::{ChatMessage, DType, Device, LanguageModel, Tensor};
+use afterburner_train::Adapters;
+use afterburner_train::dpo::{Preference, pair_loss, reference_logps, tokenize_pair};
+use afterburner_train::sft::PromptCompletion;
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn chat(value: &Value) -> Vec<ChatMessage> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect()
+}
+
+fn ids(value: &Value) -> Vec<u32> {
+    serde_json::from_value(value.clone()).unwrap()
+}
+
+#[test]
+fn dpo_tokens_loss_rewards_and_lora_gradients_match_trl_and_peft() {
+    let parity: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/dpo-parity.json")).unwrap(),
+    )
+    .unwrap();
+    let mut model = LanguageModel::from_folder(
+        &root().join("../model/tests/fixtures/tiny-qwen2"),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let adapters = Adapters::load_peft(
+        model.model_mut(),
+        &root().join("tests/fixtures/sft-parity"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let beta = parity["beta"].as_f64().unwrap();
+    let mut losses = Vec::new();
+    let (mut chosen_rewards, mut rejected_rewards) = (0.0, 0.0);
+    let rows = parity["rows"].as_array().unwrap();
+    for (row, expected) in rows.iter().zip(parity["tokenized"].as_array().unwrap()) {
+        let prompt = chat(&row["prompt"]);
+        let pair = Preference {
+            chosen: PromptCompletion::Conversational {
+                prompt: prompt.clone(),
+                completion: chat(&row["chosen"]),
+            },
+            rejected: PromptCompletion::Conversational {
+                prompt,
+                completion: chat(&row["rejected"]),
+            },
+        };
+        let t = tokenize_pair(&model, &pair, 4096).unwrap().unwrap();
+        let prompt_ids = ids(&expected["prompt_ids"]);
+        let mut chosen = prompt_ids.clone();
+        chosen.extend(ids(&expected["chosen_ids"]));
+        let mut rejected = prompt_ids.clone();
+        rejected.extend(ids(&expected["rejected_ids"]));
+        assert_eq!(t.chosen.ids, chosen, "TRL's prompt + chosen ids");
+        assert_eq!(t.rejected.ids, rejected, "TRL's prompt + rejected ids");
+        assert_eq!(t.chosen.completion_start, prompt_ids.len());
+        assert_eq!(t.rejected.completion_start, prompt_ids.len());
+        let reference = reference_logps(&mut model, &adapters, &t).unwrap();
+        let l = pair_loss(&model, &t, reference, beta).unwrap();
+        chosen_rewards += l.chosen_reward;
+        rejected_rewards += l.rejected_reward;
+        losses.push(l.loss);
+    }
+    let n = losses.len() as f64;
+    let loss = (Tensor::stack(&losses, 0).unwrap().sum_all().unwrap() / n).unwrap();
+    let value = loss.to_scalar::<f32>().unwrap() as f64;
+    let want = parity["loss"].as_f64().unwrap();
+    assert!(
+        ((value - want) / want).abs() < 1e-4,
+        "loss {value} vs TRL {want}"
+    );
+    let metrics = &parity["metrics"];
+    for (key, ours) in [
+        ("rewards/chosen", chosen_rewards / n),
+        ("rewards/rejected", rejected_rewards / n),
+    ] {
+        if let Some(theirs) = metrics[key].as_f64() {
+            assert!(
+                (ours - theirs).abs() <= 1e-4 * theirs.abs().max(1e-3),
+                "{key}: {ours} vs TRL {theirs}"
+            );
+        }
+    }
+    let grads = loss.backward().unwrap();
+    let expected = parity["grads"].as_object().unwrap();
+    assert_eq!(expected.len(), 28);
+    let ours = adapters.peft_tensors();
+    for (name, want) in expected {
+        let got: Vec<f32> = grads
+            .get(&ours[name])
+            .unwrap_or_else(|| panic!("{name}: no gradient"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let want: Vec<f32> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| {
+                row.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+            })
+            .collect();
+        let norm = want.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let diff = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f32>()
+            .sqrt();
+        assert!(
+            diff <= 1e-4 * norm.max(1e-6),
+            "{name}: |ours - PEFT| = {diff} against |PEFT| = {norm}"
+        );
+    }
+}
+
+#[test]
+fn preference_rows_that_do_not_fit_name_the_file_the_row_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dpo.jsonl");
+    std::fs::write(
+        &path,
+        "{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"}\n{\"prompt\": \"p\", \"chosen\": \"a\"}\n",
+    )
+    .unwrap();
+    let e = afterburner_train::dpo::read_preferences(&path).unwrap_err();
+    assert!(
+        e.to_string()
+            .ends_with("dpo.jsonl: row 2: no `rejected` (a preference row is needed)"),
+        "{e}"
+    );
+    std::fs::write(
+        &path,
+        "{\"prompt\": [{\"role\": \"user\", \"content\": \"p\"}], \"chosen\": [], \"rejected\": [{\"role\": \"assistant\", \"content\": \"b\"}]}\n",
+    )
+    .unwrap();
+    let e = afterburner_train::dpo::read_preferences(&path).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("row 1: `chosen` or `rejected` has no message"),
+        "{e}"
+    );
+}
