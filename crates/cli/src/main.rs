@@ -51,7 +51,7 @@ enum Command {
     /// Build training data (SFT, DPO, GRPO) for TRL, LLaMA-Factory, verl or OpenRLHF from
     /// measured reference solutions.
     Data(data::DataArgs),
-    /// Fine-tune the embedded model with LoRA: `train sft` (PEFT-format adapters).
+    /// Fine-tune the embedded model with LoRA: `train sft`, `train dpo` (PEFT-format adapters).
     Train(train::TrainArgs),
     /// Experiments on the measurements: `bench stability` (two calibrations compared).
     Bench(bench::BenchArgs),

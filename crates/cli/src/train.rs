@@ -1,14 +1,15 @@
-//! `afterburner train sft`: LoRA supervised fine-tuning of the embedded model on TRL
-//! prompt-completion rows (`afterburner data sft --format trl` writes them). The loop is the
-//! train crate's ([`afterburner_train::train_sft`]); this module parses, loads, shows progress
-//! and prints.
+//! `afterburner train sft|dpo`: LoRA fine-tuning of the embedded model on TRL rows
+//! (`afterburner data sft|dpo --format trl` writes them): supervised, or DPO against the
+//! adapters-off reference. The loops are the train crate's ([`afterburner_train::train_sft`],
+//! [`afterburner_train::train_dpo`]); this module parses, loads, shows progress and prints.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use afterburner_model::DType;
+use afterburner_train::dpo::read_preferences;
 use afterburner_train::sft::read_prompt_completion;
-use afterburner_train::{LoraConfig, OptimConfig, RunControl, SftConfig, train_sft};
+use afterburner_train::{LoraConfig, OptimConfig, RunControl, SftConfig, train_dpo, train_sft};
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 
@@ -27,16 +28,29 @@ pub struct TrainArgs {
 enum TrainCommand {
     /// Supervised fine-tuning with LoRA: loss on completion tokens only, chat template applied.
     Sft(SftArgs),
+    /// DPO with LoRA (sigmoid loss; the reference is the model with the adapters off).
+    Dpo(DpoArgs),
 }
 
-/// Arguments of `afterburner train sft` (named as TRL's and PEFT's).
+/// Arguments of `afterburner train dpo`.
+#[derive(Debug, Args)]
+pub struct DpoArgs {
+    #[command(flatten)]
+    run: SftArgs,
+    /// DPO's beta: how far the policy may move from the reference.
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+}
+
+/// Arguments of `afterburner train sft` (named as TRL's and PEFT's); `train dpo` takes them too.
 #[derive(Debug, Args)]
 pub struct SftArgs {
     /// The base model: a Hugging Face folder, a .gguf file, or ORG/NAME in the hub cache
     /// [default: the embedded default].
     #[arg(long)]
     model: Option<String>,
-    /// Prompt-completion rows (JSONL): TRL's conversational or standard form.
+    /// Rows (JSONL), TRL's conversational or standard form: prompt-completion (sft) or
+    /// prompt-chosen-rejected (dpo).
     #[arg(long, value_name = "FILE.jsonl")]
     data: PathBuf,
     /// Output folder: adapter/ (PEFT format), metrics.jsonl, summary.json.
@@ -96,18 +110,32 @@ pub struct SftArgs {
 /// Runs `afterburner train ...`.
 pub fn train(args: TrainArgs) -> Result<ExitCode> {
     match args.command {
-        TrainCommand::Sft(a) => sft(a),
+        TrainCommand::Sft(a) => run(a, None),
+        TrainCommand::Dpo(a) => run(a.run, Some(a.beta)),
     }
 }
 
-fn sft(args: SftArgs) -> Result<ExitCode> {
+/// What is trained on: prompt-completion rows or preference pairs (with beta).
+enum Rows {
+    Sft(Vec<afterburner_train::PromptCompletion>),
+    Dpo(Vec<afterburner_train::dpo::Preference>, f64),
+}
+
+fn run(args: SftArgs, beta: Option<f64>) -> Result<ExitCode> {
     if !args.num_train_epochs.is_finite() || args.num_train_epochs <= 0.0 {
         bail!(
             "--num-train-epochs must be positive, got {}",
             args.num_train_epochs
         );
     }
-    let examples = read_prompt_completion(&args.data)?;
+    let rows = match beta {
+        None => Rows::Sft(read_prompt_completion(&args.data)?),
+        Some(beta) => Rows::Dpo(read_preferences(&args.data)?, beta),
+    };
+    let (count, what) = match &rows {
+        Rows::Sft(e) => (e.len(), "examples"),
+        Rows::Dpo(p, _) => (p.len(), "preference pairs"),
+    };
     let choice = choose_model(args.model.as_deref())?;
     let device = afterburner_model::best_device();
     let mut model = load_model(&choice.path, Precision::Dense(DType::F32), &device)
@@ -139,11 +167,10 @@ fn sft(args: SftArgs) -> Result<ExitCode> {
         seed: args.seed,
     };
     eprintln!(
-        "training LoRA (r {}, alpha {}) on {} with {} examples from {}",
+        "training LoRA (r {}, alpha {}) on {} with {count} {what} from {}",
         config.lora.r,
         config.lora.alpha,
         choice.name,
-        examples.len(),
         args.data.display()
     );
     let mut bar = None;
@@ -154,21 +181,25 @@ fn sft(args: SftArgs) -> Result<ExitCode> {
         resume_from: args.resume_from_checkpoint.clone(),
         stop: Some(&is_stopped),
     };
-    let summary = train_sft(
-        &mut model,
-        &examples,
-        &config,
-        &args.out,
-        &control,
-        &mut |m| {
-            let pb = bar.get_or_insert_with(|| progress(m.total_steps, "train"));
-            pb.set_position(m.step as u64);
-            pb.set_message(format!(
-                "loss {:.4} lr {:.2e} grad {:.3} {:.0} tok/s",
-                m.loss, m.learning_rate, m.grad_norm, m.tokens_per_s
-            ));
-        },
-    )?;
+    let mut show = |m: &afterburner_train::StepMetrics| {
+        let pb = bar.get_or_insert_with(|| progress(m.total_steps, "train"));
+        pb.set_position(m.step as u64);
+        let preference = m.preference.map_or(String::new(), |p| {
+            format!(" margin {:.3} acc {:.2}", p.margin, p.accuracy)
+        });
+        pb.set_message(format!(
+            "loss {:.4}{preference} lr {:.2e} grad {:.3} {:.0} tok/s",
+            m.loss, m.learning_rate, m.grad_norm, m.tokens_per_s
+        ));
+    };
+    let summary = match &rows {
+        Rows::Sft(examples) => train_sft(
+            &mut model, examples, &config, &args.out, &control, &mut show,
+        )?,
+        Rows::Dpo(pairs, beta) => train_dpo(
+            &mut model, pairs, &config, *beta, &args.out, &control, &mut show,
+        )?,
+    };
     if let Some(pb) = bar {
         pb.finish_and_clear();
     }
@@ -190,7 +221,7 @@ fn sft(args: SftArgs) -> Result<ExitCode> {
     )
     .with_context(|| format!("cannot write {}", summary_path.display()))?;
     println!(
-        "trained {} steps on {} examples ({} longer than --max-length {} skipped): loss {:.4} -> \
+        "trained {} steps on {} {what} ({} longer than --max-length {} skipped): loss {:.4} -> \
          {:.4}; adapter (PEFT) in {}",
         summary.steps,
         summary.examples,

@@ -111,3 +111,56 @@ fn bad_rows_and_settings_are_refused_with_the_file_the_row_and_why() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("longer than --max-length 2"), "{stderr}");
 }
+
+#[test]
+fn dpo_trains_on_preference_rows_and_logs_rewards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("dpo.jsonl");
+    write_rows(
+        &data,
+        &[
+            json!({"prompt": [{"role": "user", "content": "add"}],
+                   "chosen": [{"role": "assistant", "content": "print(a+b)"}],
+                   "rejected": [{"role": "assistant", "content": "print(a-b)"}],
+                   "problem_id": "p1", "split": "train"}),
+            json!({"prompt": "Q: hello\nA:", "chosen": " print('hi')", "rejected": " print(1)"}),
+        ],
+    );
+    let out = tmp.path().join("run");
+    let result = afterburner(&[
+        "train",
+        "dpo",
+        "--model",
+        fixture().to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "4",
+        "--per-device-train-batch-size",
+        "2",
+        "--learning-rate",
+        "1e-2",
+        "--beta",
+        "0.2",
+    ]);
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        result.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(
+        stdout.contains("trained 4 steps on 2 preference pairs"),
+        "{stdout}"
+    );
+    let metrics = jsonl(&out.join("metrics.jsonl"));
+    assert_eq!(metrics.len(), 4);
+    assert!(
+        metrics[3]["rewards/margins"].as_f64().unwrap() > 0.0,
+        "{}",
+        metrics[3]
+    );
+    assert!(out.join("adapter/adapter_config.json").is_file());
+}

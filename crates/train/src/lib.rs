@@ -131,12 +131,15 @@ pub struct StepMetrics {
     pub tokens: usize,
     /// Tokens (prompt and completion) processed per second in this step.
     pub tokens_per_s: f64,
+    /// DPO's rewards, margins and accuracy (DPO runs only).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub preference: Option<PreferenceMetrics>,
 }
 
-/// What a supervised run did.
+/// What a run did.
 #[derive(Debug, Clone, Serialize)]
 pub struct SftSummary {
-    /// Examples used.
+    /// Examples (DPO: pairs) used.
     pub examples: usize,
     /// Examples skipped for being longer than `max_length`.
     pub skipped_too_long: usize,
@@ -224,20 +227,42 @@ fn write_checkpoint(
     Ok(dir)
 }
 
-/// Trains LoRA adapters on `examples` with `model` (whose projections get the adapters) and
-/// saves them in PEFT's format to `out/adapter`; one metrics line per optimiser step goes to
-/// `out/metrics.jsonl` and to `on_step`. `control` adds checkpoints every N steps
-/// (`out/checkpoint-N`: the adapter, the optimiser's moments, the data order and position, the
-/// RNG), resumption from one (exact: the same batches and updates as an uninterrupted run), and
-/// a stop flag (a checkpoint is written and the run returns `interrupted`).
-pub fn train_sft(
+/// What one batch gave: its gradients (already divided for the step's mean) and its figures.
+struct BatchOutcome {
+    grads: candle_core::backprop::GradStore,
+    loss: f64,
+    tokens: usize,
+    all_tokens: usize,
+    preference: Option<PreferenceMetrics>,
+}
+
+/// Computes one optimiser step's batch with the adapters attached.
+type BatchFn<'a, T> =
+    dyn FnMut(&mut LanguageModel, &Adapters, &[&T]) -> Result<BatchOutcome, TrainError> + 'a;
+
+/// How the shared loop ended.
+struct LoopEnd {
+    steps: usize,
+    first_loss: f64,
+    last_loss: f64,
+    checkpoint: Option<PathBuf>,
+    interrupted: bool,
+    adapter: PathBuf,
+}
+
+/// The loop both trainers share: seeded order, accumulation, steps, metrics, checkpoints and
+/// resumption. `batch` computes one optimiser step's batch with the adapters attached.
+#[allow(clippy::too_many_arguments)]
+fn run_loop<T>(
     model: &mut LanguageModel,
-    examples: &[PromptCompletion],
+    items: &[T],
     config: &SftConfig,
+    settings: String,
     out: &Path,
     control: &RunControl,
     on_step: &mut dyn FnMut(&StepMetrics),
-) -> Result<SftSummary, TrainError> {
+    batch: &mut BatchFn<'_, T>,
+) -> Result<LoopEnd, TrainError> {
     if config.per_device_train_batch_size == 0 || config.gradient_accumulation_steps == 0 {
         return Err(TrainError::Config(
             "--per-device-train-batch-size and --gradient-accumulation-steps must be at least 1"
@@ -247,32 +272,14 @@ pub fn train_sft(
     if control.save_steps == Some(0) {
         return Err(TrainError::Config("--save-steps must be at least 1".into()));
     }
-    let mut tokenized = Vec::new();
-    let mut skipped_too_long = 0;
-    for (i, e) in examples.iter().enumerate() {
-        match sft::tokenize(model, e, config.max_length)
-            .map_err(|err| TrainError::Config(format!("example {}: {err}", i + 1)))?
-        {
-            Some(t) => tokenized.push(t),
-            None => skipped_too_long += 1,
-        }
-    }
-    if tokenized.is_empty() {
-        return Err(TrainError::Config(format!(
-            "every one of the {} examples is longer than --max-length {}",
-            examples.len(),
-            config.max_length
-        )));
-    }
     let per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps;
-    let steps_per_epoch = tokenized.len().div_ceil(per_step);
+    let steps_per_epoch = items.len().div_ceil(per_step);
     let total_steps = match config.max_steps {
         Some(0) => return Err(TrainError::Config("--max-steps must be at least 1".into())),
         Some(n) => n,
         None => ((config.num_train_epochs * steps_per_epoch as f64).ceil() as usize).max(1),
     };
     let device = model.model().device().clone();
-    let settings = settings_key(config, tokenized.len());
     std::fs::create_dir_all(out).map_err(|e| TrainError::io("create", out, e))?;
     let metrics_path = out.join("metrics.jsonl");
     let (adapters, mut trainer, mut state) = match &control.resume_from {
@@ -290,7 +297,7 @@ pub fn train_sft(
                 consumed: 0,
                 first_loss: f64::NAN,
                 last_loss: f64::NAN,
-                examples: tokenized.len(),
+                examples: items.len(),
                 settings: settings.clone(),
             };
             (adapters, trainer, state)
@@ -307,7 +314,8 @@ pub fn train_sft(
             })?;
             if state.settings != settings {
                 return Err(TrainError::Config(format!(
-                    "{} was made with other settings or data; resume with the same ones                      (checkpoint: {}; now: {settings})",
+                    "{} was made with other settings or data; resume with the same ones \
+                     (checkpoint: {}; now: {settings})",
                     dir.display(),
                     state.settings
                 )));
@@ -336,67 +344,55 @@ pub fn train_sft(
             (adapters, trainer, state)
         }
     };
-    let vars = adapters.vars();
     let mut metrics_file = std::fs::OpenOptions::new()
         .append(true)
         .open(&metrics_path)
         .map_err(|e| TrainError::io("open", &metrics_path, e))?;
     let base = model.origin().display().to_string();
-    let err = |e: candle_core::Error| TrainError::Model(e.to_string());
     let mut checkpoint = None;
     let mut interrupted = false;
     while state.step < total_steps {
         let started = Instant::now();
         let mut rng = SeededRng::from_state(state.rng);
-        let mut batch = Vec::with_capacity(per_step);
+        let mut picked = Vec::with_capacity(per_step);
         for _ in 0..per_step {
             if state.cursor == state.order.len() {
-                state.order = (0..tokenized.len()).collect();
+                state.order = (0..items.len()).collect();
                 for i in (1..state.order.len()).rev() {
                     let j = (rng.next_u64() % (i as u64 + 1)) as usize;
                     state.order.swap(i, j);
                 }
                 state.cursor = 0;
             }
-            batch.push(&tokenized[state.order[state.cursor]]);
+            picked.push(&items[state.order[state.cursor]]);
             state.cursor += 1;
             state.consumed += 1;
         }
         state.rng = rng.state();
-        let tokens: usize = batch.iter().map(|t| t.completion_tokens()).sum();
-        let all_tokens: usize = batch.iter().map(|t| t.ids.len()).sum();
-        let mut grads = None;
-        let mut loss_sum = 0.0;
-        for example in batch {
-            let nll = sft::completion_nll(model, example)?;
-            let scaled = (&nll / tokens as f64).map_err(err)?;
-            loss_sum += nll.to_scalar::<f32>().map_err(err)? as f64;
-            let g = scaled.backward().map_err(err)?;
-            optim::accumulate(&mut grads, g, &vars, 1.0)?;
-        }
-        let loss = loss_sum / tokens as f64;
-        if !loss.is_finite() {
+        let mut outcome = batch(model, &adapters, &picked)?;
+        if !outcome.loss.is_finite() {
             return Err(TrainError::Diverged(format!(
-                "the loss is {loss} at step {}",
+                "the loss is {} at step {}",
+                outcome.loss,
                 state.step + 1
             )));
         }
-        let mut grads = grads.ok_or_else(|| TrainError::Model("no gradient".into()))?;
-        let report = trainer.step(&mut grads)?;
+        let report = trainer.step(&mut outcome.grads)?;
         state.step += 1;
         if state.step == 1 {
-            state.first_loss = loss;
+            state.first_loss = outcome.loss;
         }
-        state.last_loss = loss;
+        state.last_loss = outcome.loss;
         let metrics = StepMetrics {
             step: state.step,
             total_steps,
-            epoch: state.consumed as f64 / tokenized.len() as f64,
-            loss,
+            epoch: state.consumed as f64 / items.len() as f64,
+            loss: outcome.loss,
             grad_norm: report.grad_norm,
             learning_rate: report.learning_rate,
-            tokens,
-            tokens_per_s: all_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            tokens: outcome.tokens,
+            tokens_per_s: outcome.all_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            preference: outcome.preference,
         };
         let line = serde_json::to_string(&metrics)
             .map_err(|e| TrainError::Config(format!("metrics: {e}")))?;
@@ -416,14 +412,193 @@ pub fn train_sft(
     if !interrupted {
         adapters.save_peft(&adapter, Some(&base))?;
     }
-    Ok(SftSummary {
-        examples: tokenized.len(),
-        skipped_too_long,
+    Ok(LoopEnd {
         steps: state.step,
         first_loss: state.first_loss,
         last_loss: state.last_loss,
-        adapter,
         checkpoint,
         interrupted,
+        adapter,
+    })
+}
+
+/// Trains LoRA adapters on `examples` with `model` (whose projections get the adapters) and
+/// saves them in PEFT's format to `out/adapter`; one metrics line per optimiser step goes to
+/// `out/metrics.jsonl` and to `on_step`. `control` adds checkpoints every N steps
+/// (`out/checkpoint-N`: the adapter, the optimiser's moments, the data order and position, the
+/// RNG), resumption from one (exact: the same batches and updates as an uninterrupted run), and
+/// a stop flag (a checkpoint is written and the run returns `interrupted`).
+pub fn train_sft(
+    model: &mut LanguageModel,
+    examples: &[PromptCompletion],
+    config: &SftConfig,
+    out: &Path,
+    control: &RunControl,
+    on_step: &mut dyn FnMut(&StepMetrics),
+) -> Result<SftSummary, TrainError> {
+    let mut tokenized = Vec::new();
+    let mut skipped_too_long = 0;
+    for (i, e) in examples.iter().enumerate() {
+        match sft::tokenize(model, e, config.max_length)
+            .map_err(|err| TrainError::Config(format!("example {}: {err}", i + 1)))?
+        {
+            Some(t) => tokenized.push(t),
+            None => skipped_too_long += 1,
+        }
+    }
+    if tokenized.is_empty() {
+        return Err(TrainError::Config(format!(
+            "every one of the {} examples is longer than --max-length {}",
+            examples.len(),
+            config.max_length
+        )));
+    }
+    let settings = format!("sft|{}", settings_key(config, tokenized.len()));
+    let err = |e: candle_core::Error| TrainError::Model(e.to_string());
+    let mut batch = |model: &mut LanguageModel,
+                     adapters: &Adapters,
+                     batch: &[&Tokenized]|
+     -> Result<BatchOutcome, TrainError> {
+        let vars = adapters.vars();
+        let tokens: usize = batch.iter().map(|t| t.completion_tokens()).sum();
+        let all_tokens: usize = batch.iter().map(|t| t.ids.len()).sum();
+        let mut grads = None;
+        let mut loss_sum = 0.0;
+        for example in batch {
+            let nll = sft::completion_nll(model, example)?;
+            let scaled = (&nll / tokens as f64).map_err(err)?;
+            loss_sum += nll.to_scalar::<f32>().map_err(err)? as f64;
+            let g = scaled.backward().map_err(err)?;
+            optim::accumulate(&mut grads, g, &vars, 1.0)?;
+        }
+        Ok(BatchOutcome {
+            grads: grads.ok_or_else(|| TrainError::Model("no gradient".into()))?,
+            loss: loss_sum / tokens as f64,
+            tokens,
+            all_tokens,
+            preference: None,
+        })
+    };
+    let end = run_loop(
+        model, &tokenized, config, settings, out, control, on_step, &mut batch,
+    )?;
+    Ok(SftSummary {
+        examples: tokenized.len(),
+        skipped_too_long,
+        steps: end.steps,
+        first_loss: end.first_loss,
+        last_loss: end.last_loss,
+        adapter: end.adapter,
+        checkpoint: end.checkpoint,
+        interrupted: end.interrupted,
+    })
+}
+
+/// DPO figures of a step's batch, as TRL logs them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PreferenceMetrics {
+    /// Mean `beta * (logp(chosen) - ref(chosen))`.
+    #[serde(rename = "rewards/chosen")]
+    pub chosen: f64,
+    /// Mean `beta * (logp(rejected) - ref(rejected))`.
+    #[serde(rename = "rewards/rejected")]
+    pub rejected: f64,
+    /// Mean chosen minus rejected reward.
+    #[serde(rename = "rewards/margins")]
+    pub margin: f64,
+    /// Share of pairs whose chosen reward exceeds the rejected one.
+    #[serde(rename = "rewards/accuracies")]
+    pub accuracy: f64,
+}
+
+/// Trains LoRA adapters with DPO (sigmoid loss, `beta`) on preference pairs, the reference
+/// being the same model with the adapters off; otherwise as [`train_sft`] (the loss is the mean
+/// over the step's pairs; metrics carry TRL's `rewards/*`).
+pub fn train_dpo(
+    model: &mut LanguageModel,
+    pairs: &[dpo::Preference],
+    config: &SftConfig,
+    beta: f64,
+    out: &Path,
+    control: &RunControl,
+    on_step: &mut dyn FnMut(&StepMetrics),
+) -> Result<SftSummary, TrainError> {
+    if !(beta.is_finite() && beta > 0.0) {
+        return Err(TrainError::Config(format!(
+            "--beta must be positive, got {beta}"
+        )));
+    }
+    let mut tokenized = Vec::new();
+    let mut skipped_too_long = 0;
+    for (i, pair) in pairs.iter().enumerate() {
+        match dpo::tokenize_pair(model, pair, config.max_length)
+            .map_err(|err| TrainError::Config(format!("pair {}: {err}", i + 1)))?
+        {
+            Some(t) => tokenized.push(t),
+            None => skipped_too_long += 1,
+        }
+    }
+    if tokenized.is_empty() {
+        return Err(TrainError::Config(format!(
+            "every one of the {} pairs is longer than --max-length {}",
+            pairs.len(),
+            config.max_length
+        )));
+    }
+    let settings = format!("dpo|{beta}|{}", settings_key(config, tokenized.len()));
+    let err = |e: candle_core::Error| TrainError::Model(e.to_string());
+    let mut batch = |model: &mut LanguageModel,
+                     adapters: &Adapters,
+                     batch: &[&dpo::TokenizedPair]|
+     -> Result<BatchOutcome, TrainError> {
+        let vars = adapters.vars();
+        let n = batch.len() as f64;
+        let tokens: usize = batch
+            .iter()
+            .map(|p| p.chosen.completion_tokens() + p.rejected.completion_tokens())
+            .sum();
+        let all_tokens: usize = batch
+            .iter()
+            .map(|p| p.chosen.ids.len() + p.rejected.ids.len())
+            .sum();
+        let mut grads = None;
+        let (mut loss_sum, mut chosen, mut rejected, mut right) = (0.0, 0.0, 0.0, 0.0);
+        for pair in batch {
+            let reference = dpo::reference_logps(model, adapters, pair)?;
+            let l = dpo::pair_loss(model, pair, reference, beta)?;
+            loss_sum += l.loss.to_scalar::<f32>().map_err(err)? as f64;
+            chosen += l.chosen_reward;
+            rejected += l.rejected_reward;
+            if l.chosen_reward > l.rejected_reward {
+                right += 1.0;
+            }
+            let g = (&l.loss / n).map_err(err)?.backward().map_err(err)?;
+            optim::accumulate(&mut grads, g, &vars, 1.0)?;
+        }
+        Ok(BatchOutcome {
+            grads: grads.ok_or_else(|| TrainError::Model("no gradient".into()))?,
+            loss: loss_sum / n,
+            tokens,
+            all_tokens,
+            preference: Some(PreferenceMetrics {
+                chosen: chosen / n,
+                rejected: rejected / n,
+                margin: (chosen - rejected) / n,
+                accuracy: right / n,
+            }),
+        })
+    };
+    let end = run_loop(
+        model, &tokenized, config, settings, out, control, on_step, &mut batch,
+    )?;
+    Ok(SftSummary {
+        examples: tokenized.len(),
+        skipped_too_long,
+        steps: end.steps,
+        first_loss: end.first_loss,
+        last_loss: end.last_loss,
+        adapter: end.adapter,
+        checkpoint: end.checkpoint,
+        interrupted: end.interrupted,
     })
 }

@@ -405,3 +405,72 @@ fn a_run_stopped_and_resumed_from_its_checkpoint_ends_exactly_as_an_uninterrupte
     .unwrap_err();
     assert!(e.to_string().contains("other settings or data"), "{e}");
 }
+
+#[test]
+fn dpo_learns_to_prefer_the_chosen_programs() {
+    use afterburner_train::dpo::Preference;
+    let pair = |task: &str, good: &str, bad: &str| Preference {
+        chosen: PromptCompletion::Conversational {
+            prompt: vec![ChatMessage::user(task)],
+            completion: vec![ChatMessage::assistant(good)],
+        },
+        rejected: PromptCompletion::Conversational {
+            prompt: vec![ChatMessage::user(task)],
+            completion: vec![ChatMessage::assistant(bad)],
+        },
+    };
+    let pairs = vec![
+        pair("add two numbers", "print(a+b)", "print(a-b)"),
+        pair("square n", "print(n*n)", "print(sum(n for _ in range(n)))"),
+    ];
+    let mut m = model();
+    let out = tempfile::tempdir().unwrap();
+    let config = SftConfig {
+        lora: LoraConfig {
+            r: 8,
+            alpha: 16.0,
+            ..LoraConfig::default()
+        },
+        optim: OptimConfig {
+            learning_rate: 1e-2,
+            ..OptimConfig::default()
+        },
+        max_steps: Some(30),
+        per_device_train_batch_size: 2,
+        seed: 5,
+        ..SftConfig::default()
+    };
+    let mut steps = Vec::new();
+    let summary = afterburner_train::train_dpo(
+        &mut m,
+        &pairs,
+        &config,
+        0.1,
+        out.path(),
+        &RunControl::default(),
+        &mut |s| steps.push(s.clone()),
+    )
+    .unwrap();
+    let first = steps[0].preference.unwrap();
+    let last = steps.last().unwrap().preference.unwrap();
+    // Fresh adapters are the reference: no margin, loss log 2.
+    assert!(first.margin.abs() < 1e-6, "{first:?}");
+    assert!((summary.first_loss - std::f64::consts::LN_2).abs() < 1e-4);
+    assert_eq!(last.accuracy, 1.0, "{last:?}");
+    assert!(last.margin > 1.0, "{last:?}");
+    assert!(summary.last_loss < 0.5 * summary.first_loss, "{summary:?}");
+    let line: Value = serde_json::from_str(
+        std::fs::read_to_string(out.path().join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(line["rewards/accuracies"], 1.0);
+    assert!(
+        out.path()
+            .join("adapter/adapter_model.safetensors")
+            .is_file()
+    );
+}
