@@ -58,6 +58,10 @@ pub struct GenerateArgs {
     /// Q4_0/Q4_1/Q8_0 projections quantized, on the CPU) [default: f32 on CPU, bf16 on a GPU].
     #[arg(long)]
     pub dtype: Option<String>,
+    /// A PEFT LoRA adapter folder (`adapter_config.json` + `adapter_model.safetensors`, e.g.
+    /// `afterburner train`'s DIR/adapter) applied to the model without merging.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<std::path::PathBuf>,
     /// Print one JSON object: {text, token_ids, prompt_token_ids, finish_reason,
     /// tokens_per_second, prompt_tokens, completion_tokens, model}.
     #[arg(long)]
@@ -133,7 +137,11 @@ pub fn generate(args: GenerateArgs) -> Result<ExitCode> {
         (None, Some(prompt)) if !args.raw => Some(vec![ChatMessage::user(prompt.clone())]),
         _ => None,
     };
-    let (choice, model) = choose_and_load(args.model.as_deref(), args.dtype.as_deref())?;
+    let (choice, model) = choose_and_load(
+        args.model.as_deref(),
+        args.dtype.as_deref(),
+        args.adapter.as_deref(),
+    )?;
     let settings = GenerationSettings {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,

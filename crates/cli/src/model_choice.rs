@@ -192,15 +192,28 @@ pub fn load_model(path: &Path, precision: Precision, device: &Device) -> Result<
 }
 
 /// Chooses (see [`choose_model`]) and loads the model on the best device (the CPU for
-/// `--dtype quantized`).
+/// `--dtype quantized`), with a PEFT LoRA adapter folder applied (unmerged) when given.
 pub fn choose_and_load(
     given: Option<&str>,
     dtype: Option<&str>,
+    adapter: Option<&Path>,
 ) -> Result<(ModelChoice, LanguageModel)> {
     let choice = choose_model(given)?;
     let device = afterburner_model::best_device();
     let precision = precision_for(dtype, &device)?;
-    let model = load_model(&choice.path, precision, &device)?;
+    let mut model = load_model(&choice.path, precision, &device)?;
+    if let Some(dir) = adapter {
+        let device = model.model().device().clone();
+        let adapters = afterburner_train::Adapters::load_peft(model.model_mut(), dir, &device)
+            .with_context(|| format!("--adapter {}", dir.display()))?;
+        eprintln!(
+            "adapter {} (LoRA r {}, {} modules) on {}",
+            dir.display(),
+            adapters.config.r,
+            adapters.modules.len(),
+            choice.name
+        );
+    }
     Ok((choice, model))
 }
 

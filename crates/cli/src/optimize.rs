@@ -52,6 +52,10 @@ pub struct OptimizeArgs {
     /// Q4_0/Q4_1/Q8_0 projections quantized, on the CPU) [default: f32 on CPU, bf16 on a GPU].
     #[arg(long)]
     pub dtype: Option<String>,
+    /// A PEFT LoRA adapter folder (`adapter_config.json` + `adapter_model.safetensors`, e.g.
+    /// `afterburner train`'s DIR/adapter) applied to the model without merging.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<std::path::PathBuf>,
     /// Improvement iterations after iteration 0 (N model calls per problem after the first solution).
     #[arg(long, default_value_t = 10)]
     pub iterations: usize,

@@ -62,12 +62,15 @@ pub fn backend(args: &OptimizeArgs, cache: Option<ResponseCache>) -> Result<Back
 }
 
 fn embedded(args: &OptimizeArgs, cache: Option<ResponseCache>) -> Result<Backend> {
-    let (choice, model) =
-        crate::model_choice::choose_and_load(args.model.as_deref(), args.dtype.as_deref())
-            .context(
-                "without --endpoint, optimize runs the embedded model (give --endpoint URL to use \
+    let (choice, model) = crate::model_choice::choose_and_load(
+        args.model.as_deref(),
+        args.dtype.as_deref(),
+        args.adapter.as_deref(),
+    )
+    .context(
+        "without --endpoint, optimize runs the embedded model (give --endpoint URL to use \
                  an OpenAI-compatible server instead)",
-            )?;
+    )?;
     let max_tokens = if args.max_tokens > 0 {
         args.max_tokens as usize
     } else {

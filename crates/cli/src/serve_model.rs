@@ -17,6 +17,10 @@ pub struct ServeModelArgs {
     /// Q4_0/Q4_1/Q8_0 projections quantized, on the CPU) [default: f32 on CPU, bf16 on a GPU].
     #[arg(long, requires = "model")]
     pub dtype: Option<String>,
+    /// A PEFT LoRA adapter folder (`adapter_config.json` + `adapter_model.safetensors`, e.g.
+    /// `afterburner train`'s DIR/adapter) applied to the model without merging.
+    #[arg(long, value_name = "DIR", requires = "model")]
+    pub adapter: Option<std::path::PathBuf>,
     /// Model requests that may wait for the model; beyond it they are refused (503, Retry-After).
     #[arg(long, default_value_t = 64, requires = "model")]
     pub model_queue: usize,
@@ -27,7 +31,11 @@ pub fn start(args: &ServeModelArgs) -> Result<Option<OpenAiModel>> {
     let Some(given) = args.model.as_deref() else {
         return Ok(None);
     };
-    let (choice, model) = crate::model_choice::choose_and_load(Some(given), args.dtype.as_deref())?;
+    let (choice, model) = crate::model_choice::choose_and_load(
+        Some(given),
+        args.dtype.as_deref(),
+        args.adapter.as_deref(),
+    )?;
     eprintln!(
         "afterburner serve: model `{}` ({}) answers /v1/chat/completions, /v1/completions and /v1/models",
         choice.name,

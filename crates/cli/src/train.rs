@@ -30,6 +30,22 @@ enum TrainCommand {
     Sft(SftArgs),
     /// DPO with LoRA (sigmoid loss; the reference is the model with the adapters off).
     Dpo(DpoArgs),
+    /// Merge a LoRA adapter into its base model and write a Hugging Face model folder.
+    Merge(MergeArgs),
+}
+
+/// Arguments of `afterburner train merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The base model: a Hugging Face folder or ORG/NAME in the hub cache.
+    #[arg(long)]
+    model: String,
+    /// The PEFT LoRA adapter folder.
+    #[arg(long, value_name = "DIR")]
+    adapter: PathBuf,
+    /// The merged model's folder (config, tokenizer and generation files copied from the base).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
 }
 
 /// Arguments of `afterburner train dpo`.
@@ -112,7 +128,66 @@ pub fn train(args: TrainArgs) -> Result<ExitCode> {
     match args.command {
         TrainCommand::Sft(a) => run(a, None),
         TrainCommand::Dpo(a) => run(a.run, Some(a.beta)),
+        TrainCommand::Merge(a) => merge(a),
     }
+}
+
+fn merge(args: MergeArgs) -> Result<ExitCode> {
+    let choice = choose_model(Some(&args.model))?;
+    if !(choice.path.is_dir() && choice.path.join("config.json").is_file()) {
+        bail!(
+            "--model {}: merging writes a Hugging Face folder and needs one as the base (a GGUF \
+             file has no config.json or tokenizer files to carry over); use --adapter with \
+             generate, optimize or serve instead",
+            args.model
+        );
+    }
+    if args.out.exists() && std::fs::read_dir(&args.out)?.next().is_some() {
+        bail!("--out {}: the folder is not empty", args.out.display());
+    }
+    let device = afterburner_model::Device::Cpu;
+    let config = afterburner_model::ModelConfig::from_file(&choice.path.join("config.json"))?;
+    let dtype = match config.torch_dtype.as_deref() {
+        Some("bfloat16") => DType::BF16,
+        Some("float16") => DType::F16,
+        _ => DType::F32,
+    };
+    let mut model = load_model(&choice.path, Precision::Dense(dtype), &device)
+        .with_context(|| format!("cannot load the model {}", choice.name))?;
+    let adapters =
+        afterburner_train::Adapters::load_peft(model.model_mut(), &args.adapter, &device)
+            .with_context(|| format!("--adapter {}", args.adapter.display()))?;
+    let weights = adapters.merged_weights(model.model())?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let mut copied = Vec::new();
+    for entry in std::fs::read_dir(&choice.path)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let weights_file = name.ends_with(".safetensors")
+            || name.ends_with(".bin")
+            || name == "model.safetensors.index.json";
+        if path.is_file() && !weights_file {
+            std::fs::copy(&path, args.out.join(&name))
+                .with_context(|| format!("cannot copy {}", path.display()))?;
+            copied.push(name);
+        }
+    }
+    let file = args.out.join("model.safetensors");
+    afterburner_train::Adapters::save_weights(&weights, &file)?;
+    copied.sort();
+    println!(
+        "merged {} LoRA modules into {} ({} tensors, {dtype:?}) -> {} (with {})",
+        adapters.modules.len(),
+        choice.name,
+        weights.len(),
+        args.out.display(),
+        copied.join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// What is trained on: prompt-completion rows or preference pairs (with beta).

@@ -164,3 +164,75 @@ fn dpo_trains_on_preference_rows_and_logs_rewards() {
     );
     assert!(out.join("adapter/adapter_config.json").is_file());
 }
+
+fn generate(model: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "def add(a, b):",
+        "--max-new-tokens",
+        "12",
+        "--temperature",
+        "0",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = afterburner(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_merged_model_generates_what_the_base_with_its_adapter_generates() {
+    let adapter =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../train/tests/fixtures/sft-parity");
+    let tmp = tempfile::tempdir().unwrap();
+    let merged = tmp.path().join("merged");
+    let out = afterburner(&[
+        "train",
+        "merge",
+        "--model",
+        fixture().to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(merged.join("model.safetensors").is_file());
+    assert!(merged.join("tokenizer.json").is_file());
+    let base = generate(fixture().to_str().unwrap(), &[]);
+    let with_adapter = generate(
+        fixture().to_str().unwrap(),
+        &["--adapter", adapter.to_str().unwrap()],
+    );
+    let from_merged = generate(merged.to_str().unwrap(), &[]);
+    assert_eq!(from_merged["token_ids"], with_adapter["token_ids"]);
+    assert_ne!(
+        base["token_ids"], with_adapter["token_ids"],
+        "the adapter changes the model"
+    );
+    // Merging into a non-empty folder is refused.
+    let again = afterburner(&[
+        "train",
+        "merge",
+        "--model",
+        fixture().to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+}

@@ -251,6 +251,36 @@ impl Adapters {
         }
     }
 
+    /// The model's weights with the adapters merged in (`W + scaling * B A` for each adapted
+    /// projection, in the weight's dtype), under Hugging Face names, ready to save as a model.
+    pub fn merged_weights(&self, model: &CausalLm) -> Result<Vec<(String, Tensor)>, TrainError> {
+        let scaling = self.config.alpha / self.config.r as f64;
+        let mut weights = model.named_parameters().map_err(model_error)?;
+        for (name, a, b) in &self.modules {
+            let key = format!("{name}.weight");
+            let Some((_, weight)) = weights.iter_mut().find(|(n, _)| *n == key) else {
+                return Err(TrainError::Adapter(format!(
+                    "the model has no weight `{key}` to merge the adapter into"
+                )));
+            };
+            let delta = b
+                .as_tensor()
+                .matmul(a.as_tensor())
+                .and_then(|d| d * scaling)
+                .and_then(|d| d.to_dtype(weight.dtype()))
+                .map_err(model_error)?;
+            *weight = (&*weight + delta).map_err(model_error)?;
+        }
+        Ok(weights)
+    }
+
+    /// Writes weights (e.g. [`Self::merged_weights`]) to a safetensors file.
+    pub fn save_weights(weights: &[(String, Tensor)], path: &Path) -> Result<(), TrainError> {
+        let map: HashMap<String, Tensor> = weights.iter().cloned().collect();
+        candle_core::safetensors::save(&map, path)
+            .map_err(|e| TrainError::io("write", path, std::io::Error::other(e.to_string())))
+    }
+
     /// The trainable variables, `A` then `B` of each module.
     pub fn vars(&self) -> Vec<Var> {
         self.modules
