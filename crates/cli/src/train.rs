@@ -289,6 +289,7 @@ fn run(args: SftArgs, beta: Option<f64>) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(130));
     }
+    write_curves(&args.out)?;
     let summary_path = args.out.join("summary.json");
     std::fs::write(
         &summary_path,
@@ -307,4 +308,45 @@ fn run(args: SftArgs, beta: Option<f64>) -> Result<ExitCode> {
         summary.adapter.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Draws `DIR/loss.{png,svg}` (and for DPO `DIR/rewards.{png,svg}`) from `DIR/metrics.jsonl`.
+fn write_curves(out: &std::path::Path) -> Result<()> {
+    use afterburner_optimize::chart::{ImageFormat, Line, write_lines};
+    let path = out.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{}: not JSON lines", path.display()))?;
+    let line = |name: &str, key: &str| Line {
+        name: name.to_string(),
+        points: rows
+            .iter()
+            .filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?)))
+            .collect(),
+    };
+    let mut charts = vec![("loss", "training loss", "loss", vec![line("loss", "loss")])];
+    if rows.iter().any(|r| r.get("rewards/margins").is_some()) {
+        charts.push((
+            "rewards",
+            "DPO rewards",
+            "beta x log-ratio",
+            vec![
+                line("chosen", "rewards/chosen"),
+                line("rejected", "rewards/rejected"),
+                line("margin", "rewards/margins"),
+            ],
+        ));
+    }
+    for (file, title, y, lines) in charts {
+        for (format, ext) in [(ImageFormat::Png, "png"), (ImageFormat::Svg, "svg")] {
+            let target = out.join(format!("{file}.{ext}"));
+            write_lines(&target, format, title, ("step", y), &lines, (900, 500))
+                .map_err(anyhow::Error::msg)?;
+        }
+    }
+    Ok(())
 }

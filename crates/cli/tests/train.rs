@@ -65,6 +65,12 @@ fn sft_writes_a_peft_adapter_metrics_and_a_summary() {
     let summary: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert!(summary["last_loss"].as_f64().unwrap() < summary["first_loss"].as_f64().unwrap());
+    for file in ["loss.png", "loss.svg"] {
+        assert!(
+            std::fs::metadata(out.join(file)).unwrap().len() > 1000,
+            "{file}"
+        );
+    }
 }
 
 #[test]
@@ -163,6 +169,7 @@ fn dpo_trains_on_preference_rows_and_logs_rewards() {
         metrics[3]
     );
     assert!(out.join("adapter/adapter_config.json").is_file());
+    assert!(out.join("rewards.png").is_file() && out.join("rewards.svg").is_file());
 }
 
 fn generate(model: &str, extra: &[&str]) -> Value {

@@ -108,6 +108,114 @@ fn draw<DB: DrawingBackend>(
     root.present().map_err(e)
 }
 
+/// A line of a [`write_lines`] chart: a legend label and `(x, y)` points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    /// Its legend label.
+    pub name: String,
+    /// Points, in x order.
+    pub points: Vec<(f64, f64)>,
+}
+
+fn draw_lines<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    lines: &[Line],
+) -> Result<(), String> {
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(e)?;
+    let finite = lines
+        .iter()
+        .flat_map(|l| l.points.iter())
+        .filter(|(x, y)| x.is_finite() && y.is_finite());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in finite {
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    }
+    if x0 > x1 {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    if x1 - x0 < 1e-12 {
+        x1 = x0 + 1.0;
+    }
+    let pad = ((y1 - y0) * 0.05).max(1e-6);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (FAMILY, 22))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
+        .map_err(e)?;
+    let x_fmt = |x: &f64| format!("{x:.0}");
+    let y_fmt = |y: &f64| format!("{y:.3}");
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_label_formatter(&x_fmt)
+        .y_label_formatter(&y_fmt)
+        .label_style((FAMILY, 14))
+        .axis_desc_style((FAMILY, 15))
+        .light_line_style(WHITE)
+        .bold_line_style(RGBColor(0xdd, 0xdd, 0xdd))
+        .draw()
+        .map_err(e)?;
+    for (k, line) in lines.iter().enumerate() {
+        let color = COLORS[(k + 1) % COLORS.len()];
+        let points: Vec<(f64, f64)> = line
+            .points
+            .iter()
+            .copied()
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(e)?
+            .label(line.name.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FAMILY, 14))
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(0xaa, 0xaa, 0xaa))
+        .draw()
+        .map_err(e)?;
+    root.present().map_err(e)
+}
+
+/// Writes a line chart of `lines` (axes fitted to the data; non-finite points left out) to
+/// `path` in `format`: training curves, for instance.
+pub fn write_lines(
+    path: &Path,
+    format: ImageFormat,
+    title: &str,
+    axes: (&str, &str),
+    lines: &[Line],
+    size: (u32, u32),
+) -> Result<(), String> {
+    font_ready()?;
+    let drawn = match format {
+        ImageFormat::Png => draw_lines(
+            BitMapBackend::new(path, size).into_drawing_area(),
+            title,
+            axes,
+            lines,
+        ),
+        ImageFormat::Svg => draw_lines(
+            SVGBackend::new(path, size).into_drawing_area(),
+            title,
+            axes,
+            lines,
+        ),
+    };
+    drawn.map_err(|e| format!("cannot draw {}: {e}", path.display()))
+}
+
 /// An image format a chart is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageFormat {
