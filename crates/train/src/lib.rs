@@ -5,6 +5,7 @@
 //! - [`sft`]: TRL prompt-completion rows, tokenized with the chat template, loss on completion
 //!   tokens only.
 //! - [`dpo`]: TRL preference rows and the sigmoid DPO loss against the adapters-off reference.
+//! - [`grpo`]: the GRPO objective (group advantages, clipped ratio, KL, token normalisation).
 //! - [`train_sft`]: the supervised loop: seeded shuffling, accumulation, one metrics line per
 //!   optimiser step, the adapter saved at the end.
 //!
@@ -14,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod dpo;
+pub mod grpo;
 pub mod lora;
 pub mod optim;
 pub mod sft;
