@@ -46,7 +46,7 @@ pub fn group_advantages(
     group: usize,
     scale: bool,
 ) -> Result<Vec<f64>, TrainError> {
-    if group == 0 || rewards.len() % group != 0 {
+    if group == 0 || !rewards.len().is_multiple_of(group) {
         return Err(TrainError::Config(format!(
             "{} rewards do not form groups of {group}",
             rewards.len()
@@ -158,13 +158,13 @@ pub fn rollout_loss(
         let mut kl = (diff.exp().map_err(err)? - &diff)
             .and_then(|k| k - 1.0)
             .map_err(err)?;
-        if settings.bias_correction_kl {
-            kl = (kl * &ratio).map_err(err)?;
-        }
         kl_sum = kl
             .sum_all()
             .and_then(|s| s.to_scalar::<f32>())
             .map_err(err)? as f64;
+        if settings.bias_correction_kl {
+            kl = (kl * &ratio).map_err(err)?;
+        }
         per_token = (per_token + (kl * settings.beta).map_err(err)?).map_err(err)?;
     }
     let loss = per_token.sum_all().map_err(err)?;
