@@ -136,6 +136,9 @@ pub struct StepMetrics {
     /// DPO's rewards, margins and accuracy (DPO runs only).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub preference: Option<PreferenceMetrics>,
+    /// GRPO's rewards, clipping and KL (GRPO runs only).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub rollouts: Option<RolloutMetrics>,
 }
 
 /// What a run did.
@@ -236,11 +239,12 @@ struct BatchOutcome {
     tokens: usize,
     all_tokens: usize,
     preference: Option<PreferenceMetrics>,
+    rollouts: Option<RolloutMetrics>,
 }
 
 /// Computes one optimiser step's batch with the adapters attached.
 type BatchFn<'a, T> =
-    dyn FnMut(&mut LanguageModel, &Adapters, &[&T]) -> Result<BatchOutcome, TrainError> + 'a;
+    dyn FnMut(&mut LanguageModel, &Adapters, &[&T], usize) -> Result<BatchOutcome, TrainError> + 'a;
 
 /// How the shared loop ended.
 struct LoopEnd {
@@ -371,7 +375,7 @@ fn run_loop<T>(
             state.consumed += 1;
         }
         state.rng = rng.state();
-        let mut outcome = batch(model, &adapters, &picked)?;
+        let mut outcome = batch(model, &adapters, &picked, state.step)?;
         if !outcome.loss.is_finite() {
             return Err(TrainError::Diverged(format!(
                 "the loss is {} at step {}",
@@ -395,6 +399,7 @@ fn run_loop<T>(
             tokens: outcome.tokens,
             tokens_per_s: outcome.all_tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
             preference: outcome.preference,
+            rollouts: outcome.rollouts,
         };
         let line = serde_json::to_string(&metrics)
             .map_err(|e| TrainError::Config(format!("metrics: {e}")))?;
@@ -459,7 +464,8 @@ pub fn train_sft(
     let err = |e: candle_core::Error| TrainError::Model(e.to_string());
     let mut batch = |model: &mut LanguageModel,
                      adapters: &Adapters,
-                     batch: &[&Tokenized]|
+                     batch: &[&Tokenized],
+                     _step: usize|
      -> Result<BatchOutcome, TrainError> {
         let vars = adapters.vars();
         let tokens: usize = batch.iter().map(|t| t.completion_tokens()).sum();
@@ -479,6 +485,7 @@ pub fn train_sft(
             tokens,
             all_tokens,
             preference: None,
+            rollouts: None,
         })
     };
     let end = run_loop(
@@ -551,7 +558,8 @@ pub fn train_dpo(
     let err = |e: candle_core::Error| TrainError::Model(e.to_string());
     let mut batch = |model: &mut LanguageModel,
                      adapters: &Adapters,
-                     batch: &[&dpo::TokenizedPair]|
+                     batch: &[&dpo::TokenizedPair],
+                     _step: usize|
      -> Result<BatchOutcome, TrainError> {
         let vars = adapters.vars();
         let n = batch.len() as f64;
@@ -588,6 +596,7 @@ pub fn train_dpo(
                 margin: (chosen - rejected) / n,
                 accuracy: right / n,
             }),
+            rollouts: None,
         })
     };
     let end = run_loop(
@@ -596,6 +605,274 @@ pub fn train_dpo(
     Ok(SftSummary {
         examples: tokenized.len(),
         skipped_too_long,
+        steps: end.steps,
+        first_loss: end.first_loss,
+        last_loss: end.last_loss,
+        adapter: end.adapter,
+        checkpoint: end.checkpoint,
+        interrupted: end.interrupted,
+    })
+}
+
+/// GRPO figures of a step, as TRL logs them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RolloutMetrics {
+    /// Mean reward of the judged completions.
+    pub reward: f64,
+    /// Standard deviation of those rewards.
+    pub reward_std: f64,
+    /// Completions the reward function judged.
+    pub judged: usize,
+    /// Completions it could not judge (their groups are left out of the loss).
+    pub unjudged: usize,
+    /// Share of completion tokens whose ratio was clipped.
+    #[serde(rename = "clip_ratio")]
+    pub clip_ratio: f64,
+    /// Mean per-token KL to the reference (0 when `beta` is 0).
+    pub kl: f64,
+    /// Mean completion length in tokens.
+    pub completion_length: f64,
+}
+
+/// A GRPO prompt: the chat messages and the label its completions are judged with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrpoPrompt {
+    /// The prompt messages.
+    pub prompt: Vec<afterburner_model::ChatMessage>,
+    /// What the reward needs (e.g. `afterburner data grpo`'s ground truth).
+    pub label: String,
+}
+
+/// A sampled completion handed to the reward function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled<'a> {
+    /// The prompt it answers.
+    pub prompt: &'a GrpoPrompt,
+    /// The completion's text.
+    pub text: String,
+}
+
+/// Judges completions: one reward per completion, `None` where it could not be judged (never
+/// a made-up number).
+pub type RewardFn<'a> = dyn FnMut(&[Sampled]) -> Result<Vec<Option<f64>>, TrainError> + 'a;
+
+/// GRPO's settings, named as TRL's `GRPOConfig`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrpoSettings {
+    /// The objective.
+    pub loss: grpo::GrpoLoss,
+    /// Completions per prompt (`num_generations`).
+    pub num_generations: usize,
+    /// Most tokens per completion.
+    pub max_completion_length: usize,
+    /// Sampling temperature.
+    pub temperature: f64,
+    /// Divide advantages by the group's standard deviation (`scale_rewards`).
+    pub scale_rewards: bool,
+}
+
+impl Default for GrpoSettings {
+    fn default() -> Self {
+        GrpoSettings {
+            loss: grpo::GrpoLoss::default(),
+            num_generations: 8,
+            max_completion_length: 256,
+            temperature: 1.0,
+            scale_rewards: true,
+        }
+    }
+}
+
+/// Trains LoRA adapters with GRPO: each step samples `num_generations` completions per prompt
+/// from the current policy (seeded by the run's seed and the step), has `reward` judge them,
+/// normalises the rewards within each group and takes one optimiser step on the clipped
+/// objective (one pass per batch: the sampling policy is the one being updated, so ratios start
+/// at 1). A group with an unjudged completion is left out of the loss and counted. Otherwise as
+/// [`train_sft`] (checkpoints, exact resumption, metrics with TRL's reward and clipping figures).
+#[allow(clippy::too_many_arguments)]
+pub fn train_grpo(
+    model: &mut LanguageModel,
+    prompts: &[GrpoPrompt],
+    config: &SftConfig,
+    settings: &GrpoSettings,
+    reward: &mut RewardFn<'_>,
+    out: &Path,
+    control: &RunControl,
+    on_step: &mut dyn FnMut(&StepMetrics),
+) -> Result<SftSummary, TrainError> {
+    if settings.num_generations < 2 {
+        return Err(TrainError::Config(
+            "--num-generations must be at least 2 (advantages compare completions of a prompt)"
+                .into(),
+        ));
+    }
+    if settings.max_completion_length == 0 {
+        return Err(TrainError::Config(
+            "--max-completion-length must be at least 1".into(),
+        ));
+    }
+    if prompts.is_empty() {
+        return Err(TrainError::Config("no prompts".into()));
+    }
+    let settings_text = format!(
+        "grpo|{:?}|{}|{}|{}|{}|{}",
+        settings.loss,
+        settings.num_generations,
+        settings.max_completion_length,
+        settings.temperature,
+        settings.scale_rewards,
+        settings_key(config, prompts.len())
+    );
+    let err = |e: candle_core::Error| TrainError::Model(e.to_string());
+    let seed = config.seed;
+    let mut batch = |model: &mut LanguageModel,
+                     adapters: &Adapters,
+                     batch: &[&GrpoPrompt],
+                     step: usize|
+     -> Result<BatchOutcome, TrainError> {
+        let g = settings.num_generations;
+        let mut prompt_ids = Vec::with_capacity(batch.len());
+        for p in batch {
+            prompt_ids.push(
+                model
+                    .encode_chat(&p.prompt)
+                    .map_err(|e| TrainError::Model(e.to_string()))?,
+            );
+        }
+        let repeated: Vec<Vec<u32>> = prompt_ids
+            .iter()
+            .flat_map(|ids| std::iter::repeat_n(ids.clone(), g))
+            .collect();
+        let generations = model
+            .generate_tokens(
+                &repeated,
+                &afterburner_model::GenerationSettings {
+                    max_new_tokens: settings.max_completion_length,
+                    temperature: Some(settings.temperature),
+                    top_p: Some(1.0),
+                    top_k: Some(0),
+                    seed: seed ^ (step as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407),
+                    stop: Vec::new(),
+                },
+            )
+            .map_err(|e| TrainError::Model(e.to_string()))?;
+        let sampled: Vec<Sampled> = generations
+            .iter()
+            .enumerate()
+            .map(|(i, gen_)| Sampled {
+                prompt: batch[i / g],
+                text: gen_.text.clone(),
+            })
+            .collect();
+        let rewards = reward(&sampled)?;
+        if rewards.len() != sampled.len() {
+            return Err(TrainError::Config(format!(
+                "the reward function returned {} rewards for {} completions",
+                rewards.len(),
+                sampled.len()
+            )));
+        }
+        let mut rollouts = Vec::new();
+        let (mut judged, mut unjudged) = (Vec::new(), 0usize);
+        for (k, group) in rewards.chunks(g).enumerate() {
+            let Some(values) = group.iter().copied().collect::<Option<Vec<f64>>>() else {
+                unjudged += group.iter().filter(|r| r.is_none()).count();
+                continue;
+            };
+            judged.extend(values.iter().copied());
+            let advantages = grpo::group_advantages(&values, g, settings.scale_rewards)?;
+            for (j, advantage) in advantages.into_iter().enumerate() {
+                let generation = &generations[k * g + j];
+                if generation.token_ids.is_empty() {
+                    continue;
+                }
+                let mut ids = prompt_ids[k].clone();
+                ids.extend(&generation.token_ids);
+                let tokens = Tokenized {
+                    completion_start: prompt_ids[k].len().max(1),
+                    ids,
+                };
+                let old_logps = grpo::token_logps(model, &tokens)?
+                    .detach()
+                    .to_vec1::<f32>()
+                    .map_err(err)?;
+                let ref_logps = if settings.loss.beta != 0.0 {
+                    adapters.detach(model.model_mut());
+                    let r = grpo::token_logps(model, &tokens);
+                    adapters.reattach(model.model_mut());
+                    Some(r?.to_vec1::<f32>().map_err(err)?)
+                } else {
+                    None
+                };
+                rollouts.push(grpo::Rollout {
+                    tokens,
+                    advantage,
+                    old_logps,
+                    ref_logps,
+                });
+            }
+        }
+        let tokens: usize = rollouts.iter().map(|r| r.tokens.completion_tokens()).sum();
+        let all_tokens: usize = rollouts.iter().map(|r| r.tokens.ids.len()).sum();
+        let vars = adapters.vars();
+        let mut grads = None;
+        let (mut loss_sum, mut clipped, mut kl_sum) = (0.0, 0usize, 0.0);
+        for rollout in &rollouts {
+            let (loss, stats) = grpo::rollout_loss(model, rollout, &settings.loss)?;
+            loss_sum += loss.to_scalar::<f32>().map_err(err)? as f64;
+            clipped += stats.clipped;
+            kl_sum += stats.kl_sum;
+            let g = (&loss / tokens as f64)
+                .map_err(err)?
+                .backward()
+                .map_err(err)?;
+            optim::accumulate(&mut grads, g, &vars, 1.0)?;
+        }
+        let grads = match grads {
+            Some(g) => g,
+            // Nothing to learn from (every group unjudged or empty): a zero gradient.
+            None => (vars[0].as_tensor().sum_all().map_err(err)? * 0.0)
+                .map_err(err)?
+                .backward()
+                .map_err(err)?,
+        };
+        let n = judged.len().max(1) as f64;
+        let mean = judged.iter().sum::<f64>() / n;
+        let std = (judged.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+        Ok(BatchOutcome {
+            grads,
+            loss: if tokens > 0 {
+                loss_sum / tokens as f64
+            } else {
+                0.0
+            },
+            tokens,
+            all_tokens,
+            preference: None,
+            rollouts: Some(RolloutMetrics {
+                reward: if judged.is_empty() { f64::NAN } else { mean },
+                reward_std: std,
+                judged: judged.len(),
+                unjudged,
+                clip_ratio: clipped as f64 / tokens.max(1) as f64,
+                kl: kl_sum / tokens.max(1) as f64,
+                completion_length: tokens as f64 / rollouts.len().max(1) as f64,
+            }),
+        })
+    };
+    let end = run_loop(
+        model,
+        prompts,
+        config,
+        settings_text,
+        out,
+        control,
+        on_step,
+        &mut batch,
+    )?;
+    Ok(SftSummary {
+        examples: prompts.len(),
+        skipped_too_long: 0,
         steps: end.steps,
         first_loss: end.first_loss,
         last_loss: end.last_loss,

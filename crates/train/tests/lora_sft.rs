@@ -474,3 +474,58 @@ fn dpo_learns_to_prefer_the_chosen_programs() {
             .is_file()
     );
 }
+
+#[test]
+fn grpo_raises_the_mean_reward_of_a_simple_task() {
+    use afterburner_train::{GrpoPrompt, GrpoSettings, Sampled, train_grpo};
+    let prompts = vec![GrpoPrompt {
+        prompt: vec![ChatMessage::user("write a call")],
+        label: "(".into(),
+    }];
+    // Reward: the share of the completion's characters that are the label's, here "(".
+    let mut reward = |samples: &[Sampled]| -> Result<Vec<Option<f64>>, TrainError> {
+        Ok(samples
+            .iter()
+            .map(|s| {
+                let n = s.text.chars().count().max(1) as f64;
+                Some(s.text.matches(s.prompt.label.as_str()).count() as f64 / n)
+            })
+            .collect())
+    };
+    let mut m = model();
+    let out = tempfile::tempdir().unwrap();
+    let config = SftConfig {
+        lora: LoraConfig {
+            r: 8,
+            alpha: 16.0,
+            ..LoraConfig::default()
+        },
+        optim: OptimConfig {
+            learning_rate: 3e-2,
+            ..OptimConfig::default()
+        },
+        max_steps: Some(30),
+        seed: 9,
+        ..SftConfig::default()
+    };
+    let settings = GrpoSettings {
+        num_generations: 8,
+        max_completion_length: 8,
+        ..GrpoSettings::default()
+    };
+    let mut rewards = Vec::new();
+    train_grpo(
+        &mut m,
+        &prompts,
+        &config,
+        &settings,
+        &mut reward,
+        out.path(),
+        &RunControl::default(),
+        &mut |s| rewards.push(s.rollouts.unwrap().reward),
+    )
+    .unwrap();
+    let mean = |r: &[f64]| r.iter().sum::<f64>() / r.len() as f64;
+    let (early, late) = (mean(&rewards[..5]), mean(&rewards[rewards.len() - 5..]));
+    assert!(late > early + 0.1, "mean reward {early:.3} -> {late:.3}: {rewards:?}");
+}
