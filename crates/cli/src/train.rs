@@ -30,8 +30,44 @@ enum TrainCommand {
     Sft(SftArgs),
     /// DPO with LoRA (sigmoid loss; the reference is the model with the adapters off).
     Dpo(DpoArgs),
+    /// GRPO with LoRA, rewarded by the sandbox in-process (SPEC §7's reward on the rows'
+    /// labels, the problems of --dataset run on eval's suites).
+    Grpo(Box<GrpoArgs>),
     /// Merge a LoRA adapter into its base model and write a Hugging Face model folder.
     Merge(MergeArgs),
+}
+
+/// Arguments of `afterburner train grpo`.
+#[derive(Debug, Args)]
+pub struct GrpoArgs {
+    #[command(flatten)]
+    run: SftArgs,
+    /// The dataset the rows' problem ids come from, as FORMAT:PATH (as for `afterburner data`).
+    #[arg(long)]
+    dataset: String,
+    /// Completions sampled per prompt and step.
+    #[arg(long, default_value_t = 8)]
+    num_generations: usize,
+    /// Most tokens per completion.
+    #[arg(long, default_value_t = 512)]
+    max_completion_length: usize,
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// KL coefficient to the adapters-off reference (0: no reference pass).
+    #[arg(long, default_value_t = 0.0)]
+    beta: f64,
+    /// Lower clip of the importance ratio.
+    #[arg(long, default_value_t = 0.2)]
+    epsilon: f64,
+    /// Upper clip of the ratio [default: --epsilon].
+    #[arg(long)]
+    epsilon_high: Option<f64>,
+    /// Do not divide advantages by the group's standard deviation.
+    #[arg(long)]
+    no_scale_rewards: bool,
+    #[command(flatten)]
+    protocol: crate::args::ProtocolArgs,
 }
 
 /// Arguments of `afterburner train merge`.
@@ -126,8 +162,28 @@ pub struct SftArgs {
 /// Runs `afterburner train ...`.
 pub fn train(args: TrainArgs) -> Result<ExitCode> {
     match args.command {
-        TrainCommand::Sft(a) => run(a, None),
-        TrainCommand::Dpo(a) => run(a.run, Some(a.beta)),
+        TrainCommand::Sft(a) => run(a, Task::Sft),
+        TrainCommand::Dpo(a) => run(a.run, Task::Dpo(a.beta)),
+        TrainCommand::Grpo(a) => {
+            let a = *a;
+            let rest = GrpoOnly {
+                dataset: a.dataset,
+                settings: afterburner_train::GrpoSettings {
+                    loss: afterburner_train::grpo::GrpoLoss {
+                        epsilon_low: a.epsilon,
+                        epsilon_high: a.epsilon_high.unwrap_or(a.epsilon),
+                        beta: a.beta,
+                        bias_correction_kl: true,
+                    },
+                    num_generations: a.num_generations,
+                    max_completion_length: a.max_completion_length,
+                    temperature: a.temperature,
+                    scale_rewards: !a.no_scale_rewards,
+                },
+                protocol: a.protocol,
+            };
+            run(a.run, Task::Grpo(Box::new(rest)))
+        }
         TrainCommand::Merge(a) => merge(a),
     }
 }
@@ -190,26 +246,109 @@ fn merge(args: MergeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What is trained on: prompt-completion rows or preference pairs (with beta).
+/// Which trainer, with what only it needs.
+enum Task {
+    Sft,
+    Dpo(f64),
+    Grpo(Box<GrpoOnly>),
+}
+
+/// GRPO's own settings.
+struct GrpoOnly {
+    dataset: String,
+    settings: afterburner_train::GrpoSettings,
+    protocol: crate::args::ProtocolArgs,
+}
+
+/// What is trained on: prompt-completion rows, preference pairs (with beta), or GRPO prompts
+/// with their parsed labels.
 enum Rows {
     Sft(Vec<afterburner_train::PromptCompletion>),
     Dpo(Vec<afterburner_train::dpo::Preference>, f64),
+    Grpo(
+        Vec<afterburner_train::GrpoPrompt>,
+        std::collections::HashMap<String, afterburner_optimize::RewardLabel>,
+        Box<GrpoOnly>,
+    ),
 }
 
-fn run(args: SftArgs, beta: Option<f64>) -> Result<ExitCode> {
+/// Reads GRPO rows (`afterburner data grpo --format trl|openrlhf`): a chat `prompt` (or
+/// `input`) and the label as `ground_truth` (or `label`), checked as a reward label.
+fn read_grpo(
+    path: &std::path::Path,
+) -> Result<(
+    Vec<afterburner_train::GrpoPrompt>,
+    std::collections::HashMap<String, afterburner_optimize::RewardLabel>,
+)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut prompts = Vec::new();
+    let mut labels = std::collections::HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}: row {}", path.display(), n + 1);
+        let row: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+        let messages = row
+            .get("prompt")
+            .or_else(|| row.get("input"))
+            .and_then(serde_json::Value::as_array)
+            .with_context(|| format!("{}: no chat `prompt` (or `input`) list", at()))?;
+        let prompt = messages
+            .iter()
+            .map(|m| {
+                match (
+                    m.get("role").and_then(serde_json::Value::as_str),
+                    m.get("content").and_then(serde_json::Value::as_str),
+                ) {
+                    (Some(r), Some(c)) => Ok(afterburner_model::ChatMessage::new(r, c)),
+                    _ => bail!(
+                        "{}: a prompt message needs string `role` and `content`",
+                        at()
+                    ),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let label = row
+            .get("ground_truth")
+            .or_else(|| row.get("label"))
+            .and_then(serde_json::Value::as_str)
+            .with_context(|| format!("{}: no `ground_truth` (or `label`) string", at()))?;
+        let parsed = afterburner_optimize::RewardLabel::parse(label)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", at()))?;
+        labels.insert(label.to_string(), parsed);
+        prompts.push(afterburner_train::GrpoPrompt {
+            prompt,
+            label: label.to_string(),
+        });
+    }
+    if prompts.is_empty() {
+        bail!("{}: no rows", path.display());
+    }
+    Ok((prompts, labels))
+}
+
+fn run(args: SftArgs, task: Task) -> Result<ExitCode> {
     if !args.num_train_epochs.is_finite() || args.num_train_epochs <= 0.0 {
         bail!(
             "--num-train-epochs must be positive, got {}",
             args.num_train_epochs
         );
     }
-    let rows = match beta {
-        None => Rows::Sft(read_prompt_completion(&args.data)?),
-        Some(beta) => Rows::Dpo(read_preferences(&args.data)?, beta),
+    let rows = match task {
+        Task::Sft => Rows::Sft(read_prompt_completion(&args.data)?),
+        Task::Dpo(beta) => Rows::Dpo(read_preferences(&args.data)?, beta),
+        Task::Grpo(rest) => {
+            let (prompts, labels) = read_grpo(&args.data)?;
+            Rows::Grpo(prompts, labels, rest)
+        }
     };
     let (count, what) = match &rows {
         Rows::Sft(e) => (e.len(), "examples"),
         Rows::Dpo(p, _) => (p.len(), "preference pairs"),
+        Rows::Grpo(p, _, _) => (p.len(), "prompts"),
     };
     let choice = choose_model(args.model.as_deref())?;
     let device = afterburner_model::best_device();
@@ -274,6 +413,68 @@ fn run(args: SftArgs, beta: Option<f64>) -> Result<ExitCode> {
         Rows::Dpo(pairs, beta) => train_dpo(
             &mut model, pairs, &config, *beta, &args.out, &control, &mut show,
         )?,
+        Rows::Grpo(prompts, labels, rest) => {
+            let dataset = crate::dataset::load_dataset(&rest.dataset)?;
+            let mut ids: Vec<&str> = labels.values().map(|l| l.problem_id.as_str()).collect();
+            ids.sort();
+            ids.dedup();
+            let problems = ids
+                .iter()
+                .map(|id| {
+                    dataset.problem(id).with_context(|| {
+                        format!(
+                            "a row's label names problem `{id}`, which {} lacks",
+                            rest.dataset
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let sandbox = afterburner_sandbox::Sandbox::new()?;
+            let bench = rest.protocol.workbench(&sandbox, stop_flag())?;
+            eprintln!("preparing the suites of {} problems", problems.len());
+            let (prepared, _) =
+                bench.prepare(&problems, Some(0), &mut crate::progress::Bars::default());
+            let mut suites = std::collections::HashMap::new();
+            for c in prepared {
+                match (c.suite, c.error) {
+                    (Some(suite), _) => {
+                        suites.insert(c.problem.id.clone(), (c.problem, suite));
+                    }
+                    (None, e) => bail!(
+                        "problem `{}`: its suite could not be prepared: {}",
+                        c.problem.id,
+                        e.unwrap_or_default()
+                    ),
+                }
+            }
+            let judge = afterburner_optimize::SandboxReward::new(
+                bench.harness(),
+                suites,
+                bench.cpus().to_vec(),
+                afterburner_reward::RewardConfig::default(),
+            );
+            let mut reward = |samples: &[afterburner_train::Sampled]| {
+                let items: Vec<(&afterburner_optimize::RewardLabel, &str)> = samples
+                    .iter()
+                    .map(|s| (&labels[&s.prompt.label], s.text.as_str()))
+                    .collect();
+                let (rewards, problems) = judge.rewards(&items);
+                for p in problems {
+                    eprintln!("warning: not judged: {p}");
+                }
+                Ok(rewards)
+            };
+            afterburner_train::train_grpo(
+                &mut model,
+                prompts,
+                &config,
+                &rest.settings,
+                &mut reward,
+                &args.out,
+                &control,
+                &mut show,
+            )?
+        }
     };
     if let Some(pb) = bar {
         pb.finish_and_clear();

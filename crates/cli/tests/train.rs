@@ -243,3 +243,82 @@ fn a_merged_model_generates_what_the_base_with_its_adapter_generates() {
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
 }
+
+#[test]
+fn grpo_samples_judges_in_the_sandbox_and_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("grpo.jsonl");
+    let label = json!({"problem_id": "cc-4a4036eefa", "language": "python", "instruction": "time",
+                       "baseline": {"passed": true, "time_ms": 50.0, "memory_kb": 9000.0, "integral": 4.5e5}});
+    write_rows(
+        &data,
+        &[json!({"prompt": [{"role": "user", "content": "solve it"}],
+                 "ground_truth": label.to_string(), "problem_id": "cc-4a4036eefa", "split": "train"})],
+    );
+    let out = tmp.path().join("run");
+    let coffe = format!("coffe:{DATA}/coffe-code-contests");
+    let cache = tmp.path().join("cache");
+    let result = afterburner(&[
+        "train",
+        "grpo",
+        "--model",
+        fixture().to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--dataset",
+        &coffe,
+        "--cache",
+        cache.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--num-generations",
+        "2",
+        "--max-completion-length",
+        "8",
+        "--save-steps",
+        "1",
+    ]);
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        result.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(stdout.contains("trained 2 steps on 1 prompts"), "{stdout}");
+    let metrics = jsonl(&out.join("metrics.jsonl"));
+    assert_eq!(metrics.len(), 2);
+    for m in &metrics {
+        assert_eq!(m["judged"], 2, "{m}");
+        assert_eq!(m["unjudged"], 0, "{m}");
+        assert!(m["reward"].as_f64().is_some(), "{m}");
+    }
+    assert!(out.join("checkpoint-2/trainer_state.json").is_file());
+
+    // A row whose label is not a reward label names the file and row.
+    write_rows(
+        &data,
+        &[
+            json!({"prompt": [{"role": "user", "content": "x"}], "ground_truth": "{\"problem_id\": \"p\"}"}),
+        ],
+    );
+    let bad = afterburner(&[
+        "train",
+        "grpo",
+        "--model",
+        fixture().to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--dataset",
+        &coffe,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("grpo.jsonl: row 1: not a reward label"),
+        "{stderr}"
+    );
+}

@@ -31,6 +31,7 @@ pub mod embedded;
 pub mod iof;
 pub mod prompt;
 pub mod report;
+pub mod rewarding;
 pub mod trajectory;
 
 pub use acceptance::{AcceptanceRule, Decision, Observation};
@@ -41,6 +42,7 @@ pub use embedded::{EmbeddedChat, EmbeddedSettings};
 pub use iof::{CorePool, HarnessJudge, Judge, Judged, LoopConfig, Optimizer, Outcome, Task};
 pub use prompt::{Instruction, Templates};
 pub use report::{Report, ReportFiles, RunInfo};
+pub use rewarding::{RewardLabel, SandboxReward};
 pub use trajectory::{IterationRecord, Manifest, TrajectoryWriter, read_trajectory};
 
 /// Now, in whole seconds since the Unix epoch (0 if the clock is before it): the timestamps of

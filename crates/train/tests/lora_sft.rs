@@ -527,5 +527,8 @@ fn grpo_raises_the_mean_reward_of_a_simple_task() {
     .unwrap();
     let mean = |r: &[f64]| r.iter().sum::<f64>() / r.len() as f64;
     let (early, late) = (mean(&rewards[..5]), mean(&rewards[rewards.len() - 5..]));
-    assert!(late > early + 0.1, "mean reward {early:.3} -> {late:.3}: {rewards:?}");
+    assert!(
+        late > early + 0.1,
+        "mean reward {early:.3} -> {late:.3}: {rewards:?}"
+    );
 }
