@@ -31,6 +31,33 @@ pub enum BenchCommand {
     Stability(StabilityArgs),
     /// Compare two calibration caches of the same references, made earlier.
     Compare(CompareArgs),
+    /// Time LoRA SFT steps of the embedded trainer against transformers + PEFT (PyTorch) on the
+    /// same model folder, in one run; prints both and their ratio.
+    Train(TrainBenchArgs),
+}
+
+/// Arguments of `afterburner bench train`.
+#[derive(Debug, Args)]
+pub struct TrainBenchArgs {
+    /// A Hugging Face model folder both sides load (`python/bench/train_bench.py make-model`
+    /// writes random weights of a real model's shape).
+    #[arg(long, value_name = "DIR")]
+    pub model: std::path::PathBuf,
+    /// A Python with torch, transformers and peft for the PyTorch side.
+    #[arg(long, value_name = "PYTHON")]
+    pub python: std::path::PathBuf,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    pub seq: usize,
+    /// Timed steps (after one warm-up step each side).
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// LoRA rank (alpha 2r, the seven projections).
+    #[arg(long, default_value_t = 16)]
+    pub lora_r: usize,
+    /// Threads of the PyTorch side (the Rust side uses every core).
+    #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
+    pub threads: usize,
 }
 
 /// Arguments of `afterburner bench stability`.
@@ -62,6 +89,7 @@ pub struct CompareArgs {
 pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     match args.command {
         BenchCommand::Stability(args) => stability(args),
+        BenchCommand::Train(args) => train_bench(args),
         BenchCommand::Compare(args) => {
             let report = compare_caches(&args.first, &args.second)?;
             if args.json {
@@ -161,4 +189,129 @@ fn share_stress_suites(first: &Path, second: &Path) -> Result<()> {
 /// Reads both caches' records and compares them.
 fn compare_caches(first: &Path, second: &Path) -> Result<StabilityReport> {
     Ok(compare(&read_records(first)?, &read_records(second)?))
+}
+
+/// Peak resident memory of this process (`VmHWM`), KiB.
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn train_bench(args: TrainBenchArgs) -> Result<ExitCode> {
+    use anyhow::Context as _;
+    if args.steps == 0 || args.seq < 2 {
+        anyhow::bail!("--steps must be at least 1 and --seq at least 2");
+    }
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../python/bench/train_bench.py");
+    // The PyTorch side first, in its own process, so neither side's memory counts for the other.
+    eprintln!(
+        "PyTorch side: {} {} step ...",
+        args.python.display(),
+        script.display()
+    );
+    let out = std::process::Command::new(&args.python)
+        .arg(&script)
+        .args(["step", "--model"])
+        .arg(&args.model)
+        .args([
+            "--seq",
+            &args.seq.to_string(),
+            "--steps",
+            &args.steps.to_string(),
+        ])
+        .args([
+            "--lora-r",
+            &args.lora_r.to_string(),
+            "--threads",
+            &args.threads.to_string(),
+        ])
+        .output()
+        .with_context(|| format!("cannot run {}", args.python.display()))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "the PyTorch side failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let theirs: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .context("the PyTorch side printed no JSON line")?;
+    let their_ms: Vec<f64> = theirs["step_ms"]
+        .as_array()
+        .context("no step_ms")?
+        .iter()
+        .filter_map(serde_json::Value::as_f64)
+        .collect();
+    eprintln!("Rust side: loading {}", args.model.display());
+    let device = afterburner_model::Device::Cpu;
+    let mut model = afterburner_model::LanguageModel::from_folder(
+        &args.model,
+        afterburner_model::DType::F32,
+        &device,
+    )?;
+    let vocab = model.config().vocab_size as u64;
+    let mut rng = afterburner_train::SeededRng::new(1);
+    let ids: Vec<u32> = (0..args.seq)
+        .map(|_| (rng.next_u64() % vocab) as u32)
+        .collect();
+    let lora = afterburner_train::LoraConfig {
+        r: args.lora_r,
+        alpha: 2.0 * args.lora_r as f64,
+        ..afterburner_train::LoraConfig::default()
+    };
+    let our_ms = afterburner_train::time_sft_steps(&mut model, &ids, &lora, args.steps)?;
+    let ours_med = median(&our_ms);
+    let theirs_med = median(&their_ms);
+    println!(
+        "LoRA SFT step (forward + backward + AdamW), {} tokens, r {}, float32 CPU; median of {} after a warm-up",
+        args.seq, args.lora_r, args.steps
+    );
+    println!("| side | step ms (median) | steps ms | peak RSS MiB |");
+    println!("|---|---:|---|---:|");
+    let fmt = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "| afterburner (candle) | {ours_med:.0} | {} | {:.0} |",
+        fmt(&our_ms),
+        peak_rss_kb().map_or(f64::NAN, |k| k as f64 / 1024.0)
+    );
+    println!(
+        "| transformers + PEFT (torch {}, {} threads) | {theirs_med:.0} | {} | {:.0} |",
+        theirs["torch"].as_str().unwrap_or("?"),
+        theirs["threads"],
+        fmt(&their_ms),
+        theirs["peak_rss_kb"].as_f64().unwrap_or(f64::NAN) / 1024.0
+    );
+    println!(
+        "speed ratio (PyTorch step / ours): {:.2}x",
+        theirs_med / ours_med
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -881,3 +881,38 @@ pub fn train_grpo(
         interrupted: end.interrupted,
     })
 }
+
+/// Times `steps` LoRA SFT steps (forward, backward, AdamW) on `ids` (the loss on every token
+/// after the first), after one warm-up step: the Rust side of `afterburner bench train`.
+/// Returns each timed step's milliseconds.
+pub fn time_sft_steps(
+    model: &mut LanguageModel,
+    ids: &[u32],
+    lora: &LoraConfig,
+    steps: usize,
+) -> Result<Vec<f64>, TrainError> {
+    if ids.len() < 2 {
+        return Err(TrainError::Config("a step needs at least 2 tokens".into()));
+    }
+    let device = model.model().device().clone();
+    let adapters = Adapters::attach(model.model_mut(), lora, 0, &device)?;
+    let vars = adapters.vars();
+    let mut trainer = optim::Trainer::new(vars.clone(), OptimConfig::default(), steps + 1)?;
+    let example = Tokenized {
+        ids: ids.to_vec(),
+        completion_start: 1,
+    };
+    let err = |e: candle_core::Error| TrainError::Model(e.to_string());
+    let mut times = Vec::with_capacity(steps);
+    for k in 0..=steps {
+        let started = Instant::now();
+        let nll = sft::completion_nll(model, &example)?;
+        let loss = (nll / example.completion_tokens() as f64).map_err(err)?;
+        let mut grads = loss.backward().map_err(err)?;
+        trainer.step(&mut grads)?;
+        if k > 0 {
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    Ok(times)
+}

@@ -532,3 +532,25 @@ fn grpo_raises_the_mean_reward_of_a_simple_task() {
         "mean reward {early:.3} -> {late:.3}: {rewards:?}"
     );
 }
+
+#[test]
+fn the_bench_step_timer_runs_full_steps_on_raw_ids() {
+    let mut m = model();
+    let times = afterburner_train::time_sft_steps(
+        &mut m,
+        &IDS,
+        &LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            ..LoraConfig::default()
+        },
+        2,
+    )
+    .unwrap();
+    assert_eq!(times.len(), 2);
+    assert!(times.iter().all(|t| *t > 0.0 && t.is_finite()));
+    assert!(
+        afterburner_train::time_sft_steps(&mut model(), &IDS[..1], &LoraConfig::default(), 1)
+            .is_err()
+    );
+}

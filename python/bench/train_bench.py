@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""The PyTorch side of `afterburner bench train`: LoRA SFT steps with transformers + PEFT on CPU.
+
+    python train_bench.py make-model --shape smollm2-135m --out DIR
+        writes a randomly initialised model of that real model's shape (float32 safetensors,
+        config.json) plus the tiny fixture's tokenizer files, for both sides to load;
+    python train_bench.py step --model DIR --seq 256 --steps 3 --lora-r 16 --threads 2
+        times forward + backward + AdamW step of the model with a fresh PEFT LoRA adapter (the
+        seven projections, alpha 2r) on fixed random token ids (loss on every token after the
+        first), the way TRL's SFTTrainer's training step does it (its collation and logging
+        excluded, so this is a lower bound of TRL's step), after one warm-up step; prints one
+        JSON line: {"step_ms": [...], "peak_rss_kb": ..., "torch": ..., "threads": ...}.
+
+Needs torch, transformers and peft (a venv outside the repository; not a CI dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+SHAPES = {
+    # SmolLM2-135M(-Instruct): LlamaForCausalLM, tied embeddings.
+    "smollm2-135m": dict(
+        architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=576, intermediate_size=1536,
+        num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+        max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+        bos_token_id=1, eos_token_id=2, torch_dtype="float32",
+    ),
+    # Qwen2.5-0.5B(-Instruct): Qwen2ForCausalLM, tied embeddings, q/k/v biases.
+    "qwen2.5-0.5b": dict(
+        architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_size=896, intermediate_size=4864,
+        num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+        max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        bos_token_id=151643, eos_token_id=151645, torch_dtype="float32",
+    ),
+}
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_model(shape: str, out: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(**SHAPES[shape])
+    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    fixture = ROOT / "crates/model/tests/fixtures/tiny-qwen2"
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(fixture / name, out / name)
+    params = sum(p.numel() for p in model.parameters())
+    print(json.dumps({"shape": shape, "parameters": params, "out": str(out)}))
+
+
+def step(model_dir: Path, seq: int, steps: int, r: int, threads: int) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM"))
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    vocab = model.config.vocab_size
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, vocab, (1, seq), generator=generator)
+    times = []
+    for k in range(steps + 1):
+        start = time.perf_counter()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        elapsed = (time.perf_counter() - start) * 1000
+        if k > 0:
+            times.append(elapsed)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"step_ms": times, "peak_rss_kb": peak, "torch": torch.__version__, "threads": threads, "loss": loss.item()}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("make-model")
+    m.add_argument("--shape", choices=sorted(SHAPES), required=True)
+    m.add_argument("--out", type=Path, required=True)
+    s = sub.add_parser("step")
+    s.add_argument("--model", type=Path, required=True)
+    s.add_argument("--seq", type=int, default=256)
+    s.add_argument("--steps", type=int, default=3)
+    s.add_argument("--lora-r", type=int, default=16)
+    s.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if args.command == "make-model":
+        make_model(args.shape, args.out)
+    else:
+        step(args.model, args.seq, args.steps, args.lora_r, args.threads)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
