@@ -35,6 +35,61 @@ pub enum LinearWeight {
     Quantized(Arc<QuantizedMatrix>),
 }
 
+/// Whether `x W^T` runs in training through a frozen weight: `x` tracks gradients, `W` does not,
+/// both are f32 on the CPU.
+fn frozen_weight_training(x: &Tensor, weight: &Tensor) -> bool {
+    x.track_op()
+        && !weight.track_op()
+        && x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && x.device().is_cpu()
+}
+
+/// `x W^T` with a constant `W` (`[out, in]`): its backward gives `x`'s gradient only
+/// (`grad W`), never the frozen weight's, which candle's matmul would compute and discard,
+/// a third of a LoRA step's matrix products.
+struct FrozenMatmul {
+    weight: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let data = storage.as_slice::<f32>()?;
+        let x = match layout.contiguous_offsets() {
+            Some((start, end)) => {
+                Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu)?
+            }
+            None => {
+                return Err(candle_core::Error::Msg(
+                    "frozen-matmul needs a contiguous input".into(),
+                ));
+            }
+        };
+        let y = self.weight.matmul(&x.t()?)?.t()?.contiguous()?; // [n, out]
+        let shape = y.shape().clone();
+        let values = y.flatten_all()?.to_vec1::<f32>()?;
+        Ok((candle_core::CpuStorage::F32(values), shape))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        // y = x W^T, so dx = dy W.
+        Ok(Some(grad_res.matmul(&self.weight)?))
+    }
+}
+
 /// A projection `y = x W^T + bias`, optionally with a LoRA adapter.
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -104,6 +159,11 @@ impl Linear {
                 };
                 match fast {
                     Some(y) => y,
+                    // Training through a frozen f32 weight on the CPU: the weight's gradient is
+                    // never used, and candle's matmul backward would compute it anyway.
+                    None if frozen_weight_training(&x2, weight) => x2.apply_op1(FrozenMatmul {
+                        weight: weight.clone(),
+                    })?,
                     // (W x^T)^T rather than x W^T: candle's CPU gemm is several times faster
                     // this way for small n and no slower for long prefills.
                     None => weight.matmul(&x2.t()?)?.t()?, // [n, out]
