@@ -203,19 +203,6 @@ fn peak_rss_kb() -> Option<u64> {
         .ok()
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn train_bench(args: TrainBenchArgs) -> Result<ExitCode> {
     use anyhow::Context as _;
     if args.steps == 0 || args.seq < 2 {
@@ -283,8 +270,8 @@ fn train_bench(args: TrainBenchArgs) -> Result<ExitCode> {
         ..afterburner_train::LoraConfig::default()
     };
     let our_ms = afterburner_train::time_sft_steps(&mut model, &ids, &lora, args.steps)?;
-    let ours_med = median(&our_ms);
-    let theirs_med = median(&their_ms);
+    let ours_med = afterburner_sandbox::median(&our_ms);
+    let theirs_med = afterburner_sandbox::median(&their_ms);
     println!(
         "LoRA SFT step (forward + backward + AdamW), {} tokens, r {}, float32 CPU; median of {} after a warm-up",
         args.seq, args.lora_r, args.steps

@@ -10,12 +10,12 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-use afterburner_model::{ChatMessage, LanguageModel, Tensor};
+use afterburner_model::{LanguageModel, Tensor};
 use serde_json::Value;
 
 use crate::TrainError;
 use crate::lora::Adapters;
-use crate::sft::{PromptCompletion, Tokenized, completion_nll, tokenize};
+use crate::sft::{PromptCompletion, Tokenized, completion_nll, messages, tokenize};
 
 /// A prompt with a preferred and a dispreferred completion.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,23 +24,6 @@ pub struct Preference {
     pub chosen: PromptCompletion,
     /// The prompt with the rejected completion.
     pub rejected: PromptCompletion,
-}
-
-fn messages(value: &Value, what: &str) -> Result<Vec<ChatMessage>, String> {
-    let list = value
-        .as_array()
-        .ok_or_else(|| format!("`{what}` is neither a string nor a list of messages"))?;
-    list.iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let role = m.get("role").and_then(Value::as_str);
-            let content = m.get("content").and_then(Value::as_str);
-            match (role, content) {
-                (Some(r), Some(c)) => Ok(ChatMessage::new(r, c)),
-                _ => Err(format!("`{what}[{i}]` needs string `role` and `content`")),
-            }
-        })
-        .collect()
 }
 
 /// Reads preference rows (`prompt`, `chosen`, `rejected`; TRL's conversational or standard

@@ -53,7 +53,8 @@ impl Tokenized {
     }
 }
 
-fn messages(value: &Value, what: &str) -> Result<Vec<ChatMessage>, String> {
+/// A chat list (`[{"role", "content"}]`) of a row's field `what`; the error says which message.
+pub(crate) fn messages(value: &Value, what: &str) -> Result<Vec<ChatMessage>, String> {
     let list = value
         .as_array()
         .ok_or_else(|| format!("`{what}` is neither a string nor a list of messages"))?;
