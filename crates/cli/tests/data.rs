@@ -5,9 +5,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use afterburner_testkit::client;
@@ -134,34 +132,6 @@ fn every_format_reads_back_with_datasets_as_its_trainer_reads_it_and_reruns_reus
                 .is_some_and(|f| !f.is_empty())
         );
     }
-}
-
-/// Starts `afterburner serve ARGS` and returns the child and the address it announced.
-fn serve(args: &[&str]) -> (Child, SocketAddr) {
-    let mut child = command()
-        .arg("serve")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start afterburner serve");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = match lines.next() {
-            Some(Ok(l)) => l,
-            other => {
-                let _ = child.kill();
-                panic!("afterburner serve ended before announcing its address: {other:?}");
-            }
-        };
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            let addr = rest.split_whitespace().next().unwrap_or_default();
-            break addr.parse().expect("a socket address");
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
 }
 
 #[test]

@@ -429,6 +429,32 @@ fn run_loop<T>(
     })
 }
 
+/// Tokenizes every item with `tokenize` (`None`: longer than `max_length`, skipped and
+/// counted); an error names the item (`what` and its 1-based number), and all of them being too
+/// long is an error.
+fn tokenize_all<T, U>(
+    items: &[T],
+    what: &str,
+    max_length: usize,
+    mut tokenize: impl FnMut(&T) -> Result<Option<U>, TrainError>,
+) -> Result<(Vec<U>, usize), TrainError> {
+    let mut tokenized = Vec::new();
+    let mut skipped = 0;
+    for (i, item) in items.iter().enumerate() {
+        match tokenize(item).map_err(|e| TrainError::Config(format!("{what} {}: {e}", i + 1)))? {
+            Some(t) => tokenized.push(t),
+            None => skipped += 1,
+        }
+    }
+    if tokenized.is_empty() {
+        return Err(TrainError::Config(format!(
+            "every one of the {} {what}s is longer than --max-length {max_length}",
+            items.len()
+        )));
+    }
+    Ok((tokenized, skipped))
+}
+
 /// Trains LoRA adapters on `examples` with `model` (whose projections get the adapters) and
 /// saves them in PEFT's format to `out/adapter`; one metrics line per optimiser step goes to
 /// `out/metrics.jsonl` and to `on_step`. `control` adds checkpoints every N steps
@@ -443,23 +469,10 @@ pub fn train_sft(
     control: &RunControl,
     on_step: &mut dyn FnMut(&StepMetrics),
 ) -> Result<SftSummary, TrainError> {
-    let mut tokenized = Vec::new();
-    let mut skipped_too_long = 0;
-    for (i, e) in examples.iter().enumerate() {
-        match sft::tokenize(model, e, config.max_length)
-            .map_err(|err| TrainError::Config(format!("example {}: {err}", i + 1)))?
-        {
-            Some(t) => tokenized.push(t),
-            None => skipped_too_long += 1,
-        }
-    }
-    if tokenized.is_empty() {
-        return Err(TrainError::Config(format!(
-            "every one of the {} examples is longer than --max-length {}",
-            examples.len(),
-            config.max_length
-        )));
-    }
+    let (tokenized, skipped_too_long) =
+        tokenize_all(examples, "example", config.max_length, |e| {
+            sft::tokenize(model, e, config.max_length)
+        })?;
     let settings = format!("sft|{}", settings_key(config, tokenized.len()));
     let err = |e: candle_core::Error| TrainError::Model(e.to_string());
     let mut batch = |model: &mut LanguageModel,
@@ -537,23 +550,9 @@ pub fn train_dpo(
             "--beta must be positive, got {beta}"
         )));
     }
-    let mut tokenized = Vec::new();
-    let mut skipped_too_long = 0;
-    for (i, pair) in pairs.iter().enumerate() {
-        match dpo::tokenize_pair(model, pair, config.max_length)
-            .map_err(|err| TrainError::Config(format!("pair {}: {err}", i + 1)))?
-        {
-            Some(t) => tokenized.push(t),
-            None => skipped_too_long += 1,
-        }
-    }
-    if tokenized.is_empty() {
-        return Err(TrainError::Config(format!(
-            "every one of the {} pairs is longer than --max-length {}",
-            pairs.len(),
-            config.max_length
-        )));
-    }
+    let (tokenized, skipped_too_long) = tokenize_all(pairs, "pair", config.max_length, |p| {
+        dpo::tokenize_pair(model, p, config.max_length)
+    })?;
     let settings = format!("dpo|{beta}|{}", settings_key(config, tokenized.len()));
     let err = |e: candle_core::Error| TrainError::Model(e.to_string());
     let mut batch = |model: &mut LanguageModel,

@@ -2,26 +2,14 @@
 //! preference rows, the sigmoid loss with the adapter-off reference, its logged rewards, and
 //! every LoRA gradient.
 
-use std::path::PathBuf;
+mod support;
 
-use afterburner_model::{ChatMessage, DType, Device, LanguageModel, Tensor};
+use afterburner_model::{DType, Device, LanguageModel, Tensor};
 use afterburner_train::Adapters;
 use afterburner_train::dpo::{Preference, pair_loss, reference_logps, tokenize_pair};
 use afterburner_train::sft::PromptCompletion;
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn chat(value: &Value) -> Vec<ChatMessage> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
-        .collect()
-}
+use support::*;
 
 fn ids(value: &Value) -> Vec<u32> {
     serde_json::from_value(value.clone()).unwrap()
@@ -98,40 +86,7 @@ fn dpo_tokens_loss_rewards_and_lora_gradients_match_trl_and_peft() {
         }
     }
     let grads = loss.backward().unwrap();
-    let expected = parity["grads"].as_object().unwrap();
-    assert_eq!(expected.len(), 28);
-    let ours = adapters.peft_tensors();
-    for (name, want) in expected {
-        let got: Vec<f32> = grads
-            .get(&ours[name])
-            .unwrap_or_else(|| panic!("{name}: no gradient"))
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let want: Vec<f32> = want
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|row| {
-                row.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_f64().unwrap() as f32)
-            })
-            .collect();
-        let norm = want.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let diff = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b) * (a - b))
-            .sum::<f32>()
-            .sqrt();
-        assert!(
-            diff <= 1e-4 * norm.max(1e-6),
-            "{name}: |ours - PEFT| = {diff} against |PEFT| = {norm}"
-        );
-    }
+    assert_lora_grads_match(&grads, &adapters, &parity["grads"], "PEFT");
 }
 
 #[test]

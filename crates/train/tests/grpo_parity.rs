@@ -3,17 +3,14 @@
 //! (dapo: clipped ratio with epsilon 0.2 / 0.28, KL with beta 0.04, token normalisation) and
 //! every LoRA gradient; and the group advantages.
 
-use std::path::PathBuf;
+mod support;
 
 use afterburner_model::{DType, Device, LanguageModel, Tensor};
 use afterburner_train::Adapters;
 use afterburner_train::grpo::{GrpoLoss, Rollout, group_advantages, rollout_loss};
 use afterburner_train::sft::Tokenized;
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use support::*;
 
 fn floats(v: &Value) -> Vec<f32> {
     v.as_array()
@@ -74,38 +71,7 @@ fn grpo_loss_and_lora_gradients_match_trl() {
         "loss {value} vs TRL {want}"
     );
     let grads = loss.backward().unwrap();
-    let ours = adapters.peft_tensors();
-    for (name, want) in parity["grads"].as_object().unwrap() {
-        let got: Vec<f32> = grads
-            .get(&ours[name])
-            .unwrap_or_else(|| panic!("{name}: no gradient"))
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let want: Vec<f32> = want
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|row| {
-                row.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_f64().unwrap() as f32)
-            })
-            .collect();
-        let norm = want.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let diff = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b) * (a - b))
-            .sum::<f32>()
-            .sqrt();
-        assert!(
-            diff <= 1e-4 * norm.max(1e-6),
-            "{name}: |ours - TRL| = {diff} against |TRL| = {norm}"
-        );
-    }
+    assert_lora_grads_match(&grads, &adapters, &parity["grads"], "TRL");
 }
 
 #[test]

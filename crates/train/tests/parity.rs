@@ -3,25 +3,13 @@
 //! over a batch and the gradient of every LoRA tensor match what TRL, transformers and PEFT
 //! computed.
 
-use std::path::PathBuf;
+mod support;
 
-use afterburner_model::{ChatMessage, DType, Device, LanguageModel};
+use afterburner_model::{DType, Device, LanguageModel};
 use afterburner_train::sft::{completion_nll, tokenize};
 use afterburner_train::{Adapters, PromptCompletion};
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn chat(value: &Value) -> Vec<ChatMessage> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
-        .collect()
-}
+use support::*;
 
 #[test]
 fn sft_tokens_loss_and_lora_gradients_match_trl_and_peft() {
@@ -73,40 +61,5 @@ fn sft_tokens_loss_and_lora_gradients_match_trl_and_peft() {
         "loss {value} vs TRL {want}"
     );
     let grads = loss.backward().unwrap();
-    let expected = parity["grads"].as_object().unwrap();
-    assert_eq!(expected.len(), 28);
-    let ours = adapters.peft_tensors();
-    for (name, want) in expected {
-        let tensor = ours.get(name).unwrap_or_else(|| panic!("no {name}"));
-        let got: Vec<f32> = grads
-            .get(tensor)
-            .unwrap_or_else(|| panic!("{name}: no gradient"))
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let want: Vec<f32> = want
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|row| {
-                row.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_f64().unwrap() as f32)
-            })
-            .collect();
-        assert_eq!(got.len(), want.len(), "{name}");
-        let norm = want.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let diff = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b) * (a - b))
-            .sum::<f32>()
-            .sqrt();
-        assert!(
-            diff <= 1e-4 * norm,
-            "{name}: |ours - PEFT| = {diff} against |PEFT| = {norm}"
-        );
-    }
+    assert_lora_grads_match(&grads, &adapters, &parity["grads"], "PEFT");
 }

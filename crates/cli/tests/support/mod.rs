@@ -3,8 +3,10 @@
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
 
@@ -35,4 +37,33 @@ pub fn jsonl(path: &Path) -> Vec<Value> {
                 .unwrap_or_else(|e| panic!("bad line of {}: {l}: {e}", path.display()))
         })
         .collect()
+}
+
+/// Starts `afterburner serve ARGS` and returns the child and the address it announced; its
+/// stderr keeps being drained so the server never blocks on a full pipe.
+pub fn serve(args: &[&str]) -> (Child, SocketAddr) {
+    let mut child = command()
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start afterburner serve");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = match lines.next() {
+            Some(Ok(l)) => l,
+            other => {
+                let _ = child.kill();
+                panic!("afterburner serve ended before announcing its address: {other:?}");
+            }
+        };
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            let addr = rest.split_whitespace().next().unwrap_or_default();
+            break addr.parse().expect("a socket address");
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
 }
