@@ -280,54 +280,31 @@ fn read_grpo(
     Vec<afterburner_train::GrpoPrompt>,
     std::collections::HashMap<String, afterburner_optimize::RewardLabel>,
 )> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut prompts = Vec::new();
-    let mut labels = std::collections::HashMap::new();
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = || format!("{}: row {}", path.display(), n + 1);
-        let row: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+    let rows = afterburner_train::sft::read_rows(path, |row| {
         let messages = row
             .get("prompt")
             .or_else(|| row.get("input"))
-            .and_then(serde_json::Value::as_array)
-            .with_context(|| format!("{}: no chat `prompt` (or `input`) list", at()))?;
-        let prompt = messages
-            .iter()
-            .map(|m| {
-                match (
-                    m.get("role").and_then(serde_json::Value::as_str),
-                    m.get("content").and_then(serde_json::Value::as_str),
-                ) {
-                    (Some(r), Some(c)) => Ok(afterburner_model::ChatMessage::new(r, c)),
-                    _ => bail!(
-                        "{}: a prompt message needs string `role` and `content`",
-                        at()
-                    ),
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
+            .ok_or("no chat `prompt` (or `input`) list")?;
+        let prompt = afterburner_train::sft::chat_messages(messages, "prompt")?;
         let label = row
             .get("ground_truth")
             .or_else(|| row.get("label"))
             .and_then(serde_json::Value::as_str)
-            .with_context(|| format!("{}: no `ground_truth` (or `label`) string", at()))?;
-        let parsed = afterburner_optimize::RewardLabel::parse(label)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", at()))?;
-        labels.insert(label.to_string(), parsed);
-        prompts.push(afterburner_train::GrpoPrompt {
-            prompt,
-            label: label.to_string(),
-        });
-    }
-    if prompts.is_empty() {
-        bail!("{}: no rows", path.display());
-    }
-    Ok((prompts, labels))
+            .ok_or("no `ground_truth` (or `label`) string")?;
+        let parsed = afterburner_optimize::RewardLabel::parse(label)?;
+        Ok((
+            afterburner_train::GrpoPrompt {
+                prompt,
+                label: label.to_string(),
+            },
+            parsed,
+        ))
+    })?;
+    let labels = rows
+        .iter()
+        .map(|(p, l)| (p.label.clone(), l.clone()))
+        .collect();
+    Ok((rows.into_iter().map(|(p, _)| p).collect(), labels))
 }
 
 fn run(args: SftArgs, task: Task) -> Result<ExitCode> {

@@ -7,7 +7,6 @@
 //! logp_ref(rejected))` and the loss is `-log sigmoid(beta * delta)`, averaged over the pairs of
 //! the batch (`loss_type="sigmoid"`, TRL's default, `beta` 0.1).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use afterburner_model::{LanguageModel, Tensor};
@@ -15,7 +14,7 @@ use serde_json::Value;
 
 use crate::TrainError;
 use crate::lora::Adapters;
-use crate::sft::{PromptCompletion, Tokenized, completion_nll, messages, tokenize};
+use crate::sft::{PromptCompletion, Tokenized, chat_messages, completion_nll, read_rows, tokenize};
 
 /// A prompt with a preferred and a dispreferred completion.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,25 +29,13 @@ pub struct Preference {
 /// form, as `afterburner data dpo --format trl` writes) from a JSONL file. A row that does not
 /// fit is an error naming the file, the row and why.
 pub fn read_preferences(path: &Path) -> Result<Vec<Preference>, TrainError> {
-    let file = std::fs::File::open(path).map_err(|e| TrainError::io("open", path, e))?;
-    let mut out = Vec::new();
-    for (n, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| TrainError::io("read", path, e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |why: String| TrainError::Data {
-            path: path.to_path_buf(),
-            row: n + 1,
-            reason: why,
-        };
-        let row: Value = serde_json::from_str(&line).map_err(|e| bad(format!("not JSON: {e}")))?;
+    read_rows(path, |row| {
         let field = |name: &str| {
             row.get(name)
-                .ok_or_else(|| bad(format!("no `{name}` (a preference row is needed)")))
+                .ok_or_else(|| format!("no `{name}` (a preference row is needed)"))
         };
         let (prompt, chosen, rejected) = (field("prompt")?, field("chosen")?, field("rejected")?);
-        let pair = match (prompt, chosen, rejected) {
+        Ok(match (prompt, chosen, rejected) {
             (Value::String(p), Value::String(c), Value::String(r)) => Preference {
                 chosen: PromptCompletion::Standard {
                     prompt: p.clone(),
@@ -60,11 +47,11 @@ pub fn read_preferences(path: &Path) -> Result<Vec<Preference>, TrainError> {
                 },
             },
             (p, c, r) => {
-                let prompt = messages(p, "prompt").map_err(bad)?;
-                let chosen = messages(c, "chosen").map_err(bad)?;
-                let rejected = messages(r, "rejected").map_err(bad)?;
+                let prompt = chat_messages(p, "prompt")?;
+                let chosen = chat_messages(c, "chosen")?;
+                let rejected = chat_messages(r, "rejected")?;
                 if chosen.is_empty() || rejected.is_empty() {
-                    return Err(bad("`chosen` or `rejected` has no message".into()));
+                    return Err("`chosen` or `rejected` has no message".into());
                 }
                 Preference {
                     chosen: PromptCompletion::Conversational {
@@ -77,17 +64,8 @@ pub fn read_preferences(path: &Path) -> Result<Vec<Preference>, TrainError> {
                     },
                 }
             }
-        };
-        out.push(pair);
-    }
-    if out.is_empty() {
-        return Err(TrainError::Data {
-            path: path.to_path_buf(),
-            row: 0,
-            reason: "no rows".into(),
-        });
-    }
-    Ok(out)
+        })
+    })
 }
 
 /// A tokenized pair.

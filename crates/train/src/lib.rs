@@ -256,6 +256,22 @@ struct LoopEnd {
     adapter: PathBuf,
 }
 
+impl LoopEnd {
+    /// The run's summary, with what the trainer used and skipped.
+    fn summary(self, examples: usize, skipped_too_long: usize) -> SftSummary {
+        SftSummary {
+            examples,
+            skipped_too_long,
+            steps: self.steps,
+            first_loss: self.first_loss,
+            last_loss: self.last_loss,
+            adapter: self.adapter,
+            checkpoint: self.checkpoint,
+            interrupted: self.interrupted,
+        }
+    }
+}
+
 /// The loop both trainers share: seeded order, accumulation, steps, metrics, checkpoints and
 /// resumption. `batch` computes one optimiser step's batch with the adapters attached.
 #[allow(clippy::too_many_arguments)]
@@ -504,16 +520,7 @@ pub fn train_sft(
     let end = run_loop(
         model, &tokenized, config, settings, out, control, on_step, &mut batch,
     )?;
-    Ok(SftSummary {
-        examples: tokenized.len(),
-        skipped_too_long,
-        steps: end.steps,
-        first_loss: end.first_loss,
-        last_loss: end.last_loss,
-        adapter: end.adapter,
-        checkpoint: end.checkpoint,
-        interrupted: end.interrupted,
-    })
+    Ok(end.summary(tokenized.len(), skipped_too_long))
 }
 
 /// DPO figures of a step's batch, as TRL logs them.
@@ -601,16 +608,7 @@ pub fn train_dpo(
     let end = run_loop(
         model, &tokenized, config, settings, out, control, on_step, &mut batch,
     )?;
-    Ok(SftSummary {
-        examples: tokenized.len(),
-        skipped_too_long,
-        steps: end.steps,
-        first_loss: end.first_loss,
-        last_loss: end.last_loss,
-        adapter: end.adapter,
-        checkpoint: end.checkpoint,
-        interrupted: end.interrupted,
-    })
+    Ok(end.summary(tokenized.len(), skipped_too_long))
 }
 
 /// GRPO figures of a step, as TRL logs them.
@@ -869,16 +867,7 @@ pub fn train_grpo(
         on_step,
         &mut batch,
     )?;
-    Ok(SftSummary {
-        examples: prompts.len(),
-        skipped_too_long: 0,
-        steps: end.steps,
-        first_loss: end.first_loss,
-        last_loss: end.last_loss,
-        adapter: end.adapter,
-        checkpoint: end.checkpoint,
-        interrupted: end.interrupted,
-    })
+    Ok(end.summary(prompts.len(), 0))
 }
 
 /// Times `steps` LoRA SFT steps (forward, backward, AdamW) on `ids` (the loss on every token

@@ -54,7 +54,7 @@ impl Tokenized {
 }
 
 /// A chat list (`[{"role", "content"}]`) of a row's field `what`; the error says which message.
-pub(crate) fn messages(value: &Value, what: &str) -> Result<Vec<ChatMessage>, String> {
+pub fn chat_messages(value: &Value, what: &str) -> Result<Vec<ChatMessage>, String> {
     let list = value
         .as_array()
         .ok_or_else(|| format!("`{what}` is neither a string nor a list of messages"))?;
@@ -71,10 +71,13 @@ pub(crate) fn messages(value: &Value, what: &str) -> Result<Vec<ChatMessage>, St
         .collect()
 }
 
-/// Reads prompt-completion rows from a JSONL file (`afterburner data sft --format trl`, or any
-/// TRL prompt-completion dataset). A row that does not fit is an error naming the file, the
-/// line and why; nothing is skipped silently.
-pub fn read_prompt_completion(path: &Path) -> Result<Vec<PromptCompletion>, TrainError> {
+/// Reads a JSONL file of training rows, each parsed by `parse` (its error is the reason). A
+/// row that does not fit, or a file with no rows, is an error naming the file, the row and why;
+/// nothing is skipped silently. Blank lines are ignored.
+pub fn read_rows<T>(
+    path: &Path,
+    mut parse: impl FnMut(&Value) -> Result<T, String>,
+) -> Result<Vec<T>, TrainError> {
     let file = std::fs::File::open(path).map_err(|e| TrainError::io("open", path, e))?;
     let mut out = Vec::new();
     for (n, line) in BufReader::new(file).lines().enumerate() {
@@ -82,31 +85,15 @@ pub fn read_prompt_completion(path: &Path) -> Result<Vec<PromptCompletion>, Trai
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |why: String| TrainError::Data {
-            path: path.to_path_buf(),
-            row: n + 1,
-            reason: why,
-        };
-        let row: Value = serde_json::from_str(&line).map_err(|e| bad(format!("not JSON: {e}")))?;
-        let prompt = row.get("prompt").ok_or_else(|| bad("no `prompt`".into()))?;
-        let completion = row
-            .get("completion")
-            .ok_or_else(|| bad("no `completion` (a prompt-completion row is needed)".into()))?;
-        let example = match (prompt, completion) {
-            (Value::String(p), Value::String(c)) => PromptCompletion::Standard {
-                prompt: p.clone(),
-                completion: c.clone(),
-            },
-            (p, c) => {
-                let prompt = messages(p, "prompt").map_err(bad)?;
-                let completion = messages(c, "completion").map_err(bad)?;
-                if completion.is_empty() {
-                    return Err(bad("`completion` has no message".into()));
-                }
-                PromptCompletion::Conversational { prompt, completion }
-            }
-        };
-        out.push(example);
+        let row = serde_json::from_str::<Value>(&line)
+            .map_err(|e| format!("not JSON: {e}"))
+            .and_then(|row| parse(&row))
+            .map_err(|reason| TrainError::Data {
+                path: path.to_path_buf(),
+                row: n + 1,
+                reason,
+            })?;
+        out.push(row);
     }
     if out.is_empty() {
         return Err(TrainError::Data {
@@ -116,6 +103,31 @@ pub fn read_prompt_completion(path: &Path) -> Result<Vec<PromptCompletion>, Trai
         });
     }
     Ok(out)
+}
+
+/// Reads prompt-completion rows from a JSONL file (`afterburner data sft --format trl`, or any
+/// TRL prompt-completion dataset), as [`read_rows`] does.
+pub fn read_prompt_completion(path: &Path) -> Result<Vec<PromptCompletion>, TrainError> {
+    read_rows(path, |row| {
+        let prompt = row.get("prompt").ok_or("no `prompt`")?;
+        let completion = row
+            .get("completion")
+            .ok_or("no `completion` (a prompt-completion row is needed)")?;
+        Ok(match (prompt, completion) {
+            (Value::String(p), Value::String(c)) => PromptCompletion::Standard {
+                prompt: p.clone(),
+                completion: c.clone(),
+            },
+            (p, c) => {
+                let prompt = chat_messages(p, "prompt")?;
+                let completion = chat_messages(c, "completion")?;
+                if completion.is_empty() {
+                    return Err("`completion` has no message".into());
+                }
+                PromptCompletion::Conversational { prompt, completion }
+            }
+        })
+    })
 }
 
 /// Tokenizes `example` for `model`; `None` when it is longer than `max_length` tokens.
