@@ -4,8 +4,7 @@
 
 mod support;
 
-use afterburner_model::{DType, Device, LanguageModel, Tensor};
-use afterburner_train::Adapters;
+use afterburner_model::Tensor;
 use afterburner_train::dpo::{Preference, pair_loss, reference_logps, tokenize_pair};
 use afterburner_train::sft::PromptCompletion;
 use serde_json::Value;
@@ -17,22 +16,8 @@ fn ids(value: &Value) -> Vec<u32> {
 
 #[test]
 fn dpo_tokens_loss_rewards_and_lora_gradients_match_trl_and_peft() {
-    let parity: Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("tests/fixtures/dpo-parity.json")).unwrap(),
-    )
-    .unwrap();
-    let mut model = LanguageModel::from_folder(
-        &root().join("../model/tests/fixtures/tiny-qwen2"),
-        DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
-    let adapters = Adapters::load_peft(
-        model.model_mut(),
-        &root().join("tests/fixtures/sft-parity"),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let parity = parity_file("dpo-parity.json");
+    let (mut model, adapters) = model_with_parity_adapter();
     let beta = parity["beta"].as_f64().unwrap();
     let mut losses = Vec::new();
     let (mut chosen_rewards, mut rejected_rewards) = (0.0, 0.0);

@@ -5,8 +5,7 @@
 
 mod support;
 
-use afterburner_model::{DType, Device, LanguageModel, Tensor};
-use afterburner_train::Adapters;
+use afterburner_model::Tensor;
 use afterburner_train::grpo::{GrpoLoss, Rollout, group_advantages, rollout_loss};
 use afterburner_train::sft::Tokenized;
 use serde_json::Value;
@@ -22,22 +21,8 @@ fn floats(v: &Value) -> Vec<f32> {
 
 #[test]
 fn grpo_loss_and_lora_gradients_match_trl() {
-    let parity: Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("tests/fixtures/grpo-parity.json")).unwrap(),
-    )
-    .unwrap();
-    let mut model = LanguageModel::from_folder(
-        &root().join("../model/tests/fixtures/tiny-qwen2"),
-        DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
-    let adapters = Adapters::load_peft(
-        model.model_mut(),
-        &root().join("tests/fixtures/sft-parity"),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let parity = parity_file("grpo-parity.json");
+    let (model, adapters) = model_with_parity_adapter();
     let settings = GrpoLoss {
         epsilon_low: parity["epsilon"].as_f64().unwrap(),
         epsilon_high: parity["epsilon_high"].as_f64().unwrap(),

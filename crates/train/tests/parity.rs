@@ -5,24 +5,14 @@
 
 mod support;
 
-use afterburner_model::{DType, Device, LanguageModel};
+use afterburner_train::PromptCompletion;
 use afterburner_train::sft::{completion_nll, tokenize};
-use afterburner_train::{Adapters, PromptCompletion};
-use serde_json::Value;
 use support::*;
 
 #[test]
 fn sft_tokens_loss_and_lora_gradients_match_trl_and_peft() {
-    let dir = root().join("tests/fixtures/sft-parity");
-    let parity: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("parity.json")).unwrap()).unwrap();
-    let mut model = LanguageModel::from_folder(
-        &root().join("../model/tests/fixtures/tiny-qwen2"),
-        DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
-    let adapters = Adapters::load_peft(model.model_mut(), &dir, &Device::Cpu).unwrap();
+    let parity = parity_file("sft-parity/parity.json");
+    let (model, adapters) = model_with_parity_adapter();
     assert_eq!(adapters.modules.len(), 14);
     assert_eq!(adapters.config.r, 4);
 

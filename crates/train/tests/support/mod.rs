@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use afterburner_model::ChatMessage;
+use afterburner_model::{ChatMessage, DType, Device, LanguageModel};
 use afterburner_train::Adapters;
 use candle_core::backprop::GradStore;
 use serde_json::Value;
@@ -13,6 +13,31 @@ use serde_json::Value;
 /// This crate's folder.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The tiny Qwen2 fixture (f32, CPU) with the sft-parity adapter (PEFT's own files) loaded.
+pub fn model_with_parity_adapter() -> (LanguageModel, Adapters) {
+    let mut model = LanguageModel::from_folder(
+        &root().join("../model/tests/fixtures/tiny-qwen2"),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let adapters = Adapters::load_peft(
+        model.model_mut(),
+        &root().join("tests/fixtures/sft-parity"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    (model, adapters)
+}
+
+/// A parity file of `tests/fixtures`.
+pub fn parity_file(name: &str) -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures").join(name)).unwrap(),
+    )
+    .unwrap()
 }
 
 /// A chat list of a parity file.
