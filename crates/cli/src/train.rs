@@ -101,9 +101,10 @@ pub struct SftArgs {
     /// [default: the embedded default].
     #[arg(long)]
     model: Option<String>,
-    /// Rows (JSONL), TRL's conversational or standard form: prompt-completion (sft) or
-    /// prompt-chosen-rejected (dpo).
-    #[arg(long, value_name = "FILE.jsonl")]
+    /// Rows (JSON Lines, or Parquet by the .parquet extension), TRL's conversational or
+    /// standard form: prompt-completion (sft), prompt-chosen-rejected (dpo), or chat prompts
+    /// with their reward labels (grpo: `afterburner data grpo --format trl|openrlhf`).
+    #[arg(long, value_name = "FILE.jsonl|FILE.parquet")]
     data: PathBuf,
     /// Output folder: adapter/ (PEFT format), metrics.jsonl, summary.json.
     #[arg(long, value_name = "DIR")]

@@ -26,8 +26,8 @@ pub struct Preference {
 }
 
 /// Reads preference rows (`prompt`, `chosen`, `rejected`; TRL's conversational or standard
-/// form, as `afterburner data dpo --format trl` writes) from a JSONL file. A row that does not
-/// fit is an error naming the file, the row and why.
+/// form, as `afterburner data dpo --format trl` writes) from a JSONL or Parquet file. A row
+/// that does not fit is an error naming the file, the row and why.
 pub fn read_preferences(path: &Path) -> Result<Vec<Preference>, TrainError> {
     read_rows(path, |row| {
         let field = |name: &str| {

@@ -71,26 +71,26 @@ pub fn chat_messages(value: &Value, what: &str) -> Result<Vec<ChatMessage>, Stri
         .collect()
 }
 
-/// Reads a JSONL file of training rows, each parsed by `parse` (its error is the reason). A
-/// row that does not fit, or a file with no rows, is an error naming the file, the row and why;
-/// nothing is skipped silently. Blank lines are ignored.
+/// Reads a file of training rows, JSON Lines or Parquet (by the `.parquet` extension, as
+/// `afterburner data --file-format parquet` writes it), each row parsed by `parse` (its error is
+/// the reason). A row that does not fit, or a file with no rows, is an error naming the file, the
+/// row and why; nothing is skipped silently. Blank JSONL lines are ignored.
 pub fn read_rows<T>(
     path: &Path,
     mut parse: impl FnMut(&Value) -> Result<T, String>,
 ) -> Result<Vec<T>, TrainError> {
-    let file = std::fs::File::open(path).map_err(|e| TrainError::io("open", path, e))?;
-    let mut out = Vec::new();
-    for (n, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| TrainError::io("read", path, e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let row = serde_json::from_str::<Value>(&line)
-            .map_err(|e| format!("not JSON: {e}"))
+    let rows = if path.extension().is_some_and(|e| e == "parquet") {
+        parquet_values(path)?
+    } else {
+        jsonl_values(path)?
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for (n, row) in rows {
+        let row = row
             .and_then(|row| parse(&row))
             .map_err(|reason| TrainError::Data {
                 path: path.to_path_buf(),
-                row: n + 1,
+                row: n,
                 reason,
             })?;
         out.push(row);
@@ -105,8 +105,51 @@ pub fn read_rows<T>(
     Ok(out)
 }
 
-/// Reads prompt-completion rows from a JSONL file (`afterburner data sft --format trl`, or any
-/// TRL prompt-completion dataset), as [`read_rows`] does.
+/// A file's rows as JSON values, each with its 1-based row number (or why it is not a row).
+type NumberedRows = Vec<(usize, Result<Value, String>)>;
+
+/// The JSON objects of a JSON Lines file, blank lines left out.
+fn jsonl_values(path: &Path) -> Result<NumberedRows, TrainError> {
+    let file = std::fs::File::open(path).map_err(|e| TrainError::io("open", path, e))?;
+    let mut out = Vec::new();
+    for (n, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| TrainError::io("read", path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push((
+            n + 1,
+            serde_json::from_str::<Value>(&line).map_err(|e| format!("not JSON: {e}")),
+        ));
+    }
+    Ok(out)
+}
+
+/// The rows of a Parquet file as JSON objects (strings, numbers, structs as objects, lists as
+/// arrays: a chat list reads back as `[{"role", "content"}]`).
+fn parquet_values(path: &Path) -> Result<NumberedRows, TrainError> {
+    use parquet::file::reader::SerializedFileReader;
+    let file = std::fs::File::open(path).map_err(|e| TrainError::io("open", path, e))?;
+    let reader = SerializedFileReader::new(file).map_err(|e| TrainError::Data {
+        path: path.to_path_buf(),
+        row: 0,
+        reason: format!("not a Parquet file: {e}"),
+    })?;
+    Ok(reader
+        .into_iter()
+        .enumerate()
+        .map(|(n, row)| {
+            (
+                n + 1,
+                row.map(|r| r.to_json_value())
+                    .map_err(|e| format!("unreadable Parquet row: {e}")),
+            )
+        })
+        .collect())
+}
+
+/// Reads prompt-completion rows from a JSONL or Parquet file (`afterburner data sft --format
+/// trl`, or any TRL prompt-completion dataset), as [`read_rows`] does.
 pub fn read_prompt_completion(path: &Path) -> Result<Vec<PromptCompletion>, TrainError> {
     read_rows(path, |row| {
         let prompt = row.get("prompt").ok_or("no `prompt`")?;
