@@ -139,7 +139,8 @@ pub struct SftArgs {
     /// LoRA alpha (scaling alpha / r).
     #[arg(long, default_value_t = 32.0)]
     lora_alpha: f64,
-    /// LoRA dropout (only 0, PEFT's default, so far).
+    /// LoRA dropout: probability of zeroing each input feature of an adapter in the loss's
+    /// forward passes (PEFT's `lora_dropout`).
     #[arg(long, default_value_t = 0.0)]
     lora_dropout: f64,
     /// Modules that get adapters (repeatable) [default: q,k,v,o,gate,up,down projections].

@@ -25,7 +25,9 @@ pub use generation::{
 };
 pub use hub::{HubOptions, resolve_model, resolve_model_with};
 pub use language_model::{LanguageModel, best_device, default_dtype, parse_dtype};
-pub use model::{CausalLm, KvCache, Linear, LinearWeight, LogitsOutput, LoraAdapter, RmsNorm};
-pub use sampling::SamplingParams;
+pub use model::{
+    CausalLm, KvCache, Linear, LinearWeight, LogitsOutput, LoraAdapter, LoraDropout, RmsNorm,
+};
+pub use sampling::{SamplingParams, SplitMix64};
 pub use tokenizer::TextTokenizer;
 pub use weights::Weights;

@@ -24,6 +24,44 @@ pub struct LoraAdapter {
     pub b: Tensor,
     /// `alpha / rank`.
     pub scaling: f64,
+    /// Dropout on the adapter's input (training only; `None` for inference).
+    pub dropout: Option<LoraDropout>,
+}
+
+/// PEFT's `lora_dropout` while training: each input feature of the adapter's path is zeroed
+/// with probability `p` and the rest scaled by `1 / (1 - p)`; the base path sees the input
+/// unchanged. Masks come from one seeded generator shared by every adapter of the model, drawn
+/// in the forward pass's fixed module order, so a seed gives the same masks on every run.
+#[derive(Debug, Clone)]
+pub struct LoraDropout {
+    /// Probability of zeroing a feature, in `[0, 1)`.
+    pub p: f64,
+    /// The masks' generator.
+    pub rng: Arc<std::sync::Mutex<crate::sampling::SplitMix64>>,
+}
+
+impl LoraDropout {
+    /// A `[rows, features]` mask of `0` and `1 / (1 - p)` for `x`.
+    fn mask(&self, x: &Tensor) -> Result<Tensor> {
+        let (rows, features) = x.dims2()?;
+        let keep = 1.0 / (1.0 - self.p);
+        let threshold = (self.p * (1u64 << 53) as f64) as u64;
+        let mut rng = self
+            .rng
+            .lock()
+            .map_err(|_| ModelError::Invalid("a LoRA dropout generator was poisoned".into()))?;
+        let values: Vec<f32> = (0..rows * features)
+            .map(|_| {
+                if rng.next_u64() >> 11 < threshold {
+                    0.0
+                } else {
+                    keep as f32
+                }
+            })
+            .collect();
+        drop(rng);
+        Ok(Tensor::from_vec(values, (rows, features), x.device())?.to_dtype(x.dtype())?)
+    }
 }
 
 /// The weight of a [`Linear`]: a dense tensor, or quantized GGUF blocks (inference only).
@@ -176,7 +214,11 @@ impl Linear {
         if let Some(lora) = &self.lora {
             // Adapters may be kept in f32 (master weights) on a lower-precision base.
             let (a, b) = (lora.a.to_dtype(x2.dtype())?, lora.b.to_dtype(x2.dtype())?);
-            let down = x2.matmul(&a.t()?)?; // [n, rank]
+            let input = match &lora.dropout {
+                Some(dropout) if dropout.p > 0.0 => (&x2 * dropout.mask(&x2)?)?,
+                _ => x2.clone(),
+            };
+            let down = input.matmul(&a.t()?)?; // [n, rank]
             let up = down.matmul(&b.t()?)?; // [n, out]
             y = (y + (up * lora.scaling)?)?;
         }
@@ -1005,6 +1047,36 @@ impl CausalLm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lora_dropout_zeroes_about_p_of_the_inputs_scales_the_rest_and_repeats_with_its_seed() {
+        let dropout = |seed| LoraDropout {
+            p: 0.3,
+            rng: Arc::new(std::sync::Mutex::new(crate::sampling::SplitMix64::new(
+                seed,
+            ))),
+        };
+        let x = Tensor::ones((200, 100), DType::F32, &Device::Cpu).unwrap();
+        let mask = |seed| {
+            dropout(seed)
+                .mask(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let values = mask(7);
+        let zeros = values.iter().filter(|v| **v == 0.0).count() as f64 / values.len() as f64;
+        assert!((zeros - 0.3).abs() < 0.02, "{zeros}");
+        let kept = 1.0 / 0.7;
+        assert!(values.iter().all(|v| *v == 0.0 || (*v - kept).abs() < 1e-6));
+        assert_eq!(values, mask(7), "the same seed, the same mask");
+        assert_ne!(values, mask(8));
+        // The mean is preserved in expectation.
+        let mean = values.iter().map(|v| *v as f64).sum::<f64>() / values.len() as f64;
+        assert!((mean - 1.0).abs() < 0.03, "{mean}");
+    }
 
     #[test]
     fn the_decode_matvec_equals_candles_matmul_and_declines_what_it_does_not_handle() {

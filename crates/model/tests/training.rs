@@ -219,6 +219,7 @@ fn a_zero_lora_adapter_leaves_logits_unchanged_and_a_nonzero_one_changes_them_an
             a: a.as_tensor().clone(),
             b: b.as_tensor().clone(),
             scaling: 2.0,
+            dropout: None,
         });
         adapters.push((name, a, b));
     }

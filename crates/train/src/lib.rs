@@ -391,7 +391,9 @@ fn run_loop<T>(
             state.consumed += 1;
         }
         state.rng = rng.state();
-        let mut outcome = batch(model, &adapters, &picked, state.step)?;
+        let outcome = batch(model, &adapters, &picked, state.step);
+        adapters.dropout_off(model.model_mut());
+        let mut outcome = outcome?;
         if !outcome.loss.is_finite() {
             return Err(TrainError::Diverged(format!(
                 "the loss is {} at step {}",
@@ -445,6 +447,12 @@ fn run_loop<T>(
     })
 }
 
+/// The seed of `lora_dropout`'s masks in (0-based) optimiser step `step`: a function of the
+/// run's seed and the step alone, so a resumed run draws the masks an uninterrupted one does.
+fn dropout_seed(seed: u64, step: usize) -> u64 {
+    (seed ^ 0xD50F_0A7D_u64).wrapping_add((step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
 /// Tokenizes every item with `tokenize` (`None`: longer than `max_length`, skipped and
 /// counted); an error names the item (`what` and its 1-based number), and all of them being too
 /// long is an error.
@@ -494,8 +502,9 @@ pub fn train_sft(
     let mut batch = |model: &mut LanguageModel,
                      adapters: &Adapters,
                      batch: &[&Tokenized],
-                     _step: usize|
+                     step: usize|
      -> Result<BatchOutcome, TrainError> {
+        adapters.dropout_on(model.model_mut(), dropout_seed(config.seed, step));
         let vars = adapters.vars();
         let tokens: usize = batch.iter().map(|t| t.completion_tokens()).sum();
         let all_tokens: usize = batch.iter().map(|t| t.ids.len()).sum();
@@ -565,8 +574,9 @@ pub fn train_dpo(
     let mut batch = |model: &mut LanguageModel,
                      adapters: &Adapters,
                      batch: &[&dpo::TokenizedPair],
-                     _step: usize|
+                     step: usize|
      -> Result<BatchOutcome, TrainError> {
+        adapters.dropout_on(model.model_mut(), dropout_seed(config.seed, step));
         let vars = adapters.vars();
         let n = batch.len() as f64;
         let tokens: usize = batch
@@ -811,6 +821,7 @@ pub fn train_grpo(
         }
         let tokens: usize = rollouts.iter().map(|r| r.tokens.completion_tokens()).sum();
         let all_tokens: usize = rollouts.iter().map(|r| r.tokens.ids.len()).sum();
+        adapters.dropout_on(model.model_mut(), dropout_seed(seed, step));
         let vars = adapters.vars();
         let mut grads = None;
         let (mut loss_sum, mut clipped, mut kl_sum) = (0.0, 0usize, 0.0);

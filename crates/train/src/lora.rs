@@ -11,7 +11,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use afterburner_model::{CausalLm, DType, Device, LoraAdapter, Tensor};
+use std::sync::{Arc, Mutex};
+
+use afterburner_model::{CausalLm, DType, Device, LoraAdapter, LoraDropout, SplitMix64, Tensor};
 use candle_core::Var;
 use serde::{Deserialize, Serialize};
 
@@ -35,7 +37,8 @@ pub struct LoraConfig {
     pub r: usize,
     /// `lora_alpha`; the scaling is `alpha / r`.
     pub alpha: f64,
-    /// `lora_dropout` on the adapter's input during training (only 0, PEFT's default, so far).
+    /// `lora_dropout`: probability of zeroing each input feature of an adapter's path in the
+    /// loss's forward passes (sampling, old and reference log-probabilities run without it).
     pub dropout: f64,
     /// Module names (last component, e.g. `q_proj`) that get an adapter.
     pub target_modules: Vec<String>,
@@ -115,6 +118,8 @@ pub struct Adapters {
     pub config: LoraConfig,
     /// `(module name, A, B)` in the model's module order.
     pub modules: Vec<(String, Var, Var)>,
+    /// The dropout the attached adapters apply now (`None`: off, for inference).
+    dropout: Mutex<Option<LoraDropout>>,
 }
 
 /// A seeded generator for initial weights (SplitMix64): the same seed, the same adapter.
@@ -174,9 +179,9 @@ impl Adapters {
         if config.r == 0 {
             return Err(TrainError::Config("--lora-r must be at least 1".into()));
         }
-        if config.dropout != 0.0 {
+        if !(0.0..1.0).contains(&config.dropout) {
             return Err(TrainError::Config(format!(
-                "--lora-dropout {}: only 0 (PEFT's default) is supported so far",
+                "--lora-dropout {} must be at least 0 and below 1",
                 config.dropout
             )));
         }
@@ -203,6 +208,7 @@ impl Adapters {
                 a: a.as_tensor().clone(),
                 b: b.as_tensor().clone(),
                 scaling,
+                dropout: None,
             });
             modules.push((name, a, b));
         }
@@ -225,6 +231,7 @@ impl Adapters {
         Ok(Adapters {
             config: config.clone(),
             modules,
+            dropout: Mutex::new(None),
         })
     }
 
@@ -237,18 +244,48 @@ impl Adapters {
         }
     }
 
-    /// Switches the adapters back on after [`Self::detach`].
+    /// Switches the adapters back on after [`Self::detach`] (with the dropout they had).
     pub fn reattach(&self, model: &mut CausalLm) {
         let scaling = self.config.alpha / self.config.r as f64;
+        let dropout = self.dropout.lock().map(|d| d.clone()).unwrap_or_default();
         for (name, linear) in model.linears_mut() {
             if let Some((_, a, b)) = self.modules.iter().find(|(n, _, _)| *n == name) {
                 linear.lora = Some(LoraAdapter {
                     a: a.as_tensor().clone(),
                     b: b.as_tensor().clone(),
                     scaling,
+                    dropout: dropout.clone(),
                 });
             }
         }
+    }
+
+    /// Turns `lora_dropout` on for the loss's forward passes, its masks drawn from `seed` (a
+    /// step's own seed, so a resumed run draws the same masks); nothing when the dropout is 0.
+    pub fn dropout_on(&self, model: &mut CausalLm, seed: u64) {
+        if self.config.dropout > 0.0 {
+            self.set_dropout(
+                model,
+                Some(LoraDropout {
+                    p: self.config.dropout,
+                    rng: Arc::new(Mutex::new(SplitMix64::new(seed))),
+                }),
+            );
+        }
+    }
+
+    /// Turns the dropout off (sampling, evaluation, saving).
+    pub fn dropout_off(&self, model: &mut CausalLm) {
+        if self.config.dropout > 0.0 {
+            self.set_dropout(model, None);
+        }
+    }
+
+    fn set_dropout(&self, model: &mut CausalLm, dropout: Option<LoraDropout>) {
+        if let Ok(mut d) = self.dropout.lock() {
+            *d = dropout;
+        }
+        self.reattach(model);
     }
 
     /// The model's weights with the adapters merged in (`W + scaling * B A` for each adapted
@@ -432,6 +469,7 @@ impl Adapters {
                 a: a.as_tensor().clone(),
                 b: b.as_tensor().clone(),
                 scaling,
+                dropout: None,
             });
             modules.push((name, a, b));
         }
@@ -456,6 +494,7 @@ impl Adapters {
                 target_modules: config.target_modules,
             },
             modules,
+            dropout: Mutex::new(None),
         })
     }
 }

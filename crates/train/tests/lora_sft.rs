@@ -293,6 +293,8 @@ fn a_run_stopped_and_resumed_from_its_checkpoint_ends_exactly_as_an_uninterrupte
         lora: LoraConfig {
             r: 4,
             alpha: 8.0,
+            // With dropout, so the resumed run must also draw the same masks.
+            dropout: 0.1,
             ..LoraConfig::default()
         },
         optim: OptimConfig {
@@ -404,6 +406,109 @@ fn a_run_stopped_and_resumed_from_its_checkpoint_ends_exactly_as_an_uninterrupte
     )
     .unwrap_err();
     assert!(e.to_string().contains("other settings or data"), "{e}");
+}
+
+#[test]
+fn lora_dropout_acts_in_the_loss_only_and_still_learns() {
+    let mut m = model();
+    let config = LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.5,
+        ..LoraConfig::default()
+    };
+    let adapters = Adapters::attach(m.model_mut(), &config, 3, &Device::Cpu).unwrap();
+    // A non-zero B, so the adapters' path shows in the logits.
+    for (_, _, b) in &adapters.modules {
+        b.set(&(Tensor::randn(0f32, 1.0, b.shape(), &Device::Cpu).unwrap() * 0.5).unwrap())
+            .unwrap();
+    }
+    adapters.reattach(m.model_mut());
+    let off = logits(&m, &IDS);
+    adapters.dropout_on(m.model_mut(), 1);
+    let on = logits(&m, &IDS);
+    assert_ne!(on, off, "dropout changes the training forward");
+    adapters.dropout_on(m.model_mut(), 1);
+    assert_eq!(logits(&m, &IDS), on, "the same seed, the same masks");
+    adapters.dropout_on(m.model_mut(), 2);
+    assert_ne!(logits(&m, &IDS), on);
+    // Switching the adapters off and on (the DPO reference) keeps the dropout on.
+    adapters.detach(m.model_mut());
+    assert_ne!(logits(&m, &IDS), on);
+    adapters.dropout_on(m.model_mut(), 1);
+    adapters.detach(m.model_mut());
+    adapters.reattach(m.model_mut());
+    assert_eq!(logits(&m, &IDS), on);
+    adapters.dropout_off(m.model_mut());
+    assert_eq!(
+        logits(&m, &IDS),
+        off,
+        "off again: inference is deterministic"
+    );
+
+    // Out-of-range dropout is refused.
+    for bad in [-0.1, 1.0] {
+        let e = Adapters::attach(
+            model().model_mut(),
+            &LoraConfig {
+                dropout: bad,
+                ..LoraConfig::default()
+            },
+            1,
+            &Device::Cpu,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--lora-dropout"), "{e}");
+    }
+
+    // A run with dropout still learns the programs, and its saved adapter (inference: no
+    // dropout) gives the same logits as the trained model.
+    let dir = tempfile::tempdir().unwrap();
+    let mut trained = model();
+    let summary = train_sft(
+        &mut trained,
+        &program_examples(),
+        &SftConfig {
+            lora: LoraConfig {
+                dropout: 0.1,
+                ..LoraConfig::default()
+            },
+            optim: OptimConfig {
+                learning_rate: 2e-2,
+                ..OptimConfig::default()
+            },
+            max_steps: Some(30),
+            ..SftConfig::default()
+        },
+        dir.path(),
+        &RunControl::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(
+        summary.last_loss < summary.first_loss * 0.5,
+        "{} -> {}",
+        summary.first_loss,
+        summary.last_loss
+    );
+    let saved: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved["lora_dropout"], 0.1);
+    let mut reloaded = model();
+    Adapters::load_peft(
+        reloaded.model_mut(),
+        &dir.path().join("adapter"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let worst = logits(&reloaded, &IDS)
+        .iter()
+        .zip(&logits(&trained, &IDS))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-5, "max |diff| {worst}");
 }
 
 #[test]
