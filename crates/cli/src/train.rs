@@ -66,6 +66,10 @@ pub struct GrpoArgs {
     /// Do not divide advantages by the group's standard deviation.
     #[arg(long)]
     no_scale_rewards: bool,
+    /// Optimiser steps per batch of sampled completions (TRL's `num_iterations`, the paper's
+    /// mu): above 1, each batch is reused and the clipped ratio matters.
+    #[arg(long, default_value_t = 1)]
+    num_iterations: usize,
     #[command(flatten)]
     protocol: crate::args::ProtocolArgs,
 }
@@ -181,6 +185,7 @@ pub fn train(args: TrainArgs) -> Result<ExitCode> {
                     max_completion_length: a.max_completion_length,
                     temperature: a.temperature,
                     scale_rewards: !a.no_scale_rewards,
+                    num_iterations: a.num_iterations,
                 },
                 protocol: a.protocol,
             };

@@ -93,14 +93,16 @@ pub fn token_logps(model: &LanguageModel, example: &Tokenized) -> Result<Tensor,
 }
 
 /// One sampled completion, ready for the loss.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Rollout {
     /// Prompt + completion tokens.
     pub tokens: Tokenized,
     /// Its advantage.
     pub advantage: f64,
-    /// Per completion token, the log-probabilities under the policy that sampled it.
-    pub old_logps: Vec<f32>,
+    /// Per completion token, the log-probabilities under the policy that sampled it; `None`
+    /// when that policy is the one being updated (one step per batch): the ratio's denominator
+    /// is then the detached current log-probabilities, as TRL does.
+    pub old_logps: Option<Vec<f32>>,
     /// Per completion token, under the reference (needed when `beta` > 0).
     pub ref_logps: Option<Vec<f32>>,
 }
@@ -126,14 +128,17 @@ pub fn rollout_loss(
     let err = |e: candle_core::Error| TrainError::Model(e.to_string());
     let logps = token_logps(model, &rollout.tokens)?;
     let n = logps.dims1().map_err(err)?;
-    if rollout.old_logps.len() != n {
-        return Err(TrainError::Config(format!(
-            "{} old log-probabilities for {n} completion tokens",
-            rollout.old_logps.len()
-        )));
-    }
     let device = logps.device().clone();
-    let old = Tensor::from_vec(rollout.old_logps.clone(), n, &device).map_err(err)?;
+    let old = match &rollout.old_logps {
+        None => logps.detach(),
+        Some(old) if old.len() == n => Tensor::from_vec(old.clone(), n, &device).map_err(err)?,
+        Some(old) => {
+            return Err(TrainError::Config(format!(
+                "{} old log-probabilities for {n} completion tokens",
+                old.len()
+            )));
+        }
+    };
     let ratio = (&logps - &old).and_then(|d| d.exp()).map_err(err)?;
     let clipped = ratio
         .clamp(1.0 - settings.epsilon_low, 1.0 + settings.epsilon_high)

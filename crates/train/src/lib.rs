@@ -172,6 +172,9 @@ struct TrainerState {
     order: Vec<usize>,
     cursor: usize,
     consumed: usize,
+    /// The items (indices) of the current batch, reused for `reuse` steps.
+    #[serde(default)]
+    batch: Vec<usize>,
     first_loss: f64,
     last_loss: f64,
     examples: usize,
@@ -211,6 +214,7 @@ fn write_checkpoint(
     trainer: &optim::Trainer,
     state: &TrainerState,
     base: &str,
+    extra: Option<&dyn ExtraState>,
 ) -> Result<PathBuf, TrainError> {
     let dir = out.join(format!("checkpoint-{}", state.step));
     let tmp = out.join(format!(".checkpoint-{}.tmp", state.step));
@@ -225,6 +229,9 @@ fn write_checkpoint(
     let text = serde_json::to_string(state)
         .map_err(|e| TrainError::Config(format!("trainer state: {e}")))?;
     std::fs::write(&state_path, text).map_err(|e| TrainError::io("write", &state_path, e))?;
+    if let Some(extra) = extra {
+        extra.save(&tmp)?;
+    }
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| TrainError::io("remove", &dir, e))?;
     }
@@ -245,6 +252,25 @@ struct BatchOutcome {
 /// Computes one optimiser step's batch with the adapters attached.
 type BatchFn<'a, T> =
     dyn FnMut(&mut LanguageModel, &Adapters, &[&T], usize) -> Result<BatchOutcome, TrainError> + 'a;
+
+/// State a trainer keeps beside the loop's own, written into each checkpoint and read back on
+/// resumption.
+trait ExtraState {
+    /// Writes the state into the checkpoint folder `dir`.
+    fn save(&self, dir: &Path) -> Result<(), TrainError>;
+    /// Reads it back from the checkpoint folder `dir`.
+    fn load(&self, dir: &Path) -> Result<(), TrainError>;
+}
+
+/// How the shared loop computes its steps.
+struct Steps<'a, 'b, T> {
+    /// One optimiser step's batch.
+    batch: &'a mut BatchFn<'b, T>,
+    /// Optimiser steps per batch of items (the same items are handed to this many steps).
+    reuse: usize,
+    /// The trainer's own checkpointed state.
+    extra: Option<&'a dyn ExtraState>,
+}
 
 /// How the shared loop ended.
 struct LoopEnd {
@@ -283,8 +309,13 @@ fn run_loop<T>(
     out: &Path,
     control: &RunControl,
     on_step: &mut dyn FnMut(&StepMetrics),
-    batch: &mut BatchFn<'_, T>,
+    steps: Steps<'_, '_, T>,
 ) -> Result<LoopEnd, TrainError> {
+    let Steps {
+        batch,
+        reuse,
+        extra,
+    } = steps;
     if config.per_device_train_batch_size == 0 || config.gradient_accumulation_steps == 0 {
         return Err(TrainError::Config(
             "--per-device-train-batch-size and --gradient-accumulation-steps must be at least 1"
@@ -295,7 +326,7 @@ fn run_loop<T>(
         return Err(TrainError::Config("--save-steps must be at least 1".into()));
     }
     let per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps;
-    let steps_per_epoch = items.len().div_ceil(per_step);
+    let steps_per_epoch = items.len().div_ceil(per_step) * reuse;
     let total_steps = match config.max_steps {
         Some(0) => return Err(TrainError::Config("--max-steps must be at least 1".into())),
         Some(n) => n,
@@ -317,6 +348,7 @@ fn run_loop<T>(
                 order: Vec::new(),
                 cursor: 0,
                 consumed: 0,
+                batch: Vec::new(),
                 first_loss: f64::NAN,
                 last_loss: f64::NAN,
                 examples: items.len(),
@@ -350,6 +382,9 @@ fn run_loop<T>(
                 TrainError::io("read", &optimizer, std::io::Error::other(e.to_string()))
             })?;
             trainer.restore(moments, state.step)?;
+            if let Some(extra) = extra {
+                extra.load(dir)?;
+            }
             // Keep the metrics of the steps the checkpoint holds; later lines are redone.
             let kept: Vec<String> = std::fs::read_to_string(&metrics_path)
                 .unwrap_or_default()
@@ -375,22 +410,25 @@ fn run_loop<T>(
     let mut interrupted = false;
     while state.step < total_steps {
         let started = Instant::now();
-        let mut rng = SeededRng::from_state(state.rng);
-        let mut picked = Vec::with_capacity(per_step);
-        for _ in 0..per_step {
-            if state.cursor == state.order.len() {
-                state.order = (0..items.len()).collect();
-                for i in (1..state.order.len()).rev() {
-                    let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-                    state.order.swap(i, j);
+        if state.step.is_multiple_of(reuse) || state.batch.is_empty() {
+            let mut rng = SeededRng::from_state(state.rng);
+            state.batch.clear();
+            for _ in 0..per_step {
+                if state.cursor == state.order.len() {
+                    state.order = (0..items.len()).collect();
+                    for i in (1..state.order.len()).rev() {
+                        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+                        state.order.swap(i, j);
+                    }
+                    state.cursor = 0;
                 }
-                state.cursor = 0;
+                state.batch.push(state.order[state.cursor]);
+                state.cursor += 1;
+                state.consumed += 1;
             }
-            picked.push(&items[state.order[state.cursor]]);
-            state.cursor += 1;
-            state.consumed += 1;
+            state.rng = rng.state();
         }
-        state.rng = rng.state();
+        let picked: Vec<&T> = state.batch.iter().map(|&i| &items[i]).collect();
         let outcome = batch(model, &adapters, &picked, state.step);
         adapters.dropout_off(model.model_mut());
         let mut outcome = outcome?;
@@ -426,7 +464,9 @@ fn run_loop<T>(
         let stop = control.stop.is_some_and(|s| s()) && state.step < total_steps;
         let due = control.save_steps.is_some_and(|n| state.step % n == 0);
         if stop || due {
-            checkpoint = Some(write_checkpoint(out, &adapters, &trainer, &state, &base)?);
+            checkpoint = Some(write_checkpoint(
+                out, &adapters, &trainer, &state, &base, extra,
+            )?);
         }
         if stop {
             interrupted = true;
@@ -527,7 +567,18 @@ pub fn train_sft(
         })
     };
     let end = run_loop(
-        model, &tokenized, config, settings, out, control, on_step, &mut batch,
+        model,
+        &tokenized,
+        config,
+        settings,
+        out,
+        control,
+        on_step,
+        Steps {
+            batch: &mut batch,
+            reuse: 1,
+            extra: None,
+        },
     )?;
     Ok(end.summary(tokenized.len(), skipped_too_long))
 }
@@ -616,7 +667,18 @@ pub fn train_dpo(
         })
     };
     let end = run_loop(
-        model, &tokenized, config, settings, out, control, on_step, &mut batch,
+        model,
+        &tokenized,
+        config,
+        settings,
+        out,
+        control,
+        on_step,
+        Steps {
+            batch: &mut batch,
+            reuse: 1,
+            extra: None,
+        },
     )?;
     Ok(end.summary(tokenized.len(), skipped_too_long))
 }
@@ -660,8 +722,8 @@ pub struct Sampled<'a> {
 }
 
 /// Judges completions: one reward per completion, `None` where it could not be judged (never
-/// a made-up number).
-pub type RewardFn<'a> = dyn FnMut(&[Sampled]) -> Result<Vec<Option<f64>>, TrainError> + 'a;
+/// a made-up number). It runs on its own thread while the model samples the next group.
+pub type RewardFn<'a> = dyn FnMut(&[Sampled]) -> Result<Vec<Option<f64>>, TrainError> + Send + 'a;
 
 /// GRPO's settings, named as TRL's `GRPOConfig`.
 #[derive(Debug, Clone, PartialEq)]
@@ -676,6 +738,8 @@ pub struct GrpoSettings {
     pub temperature: f64,
     /// Divide advantages by the group's standard deviation (`scale_rewards`).
     pub scale_rewards: bool,
+    /// Optimiser steps per generation batch (`num_iterations`, the paper's mu; 1: on-policy).
+    pub num_iterations: usize,
 }
 
 impl Default for GrpoSettings {
@@ -686,16 +750,195 @@ impl Default for GrpoSettings {
             max_completion_length: 256,
             temperature: 1.0,
             scale_rewards: true,
+            num_iterations: 1,
         }
     }
 }
 
-/// Trains LoRA adapters with GRPO: each step samples `num_generations` completions per prompt
-/// from the current policy (seeded by the run's seed and the step), has `reward` judge them,
-/// normalises the rewards within each group and takes one optimiser step on the clipped
-/// objective (one pass per batch: the sampling policy is the one being updated, so ratios start
-/// at 1). A group with an unjudged completion is left out of the loss and counted. Otherwise as
-/// [`train_sft`] (checkpoints, exact resumption, metrics with TRL's reward and clipping figures).
+/// A generation batch's rollouts, kept for the optimiser steps that reuse it
+/// (`num_iterations` > 1) and saved in checkpoints (`rollouts.json`), so that a run resumed in
+/// the middle of a cycle reuses the same rollouts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RolloutCache {
+    /// Which generation batch (optimiser step / `num_iterations`).
+    cycle: usize,
+    /// The rollouts of the judged groups.
+    rollouts: Vec<grpo::Rollout>,
+    /// The judged completions' rewards.
+    judged: Vec<f64>,
+    /// Completions the reward function could not judge.
+    unjudged: usize,
+}
+
+/// The rollout cache as checkpoint state.
+struct CachedRollouts(std::cell::RefCell<Option<RolloutCache>>);
+
+impl ExtraState for CachedRollouts {
+    fn save(&self, dir: &Path) -> Result<(), TrainError> {
+        let path = dir.join("rollouts.json");
+        let text = serde_json::to_string(&*self.0.borrow())
+            .map_err(|e| TrainError::Config(format!("rollouts: {e}")))?;
+        std::fs::write(&path, text).map_err(|e| TrainError::io("write", &path, e))
+    }
+
+    fn load(&self, dir: &Path) -> Result<(), TrainError> {
+        let path = dir.join("rollouts.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io("read", &path, e))?;
+        let cache: Option<RolloutCache> = serde_json::from_str(&text).map_err(|e| {
+            TrainError::Config(format!("{}: not a rollout cache: {e}", path.display()))
+        })?;
+        *self.0.borrow_mut() = cache;
+        Ok(())
+    }
+}
+
+/// Samples a group of completions for each prompt of `batch` from the current policy and has
+/// `reward` judge them, a group judged (on another thread) while the next one is sampled;
+/// returns the rollouts of the fully judged groups with their advantages, old log-probabilities
+/// (only when the batch is reused: otherwise the ratio's denominator is the policy being
+/// updated) and reference log-probabilities (when `beta` > 0).
+#[allow(clippy::too_many_arguments)]
+fn sample_and_judge(
+    model: &mut LanguageModel,
+    adapters: &Adapters,
+    batch: &[&GrpoPrompt],
+    settings: &GrpoSettings,
+    seed: u64,
+    cycle: usize,
+    reward: &mut RewardFn<'_>,
+) -> Result<RolloutCache, TrainError> {
+    use std::sync::mpsc;
+    let err = |e: candle_core::Error| TrainError::Model(e.to_string());
+    let model_err = |e: afterburner_model::ModelError| TrainError::Model(e.to_string());
+    let g = settings.num_generations;
+    let prompt_ids = batch
+        .iter()
+        .map(|p| model.encode_chat(&p.prompt).map_err(model_err))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut generations = Vec::with_capacity(batch.len());
+    let mut rewards: Vec<Option<Vec<Option<f64>>>> = vec![None; batch.len()];
+    let sampler: &LanguageModel = model;
+    std::thread::scope(|scope| -> Result<(), TrainError> {
+        let (to_judge, queue) = mpsc::channel::<(usize, Vec<Sampled>)>();
+        let (judged_tx, judged_rx) = mpsc::channel();
+        let judge = scope.spawn(move || {
+            for (k, samples) in queue {
+                let judged = reward(&samples).and_then(|r| {
+                    if r.len() == samples.len() {
+                        Ok(r)
+                    } else {
+                        Err(TrainError::Config(format!(
+                            "the reward function returned {} rewards for {} completions",
+                            r.len(),
+                            samples.len()
+                        )))
+                    }
+                });
+                let failed = judged.is_err();
+                if judged_tx.send((k, judged)).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        for (k, ids) in prompt_ids.iter().enumerate() {
+            let group = sampler
+                .generate_tokens(
+                    &vec![ids.clone(); g],
+                    &afterburner_model::GenerationSettings {
+                        max_new_tokens: settings.max_completion_length,
+                        temperature: Some(settings.temperature),
+                        top_p: Some(1.0),
+                        top_k: Some(0),
+                        seed: seed
+                            ^ (cycle as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407)
+                            ^ (k as u64).wrapping_mul(0x9FB2_1C65_1E98_DF25),
+                        stop: Vec::new(),
+                    },
+                )
+                .map_err(model_err)?;
+            let samples = group
+                .iter()
+                .map(|gen_| Sampled {
+                    prompt: batch[k],
+                    text: gen_.text.clone(),
+                })
+                .collect();
+            generations.push(group);
+            if to_judge.send((k, samples)).is_err() {
+                break; // the judge stopped on an error, received below
+            }
+        }
+        drop(to_judge);
+        if judge.join().is_err() {
+            return Err(TrainError::Config("the reward function panicked".into()));
+        }
+        for (k, judged) in judged_rx {
+            rewards[k] = Some(judged?);
+        }
+        Ok(())
+    })?;
+    let mut cache = RolloutCache {
+        cycle,
+        rollouts: Vec::new(),
+        judged: Vec::new(),
+        unjudged: 0,
+    };
+    for (k, group_rewards) in rewards.into_iter().enumerate() {
+        let group_rewards = group_rewards
+            .ok_or_else(|| TrainError::Config(format!("prompt {} was never judged", k + 1)))?;
+        let Some(values) = group_rewards.iter().copied().collect::<Option<Vec<f64>>>() else {
+            cache.unjudged += group_rewards.iter().filter(|r| r.is_none()).count();
+            continue;
+        };
+        cache.judged.extend(values.iter().copied());
+        let advantages = grpo::group_advantages(&values, g, settings.scale_rewards)?;
+        for (generation, advantage) in generations[k].iter().zip(advantages) {
+            if generation.token_ids.is_empty() {
+                continue;
+            }
+            let mut ids = prompt_ids[k].clone();
+            ids.extend(&generation.token_ids);
+            let tokens = Tokenized {
+                completion_start: prompt_ids[k].len().max(1),
+                ids,
+            };
+            let old_logps = if settings.num_iterations > 1 {
+                Some(
+                    grpo::token_logps(model, &tokens)?
+                        .detach()
+                        .to_vec1::<f32>()
+                        .map_err(err)?,
+                )
+            } else {
+                None
+            };
+            let ref_logps = if settings.loss.beta != 0.0 {
+                adapters.detach(model.model_mut());
+                let r = grpo::token_logps(model, &tokens);
+                adapters.reattach(model.model_mut());
+                Some(r?.to_vec1::<f32>().map_err(err)?)
+            } else {
+                None
+            };
+            cache.rollouts.push(grpo::Rollout {
+                tokens,
+                advantage,
+                old_logps,
+                ref_logps,
+            });
+        }
+    }
+    Ok(cache)
+}
+
+/// Trains LoRA adapters with GRPO: every `num_iterations` optimiser steps, a batch of prompts
+/// gets `num_generations` completions each, sampled from the current policy (seeded by the
+/// run's seed and the batch) and judged by `reward` while the next group is sampled; the rewards
+/// are normalised within each group, and each of the `num_iterations` steps takes one optimiser
+/// step on the clipped objective over those rollouts (the first with ratios of 1). A group with
+/// an unjudged completion is left out of the loss and counted. Otherwise as [`train_sft`]
+/// (checkpoints, which also hold the batch's rollouts; exact resumption; metrics with TRL's
+/// reward and clipping figures).
 #[allow(clippy::too_many_arguments)]
 pub fn train_grpo(
     model: &mut LanguageModel,
@@ -718,114 +961,49 @@ pub fn train_grpo(
             "--max-completion-length must be at least 1".into(),
         ));
     }
+    if settings.num_iterations == 0 {
+        return Err(TrainError::Config(
+            "--num-iterations must be at least 1".into(),
+        ));
+    }
     if prompts.is_empty() {
         return Err(TrainError::Config("no prompts".into()));
     }
     let settings_text = format!(
-        "grpo|{:?}|{}|{}|{}|{}|{}",
+        "grpo|{:?}|{}|{}|{}|{}|{}|{}",
         settings.loss,
         settings.num_generations,
         settings.max_completion_length,
         settings.temperature,
         settings.scale_rewards,
+        settings.num_iterations,
         settings_key(config, prompts.len())
     );
     let err = |e: candle_core::Error| TrainError::Model(e.to_string());
     let seed = config.seed;
+    let cache = CachedRollouts(std::cell::RefCell::new(None));
     let mut batch = |model: &mut LanguageModel,
                      adapters: &Adapters,
                      batch: &[&GrpoPrompt],
                      step: usize|
      -> Result<BatchOutcome, TrainError> {
-        let g = settings.num_generations;
-        let mut prompt_ids = Vec::with_capacity(batch.len());
-        for p in batch {
-            prompt_ids.push(
-                model
-                    .encode_chat(&p.prompt)
-                    .map_err(|e| TrainError::Model(e.to_string()))?,
-            );
+        let cycle = step / settings.num_iterations;
+        if cache.0.borrow().as_ref().is_none_or(|c| c.cycle != cycle) {
+            let fresh = sample_and_judge(model, adapters, batch, settings, seed, cycle, reward)?;
+            *cache.0.borrow_mut() = Some(fresh);
         }
-        let repeated: Vec<Vec<u32>> = prompt_ids
-            .iter()
-            .flat_map(|ids| std::iter::repeat_n(ids.clone(), g))
-            .collect();
-        let generations = model
-            .generate_tokens(
-                &repeated,
-                &afterburner_model::GenerationSettings {
-                    max_new_tokens: settings.max_completion_length,
-                    temperature: Some(settings.temperature),
-                    top_p: Some(1.0),
-                    top_k: Some(0),
-                    seed: seed ^ (step as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407),
-                    stop: Vec::new(),
-                },
-            )
-            .map_err(|e| TrainError::Model(e.to_string()))?;
-        let sampled: Vec<Sampled> = generations
-            .iter()
-            .enumerate()
-            .map(|(i, gen_)| Sampled {
-                prompt: batch[i / g],
-                text: gen_.text.clone(),
-            })
-            .collect();
-        let rewards = reward(&sampled)?;
-        if rewards.len() != sampled.len() {
-            return Err(TrainError::Config(format!(
-                "the reward function returned {} rewards for {} completions",
-                rewards.len(),
-                sampled.len()
-            )));
-        }
-        let mut rollouts = Vec::new();
-        let (mut judged, mut unjudged) = (Vec::new(), 0usize);
-        for (k, group) in rewards.chunks(g).enumerate() {
-            let Some(values) = group.iter().copied().collect::<Option<Vec<f64>>>() else {
-                unjudged += group.iter().filter(|r| r.is_none()).count();
-                continue;
-            };
-            judged.extend(values.iter().copied());
-            let advantages = grpo::group_advantages(&values, g, settings.scale_rewards)?;
-            for (j, advantage) in advantages.into_iter().enumerate() {
-                let generation = &generations[k * g + j];
-                if generation.token_ids.is_empty() {
-                    continue;
-                }
-                let mut ids = prompt_ids[k].clone();
-                ids.extend(&generation.token_ids);
-                let tokens = Tokenized {
-                    completion_start: prompt_ids[k].len().max(1),
-                    ids,
-                };
-                let old_logps = grpo::token_logps(model, &tokens)?
-                    .detach()
-                    .to_vec1::<f32>()
-                    .map_err(err)?;
-                let ref_logps = if settings.loss.beta != 0.0 {
-                    adapters.detach(model.model_mut());
-                    let r = grpo::token_logps(model, &tokens);
-                    adapters.reattach(model.model_mut());
-                    Some(r?.to_vec1::<f32>().map_err(err)?)
-                } else {
-                    None
-                };
-                rollouts.push(grpo::Rollout {
-                    tokens,
-                    advantage,
-                    old_logps,
-                    ref_logps,
-                });
-            }
-        }
+        let cached = cache.0.borrow();
+        let cached = cached
+            .as_ref()
+            .ok_or_else(|| TrainError::Config("no rollouts for the step".into()))?;
+        let rollouts = &cached.rollouts;
         let tokens: usize = rollouts.iter().map(|r| r.tokens.completion_tokens()).sum();
         let all_tokens: usize = rollouts.iter().map(|r| r.tokens.ids.len()).sum();
         adapters.dropout_on(model.model_mut(), dropout_seed(seed, step));
         let vars = adapters.vars();
         let mut grads = None;
         let (mut loss_sum, mut clipped, mut kl_sum) = (0.0, 0usize, 0.0);
-        for rollout in &rollouts {
+        for rollout in rollouts {
             let (loss, stats) = grpo::rollout_loss(model, rollout, &settings.loss)?;
             loss_sum += loss.to_scalar::<f32>().map_err(err)? as f64;
             clipped += stats.clipped;
@@ -844,6 +1022,7 @@ pub fn train_grpo(
                 .backward()
                 .map_err(err)?,
         };
+        let judged = &cached.judged;
         let n = judged.len().max(1) as f64;
         let mean = judged.iter().sum::<f64>() / n;
         let std = (judged.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
@@ -861,7 +1040,7 @@ pub fn train_grpo(
                 reward: if judged.is_empty() { f64::NAN } else { mean },
                 reward_std: std,
                 judged: judged.len(),
-                unjudged,
+                unjudged: cached.unjudged,
                 clip_ratio: clipped as f64 / tokens.max(1) as f64,
                 kl: kl_sum / tokens.max(1) as f64,
                 completion_length: tokens as f64 / rollouts.len().max(1) as f64,
@@ -876,7 +1055,11 @@ pub fn train_grpo(
         out,
         control,
         on_step,
-        &mut batch,
+        Steps {
+            batch: &mut batch,
+            reuse: settings.num_iterations,
+            extra: Some(&cache),
+        },
     )?;
     Ok(end.summary(prompts.len(), 0))
 }

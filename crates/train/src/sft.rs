@@ -38,7 +38,7 @@ pub enum PromptCompletion {
 }
 
 /// A tokenized example: ids and the position where the completion starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Tokenized {
     /// Prompt then completion tokens.
     pub ids: Vec<u32>,

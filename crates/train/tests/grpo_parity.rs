@@ -39,7 +39,7 @@ fn grpo_loss_and_lora_gradients_match_trl() {
                 completion_start: r["completion_start"].as_u64().unwrap() as usize,
             },
             advantage: r["advantage"].as_f64().unwrap(),
-            old_logps: floats(&r["old_logps"]),
+            old_logps: Some(floats(&r["old_logps"])),
             ref_logps: Some(floats(&r["ref_logps"])),
         };
         let (loss, stats) = rollout_loss(&model, &rollout, &settings).unwrap();

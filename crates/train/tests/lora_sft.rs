@@ -639,6 +639,153 @@ fn grpo_raises_the_mean_reward_of_a_simple_task() {
 }
 
 #[test]
+fn grpo_reuses_each_sampled_batch_for_num_iterations_steps_and_resumes_inside_a_cycle() {
+    use afterburner_train::{GrpoPrompt, GrpoSettings, Sampled, train_grpo};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let prompts = vec![
+        GrpoPrompt {
+            prompt: vec![ChatMessage::user("write a call")],
+            label: "(".into(),
+        },
+        GrpoPrompt {
+            prompt: vec![ChatMessage::user("write a list")],
+            label: "[".into(),
+        },
+    ];
+    let test_thread = std::thread::current().id();
+    let judged_groups = AtomicUsize::new(0);
+    let reward = |samples: &[Sampled]| -> Result<Vec<Option<f64>>, TrainError> {
+        // Judging runs beside sampling, on its own thread.
+        assert_ne!(std::thread::current().id(), test_thread);
+        judged_groups.fetch_add(1, Ordering::SeqCst);
+        // Any reward that tells the completions apart will do: a hash of the text.
+        Ok(samples
+            .iter()
+            .map(|s| {
+                let h = s.text.bytes().fold(7u64, |h, b| h.wrapping_mul(31) + b as u64);
+                Some((h % 97) as f64 / 97.0)
+            })
+            .collect())
+    };
+    let config = SftConfig {
+        lora: LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            ..LoraConfig::default()
+        },
+        optim: OptimConfig {
+            learning_rate: 5e-2,
+            ..OptimConfig::default()
+        },
+        max_steps: Some(6),
+        per_device_train_batch_size: 2,
+        seed: 5,
+        ..SftConfig::default()
+    };
+    let settings = GrpoSettings {
+        num_generations: 4,
+        max_completion_length: 6,
+        num_iterations: 2,
+        ..GrpoSettings::default()
+    };
+    let metrics = |dir: &std::path::Path| -> Vec<Value> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("tokens_per_s");
+                v
+            })
+            .collect()
+    };
+
+    let whole = tempfile::tempdir().unwrap();
+    let mut straight = model();
+    let mut judge = reward;
+    train_grpo(
+        &mut straight,
+        &prompts,
+        &config,
+        &settings,
+        &mut judge,
+        whole.path(),
+        &RunControl::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(
+        judged_groups.load(Ordering::SeqCst),
+        3 * 2,
+        "6 steps at 2 iterations: 3 sampled batches of 2 groups"
+    );
+    let lines = metrics(whole.path());
+    assert_eq!(lines.len(), 6);
+    for cycle in lines.chunks(2) {
+        // The second step of a cycle trains on the same rollouts with the updated policy.
+        assert_eq!(cycle[0]["reward"], cycle[1]["reward"]);
+        assert_eq!(cycle[0]["tokens"], cycle[1]["tokens"]);
+        assert_ne!(cycle[0]["loss"], cycle[1]["loss"], "{lines:#?}");
+        assert_eq!(cycle[0]["clip_ratio"], 0.0, "ratios start at 1");
+    }
+    assert!(
+        lines
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .any(|l| l["clip_ratio"].as_f64().unwrap() > 0.0),
+        "a reused batch's ratios move away from 1: {lines:?}"
+    );
+
+    // Stopped after step 3 (the first step of the second cycle), resumed: the same run.
+    let parts = tempfile::tempdir().unwrap();
+    let done = AtomicUsize::new(0);
+    let stop = || done.load(Ordering::SeqCst) >= 3;
+    let mut first = model();
+    let interrupted = train_grpo(
+        &mut first,
+        &prompts,
+        &config,
+        &settings,
+        &mut judge,
+        parts.path(),
+        &RunControl {
+            stop: Some(&stop),
+            ..RunControl::default()
+        },
+        &mut |_| {
+            done.fetch_add(1, Ordering::SeqCst);
+        },
+    )
+    .unwrap();
+    let checkpoint = interrupted.checkpoint.unwrap();
+    assert!(checkpoint.join("rollouts.json").is_file());
+    let before = judged_groups.load(Ordering::SeqCst);
+    let mut second = model();
+    train_grpo(
+        &mut second,
+        &prompts,
+        &config,
+        &settings,
+        &mut judge,
+        parts.path(),
+        &RunControl {
+            resume_from: Some(checkpoint),
+            ..RunControl::default()
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(
+        judged_groups.load(Ordering::SeqCst) - before,
+        2,
+        "step 4 reuses the checkpoint's rollouts; only the third batch is sampled"
+    );
+    assert_eq!(metrics(parts.path()), lines);
+    assert_eq!(logits(&second, &IDS), logits(&straight, &IDS));
+}
+
+#[test]
 fn the_bench_step_timer_runs_full_steps_on_raw_ids() {
     let mut m = model();
     let times = afterburner_train::time_sft_steps(
