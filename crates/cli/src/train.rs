@@ -446,7 +446,16 @@ fn run(args: SftArgs, task: Task) -> Result<ExitCode> {
                 for p in problems {
                     eprintln!("warning: not judged: {p}");
                 }
-                Ok(rewards)
+                // The candidate passed exactly when the correctness term is positive (SPEC §7).
+                Ok(rewards
+                    .into_iter()
+                    .map(|r| {
+                        r.map(|r| afterburner_train::Judgement {
+                            reward: r.total,
+                            passed: Some(r.correctness > 0.0),
+                        })
+                    })
+                    .collect())
             };
             afterburner_train::train_grpo(
                 &mut model,
@@ -495,7 +504,8 @@ fn run(args: SftArgs, task: Task) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Draws `DIR/loss.{png,svg}` (and for DPO `DIR/rewards.{png,svg}`) from `DIR/metrics.jsonl`.
+/// Draws `DIR/loss.{png,svg}` (and for DPO and GRPO `DIR/rewards.{png,svg}`) from
+/// `DIR/metrics.jsonl`.
 fn write_curves(out: &std::path::Path) -> Result<()> {
     use afterburner_optimize::chart::{ImageFormat, Line, write_lines};
     let path = out.join("metrics.jsonl");
@@ -525,6 +535,13 @@ fn write_curves(out: &std::path::Path) -> Result<()> {
                 line("margin", "rewards/margins"),
             ],
         ));
+    }
+    if rows.iter().any(|r| r.get("reward_std").is_some()) {
+        let mut lines = vec![line("mean reward", "reward")];
+        if rows.iter().any(|r| r.get("pass_rate").is_some()) {
+            lines.push(line("pass rate", "pass_rate"));
+        }
+        charts.push(("rewards", "GRPO rewards", "reward", lines));
     }
     for (file, title, y, lines) in charts {
         for (format, ext) in [(ImageFormat::Png, "png"), (ImageFormat::Svg, "svg")] {

@@ -245,58 +245,156 @@ fn a_merged_model_generates_what_the_base_with_its_adapter_generates() {
 }
 
 #[test]
-fn grpo_samples_judges_in_the_sandbox_and_checkpoints() {
+fn grpo_runs_end_to_end_on_afterburner_data_grpo_output_checkpoints_resumes_and_plots() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("grpo.jsonl");
-    let label = json!({"problem_id": "cc-4a4036eefa", "language": "python", "instruction": "time",
-                       "baseline": {"passed": true, "time_ms": 50.0, "memory_kb": 9000.0, "integral": 4.5e5}});
-    write_rows(
-        &data,
-        &[json!({"prompt": [{"role": "user", "content": "solve it"}],
-                 "ground_truth": label.to_string(), "problem_id": "cc-4a4036eefa", "split": "train"})],
-    );
-    let out = tmp.path().join("run");
     let coffe = format!("coffe:{DATA}/coffe-code-contests");
     let cache = tmp.path().join("cache");
-    let result = afterburner(&[
-        "train",
+    // Real GRPO data: a COFFE problem calibrated in the sandbox, two prompts, as Parquet.
+    let rows = tmp.path().join("rows");
+    let made = afterburner(&[
+        "data",
         "grpo",
-        "--model",
-        fixture().to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
+        "--format",
+        "trl",
+        "--file-format",
+        "parquet",
         "--dataset",
         &coffe,
+        "--problem-id",
+        "cc-4a4036eefa",
+        "--max-solutions",
+        "4",
+        "--repeats",
+        "1",
+        "--per-problem",
+        "2",
+        "--test-share",
+        "0",
         "--cache",
         cache.to_str().unwrap(),
         "--out",
-        out.to_str().unwrap(),
-        "--max-steps",
-        "2",
-        "--num-generations",
-        "2",
-        "--max-completion-length",
-        "8",
-        "--save-steps",
-        "1",
+        rows.to_str().unwrap(),
     ]);
-    let stdout = String::from_utf8_lossy(&result.stdout);
     assert!(
-        result.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&result.stderr)
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
     );
-    assert!(stdout.contains("trained 2 steps on 1 prompts"), "{stdout}");
-    let metrics = jsonl(&out.join("metrics.jsonl"));
-    assert_eq!(metrics.len(), 2);
-    for m in &metrics {
-        assert_eq!(m["judged"], 2, "{m}");
-        assert_eq!(m["unjudged"], 0, "{m}");
-        assert!(m["reward"].as_f64().is_some(), "{m}");
+    let data = rows.join("train.parquet");
+    assert!(data.is_file());
+    // The fixture with a context long enough for real problem statements (random weights and
+    // rotary positions work at any length).
+    let model = tmp.path().join("tiny-long");
+    std::fs::create_dir(&model).unwrap();
+    for entry in std::fs::read_dir(fixture()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
     }
-    assert!(out.join("checkpoint-2/trainer_state.json").is_file());
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    config["max_position_embeddings"] = 16384.into();
+    config["sliding_window"] = 16384.into();
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+
+    let out = tmp.path().join("run");
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "grpo",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--dataset",
+            &coffe,
+            "--cache",
+            cache.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--max-steps",
+            "3",
+            "--per-device-train-batch-size",
+            "1",
+            "--num-generations",
+            "2",
+            "--num-iterations",
+            "2",
+            "--max-completion-length",
+            "8",
+            "--max-length",
+            "16384",
+            "--save-steps",
+            "1",
+        ];
+        args.extend(extra);
+        let result = afterburner(&args);
+        let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
+        assert!(
+            result.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        stdout
+    };
+    let stdout = train(&[]);
+    assert!(stdout.contains("trained 3 steps on 2 prompts"), "{stdout}");
+    let metrics = jsonl(&out.join("metrics.jsonl"));
+    assert_eq!(metrics.len(), 3);
+    for m in &metrics {
+        assert_eq!(
+            m["judged"].as_u64().unwrap() + m["unjudged"].as_u64().unwrap(),
+            2,
+            "{m}"
+        );
+        assert!(m["judged"].as_u64().unwrap() > 0, "{m}");
+        assert!(m["reward"].as_f64().is_some(), "{m}");
+        let pass_rate = m["pass_rate"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&pass_rate), "{m}");
+    }
+    assert_eq!(
+        metrics[0]["reward"], metrics[1]["reward"],
+        "steps 1 and 2 share a batch"
+    );
+    for file in [
+        "loss.png",
+        "loss.svg",
+        "rewards.png",
+        "rewards.svg",
+        "summary.json",
+        "adapter/adapter_model.safetensors",
+    ] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+    for step in 1..=3 {
+        assert!(
+            out.join(format!("checkpoint-{step}/trainer_state.json"))
+                .is_file()
+        );
+    }
+    // Resumed from step 1 (inside the first batch's cycle), the run ends as it did.
+    let resumed = train(&[
+        "--resume-from-checkpoint",
+        out.join("checkpoint-1").to_str().unwrap(),
+    ]);
+    assert!(
+        resumed.contains("trained 3 steps on 2 prompts"),
+        "{resumed}"
+    );
+    let without_speed = |rows: Vec<Value>| -> Vec<Value> {
+        rows.into_iter()
+            .map(|mut v| {
+                v.as_object_mut().unwrap().remove("tokens_per_s");
+                v
+            })
+            .collect()
+    };
+    assert_eq!(
+        without_speed(jsonl(&out.join("metrics.jsonl"))),
+        without_speed(metrics)
+    );
 
     // A row whose label is not a reward label names the file and row.
+    let data = tmp.path().join("grpo.jsonl");
     write_rows(
         &data,
         &[

@@ -137,9 +137,9 @@ impl<'h> SandboxReward<'h> {
 
     /// Rewards of many responses, judged in parallel on the cores (one thread per core);
     /// `None` where one could not be judged, with the reason in the second list.
-    pub fn rewards(&self, items: &[(&RewardLabel, &str)]) -> (Vec<Option<f64>>, Vec<String>) {
+    pub fn rewards(&self, items: &[(&RewardLabel, &str)]) -> (Vec<Option<Reward>>, Vec<String>) {
         let threads = self.threads;
-        let mut out: Vec<Option<f64>> = vec![None; items.len()];
+        let mut out: Vec<Option<Reward>> = vec![None; items.len()];
         let mut problems = Vec::new();
         std::thread::scope(|s| {
             let chunks: Vec<_> = (0..threads)
@@ -157,7 +157,7 @@ impl<'h> SandboxReward<'h> {
                     Ok(results) => {
                         for (i, r) in results {
                             match r {
-                                Ok(r) => out[i] = Some(r.total),
+                                Ok(r) => out[i] = Some(r),
                                 Err(e) => problems.push(format!("completion {i}: {e}")),
                             }
                         }

@@ -61,7 +61,7 @@ fn responses_are_rewarded_as_the_reward_endpoint_rewards_them() {
         (&label, "I cannot write this."),
     ]);
     assert!(problems.is_empty(), "{problems:?}");
-    let rewards: Vec<f64> = rewards.into_iter().map(Option::unwrap).collect();
+    let rewards: Vec<f64> = rewards.into_iter().map(|r| r.unwrap().total).collect();
     // Fail -> pass earns the correctness term; fail -> fail does not; no code loses the format.
     assert!(rewards[0] > rewards[1], "{rewards:?}");
     assert!(rewards[1] > rewards[2], "{rewards:?}");

@@ -57,23 +57,23 @@ pub enum TrainError {
     #[error("training diverged: {0}")]
     Diverged(String),
     /// A file could not be read or written.
-    #[error("cannot {action} {}: {source}", path.display())]
+    #[error("cannot {action} {}: {cause}", path.display())]
     Io {
         /// What was being done.
         action: &'static str,
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (in the message, not as a source, so it is printed once).
+        cause: std::io::Error,
     },
 }
 
 impl TrainError {
-    fn io(action: &'static str, path: &Path, source: std::io::Error) -> TrainError {
+    fn io(action: &'static str, path: &Path, cause: std::io::Error) -> TrainError {
         TrainError::Io {
             action,
             path: path.to_path_buf(),
-            source,
+            cause,
         }
     }
 }
@@ -694,6 +694,9 @@ pub struct RolloutMetrics {
     pub judged: usize,
     /// Completions it could not judge (their groups are left out of the loss).
     pub unjudged: usize,
+    /// Share of judged completions whose code passed (when the reward function says).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pass_rate: Option<f64>,
     /// Share of completion tokens whose ratio was clipped.
     #[serde(rename = "clip_ratio")]
     pub clip_ratio: f64,
@@ -721,9 +724,29 @@ pub struct Sampled<'a> {
     pub text: String,
 }
 
+/// A judged completion: its reward and, where the reward function knows it, whether its code
+/// passed (for the pass rate).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Judgement {
+    /// The reward.
+    pub reward: f64,
+    /// Whether the completion's code passed its tests (`None`: not a notion of this reward).
+    pub passed: Option<bool>,
+}
+
+impl From<f64> for Judgement {
+    fn from(reward: f64) -> Self {
+        Judgement {
+            reward,
+            passed: None,
+        }
+    }
+}
+
 /// Judges completions: one reward per completion, `None` where it could not be judged (never
 /// a made-up number). It runs on its own thread while the model samples the next group.
-pub type RewardFn<'a> = dyn FnMut(&[Sampled]) -> Result<Vec<Option<f64>>, TrainError> + Send + 'a;
+pub type RewardFn<'a> =
+    dyn FnMut(&[Sampled]) -> Result<Vec<Option<Judgement>>, TrainError> + Send + 'a;
 
 /// GRPO's settings, named as TRL's `GRPOConfig`.
 #[derive(Debug, Clone, PartialEq)]
@@ -766,6 +789,9 @@ struct RolloutCache {
     rollouts: Vec<grpo::Rollout>,
     /// The judged completions' rewards.
     judged: Vec<f64>,
+    /// Whether each judged completion passed, where the reward function says.
+    #[serde(default)]
+    passed: Vec<bool>,
     /// Completions the reward function could not judge.
     unjudged: usize,
 }
@@ -816,7 +842,7 @@ fn sample_and_judge(
         .map(|p| model.encode_chat(&p.prompt).map_err(model_err))
         .collect::<Result<Vec<_>, _>>()?;
     let mut generations = Vec::with_capacity(batch.len());
-    let mut rewards: Vec<Option<Vec<Option<f64>>>> = vec![None; batch.len()];
+    let mut rewards: Vec<Option<Vec<Option<Judgement>>>> = vec![None; batch.len()];
     let sampler: &LanguageModel = model;
     std::thread::scope(|scope| -> Result<(), TrainError> {
         let (to_judge, queue) = mpsc::channel::<(usize, Vec<Sampled>)>();
@@ -881,16 +907,21 @@ fn sample_and_judge(
         cycle,
         rollouts: Vec::new(),
         judged: Vec::new(),
+        passed: Vec::new(),
         unjudged: 0,
     };
     for (k, group_rewards) in rewards.into_iter().enumerate() {
         let group_rewards = group_rewards
             .ok_or_else(|| TrainError::Config(format!("prompt {} was never judged", k + 1)))?;
-        let Some(values) = group_rewards.iter().copied().collect::<Option<Vec<f64>>>() else {
+        let Some(judgements) = group_rewards.iter().copied().collect::<Option<Vec<_>>>() else {
             cache.unjudged += group_rewards.iter().filter(|r| r.is_none()).count();
             continue;
         };
+        let values: Vec<f64> = judgements.iter().map(|j| j.reward).collect();
         cache.judged.extend(values.iter().copied());
+        cache
+            .passed
+            .extend(judgements.iter().filter_map(|j| j.passed));
         let advantages = grpo::group_advantages(&values, g, settings.scale_rewards)?;
         for (generation, advantage) in generations[k].iter().zip(advantages) {
             if generation.token_ids.is_empty() {
@@ -1041,6 +1072,9 @@ pub fn train_grpo(
                 reward_std: std,
                 judged: judged.len(),
                 unjudged: cached.unjudged,
+                pass_rate: (!cached.passed.is_empty()).then(|| {
+                    cached.passed.iter().filter(|p| **p).count() as f64 / cached.passed.len() as f64
+                }),
                 clip_ratio: clipped as f64 / tokens.max(1) as f64,
                 kl: kl_sum / tokens.max(1) as f64,
                 completion_length: tokens as f64 / rollouts.len().max(1) as f64,

@@ -582,18 +582,18 @@ fn dpo_learns_to_prefer_the_chosen_programs() {
 
 #[test]
 fn grpo_raises_the_mean_reward_of_a_simple_task() {
-    use afterburner_train::{GrpoPrompt, GrpoSettings, Sampled, train_grpo};
+    use afterburner_train::{GrpoPrompt, GrpoSettings, Judgement, Sampled, train_grpo};
     let prompts = vec![GrpoPrompt {
         prompt: vec![ChatMessage::user("write a call")],
         label: "(".into(),
     }];
     // Reward: the share of the completion's characters that are the label's, here "(".
-    let mut reward = |samples: &[Sampled]| -> Result<Vec<Option<f64>>, TrainError> {
+    let mut reward = |samples: &[Sampled]| -> Result<Vec<Option<Judgement>>, TrainError> {
         Ok(samples
             .iter()
             .map(|s| {
                 let n = s.text.chars().count().max(1) as f64;
-                Some(s.text.matches(s.prompt.label.as_str()).count() as f64 / n)
+                Some((s.text.matches(s.prompt.label.as_str()).count() as f64 / n).into())
             })
             .collect())
     };
@@ -640,7 +640,7 @@ fn grpo_raises_the_mean_reward_of_a_simple_task() {
 
 #[test]
 fn grpo_reuses_each_sampled_batch_for_num_iterations_steps_and_resumes_inside_a_cycle() {
-    use afterburner_train::{GrpoPrompt, GrpoSettings, Sampled, train_grpo};
+    use afterburner_train::{GrpoPrompt, GrpoSettings, Judgement, Sampled, train_grpo};
     use std::sync::atomic::{AtomicUsize, Ordering};
     let prompts = vec![
         GrpoPrompt {
@@ -654,7 +654,7 @@ fn grpo_reuses_each_sampled_batch_for_num_iterations_steps_and_resumes_inside_a_
     ];
     let test_thread = std::thread::current().id();
     let judged_groups = AtomicUsize::new(0);
-    let reward = |samples: &[Sampled]| -> Result<Vec<Option<f64>>, TrainError> {
+    let reward = |samples: &[Sampled]| -> Result<Vec<Option<Judgement>>, TrainError> {
         // Judging runs beside sampling, on its own thread.
         assert_ne!(std::thread::current().id(), test_thread);
         judged_groups.fetch_add(1, Ordering::SeqCst);
@@ -662,8 +662,11 @@ fn grpo_reuses_each_sampled_batch_for_num_iterations_steps_and_resumes_inside_a_
         Ok(samples
             .iter()
             .map(|s| {
-                let h = s.text.bytes().fold(7u64, |h, b| h.wrapping_mul(31) + b as u64);
-                Some((h % 97) as f64 / 97.0)
+                let h = s
+                    .text
+                    .bytes()
+                    .fold(7u64, |h, b| h.wrapping_mul(31) + b as u64);
+                Some(((h % 97) as f64 / 97.0).into())
             })
             .collect())
     };
