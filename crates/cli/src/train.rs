@@ -74,6 +74,15 @@ pub struct GrpoArgs {
     protocol: crate::args::ProtocolArgs,
 }
 
+/// `--finetuning-type` (LLaMA-Factory's name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FinetuningArg {
+    /// LoRA adapters.
+    Lora,
+    /// Every weight.
+    Full,
+}
+
 /// Arguments of `afterburner train merge`.
 #[derive(Debug, Args)]
 pub struct MergeArgs {
@@ -137,6 +146,11 @@ pub struct SftArgs {
     /// Micro-batches per optimiser step.
     #[arg(long, default_value_t = 1)]
     gradient_accumulation_steps: usize,
+    /// Which weights are trained: LoRA adapters on the frozen base, or every weight (full,
+    /// for small models: f32 weights plus two AdamW moments each; the result is a Hugging Face
+    /// folder in DIR/model, and the base must be one).
+    #[arg(long, value_enum, default_value_t = FinetuningArg::Lora)]
+    finetuning_type: FinetuningArg,
     /// LoRA rank.
     #[arg(long, default_value_t = 16)]
     lora_r: usize,
@@ -221,27 +235,7 @@ fn merge(args: MergeArgs) -> Result<ExitCode> {
         afterburner_train::Adapters::load_peft(model.model_mut(), &args.adapter, &device)
             .with_context(|| format!("--adapter {}", args.adapter.display()))?;
     let weights = adapters.merged_weights(model.model())?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let mut copied = Vec::new();
-    for entry in std::fs::read_dir(&choice.path)? {
-        let path = entry?.path();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let weights_file = name.ends_with(".safetensors")
-            || name.ends_with(".bin")
-            || name == "model.safetensors.index.json";
-        if path.is_file() && !weights_file {
-            std::fs::copy(&path, args.out.join(&name))
-                .with_context(|| format!("cannot copy {}", path.display()))?;
-            copied.push(name);
-        }
-    }
-    let file = args.out.join("model.safetensors");
-    afterburner_train::Adapters::save_weights(&weights, &file)?;
-    copied.sort();
+    let copied = afterburner_train::trainable::save_hf_folder(&choice.path, &weights, &args.out)?;
     println!(
         "merged {} LoRA modules into {} ({} tensors, {dtype:?}) -> {} (with {})",
         adapters.modules.len(),
@@ -349,6 +343,10 @@ fn run(args: SftArgs, task: Task) -> Result<ExitCode> {
         },
     };
     let config = SftConfig {
+        finetuning: match args.finetuning_type {
+            FinetuningArg::Lora => afterburner_train::FinetuningType::Lora,
+            FinetuningArg::Full => afterburner_train::FinetuningType::Full,
+        },
         lora,
         optim: OptimConfig {
             learning_rate: args.learning_rate,
@@ -364,10 +362,12 @@ fn run(args: SftArgs, task: Task) -> Result<ExitCode> {
         max_length: args.max_length,
         seed: args.seed,
     };
+    let trained = match args.finetuning_type {
+        FinetuningArg::Lora => format!("LoRA (r {}, alpha {})", config.lora.r, config.lora.alpha),
+        FinetuningArg::Full => "every weight".to_string(),
+    };
     eprintln!(
-        "training LoRA (r {}, alpha {}) on {} with {count} {what} from {}",
-        config.lora.r,
-        config.lora.alpha,
+        "training {trained} of {} with {count} {what} from {}",
         choice.name,
         args.data.display()
     );
@@ -492,13 +492,17 @@ fn run(args: SftArgs, task: Task) -> Result<ExitCode> {
     .with_context(|| format!("cannot write {}", summary_path.display()))?;
     println!(
         "trained {} steps on {} {what} ({} longer than --max-length {} skipped): loss {:.4} -> \
-         {:.4}; adapter (PEFT) in {}",
+         {:.4}; {} in {}",
         summary.steps,
         summary.examples,
         summary.skipped_too_long,
         args.max_length,
         summary.first_loss,
         summary.last_loss,
+        match args.finetuning_type {
+            FinetuningArg::Lora => "adapter (PEFT)",
+            FinetuningArg::Full => "model (Hugging Face folder)",
+        },
         summary.adapter.display()
     );
     Ok(ExitCode::SUCCESS)

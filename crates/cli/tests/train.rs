@@ -71,6 +71,36 @@ fn sft_writes_a_peft_adapter_metrics_and_a_summary() {
             "{file}"
         );
     }
+
+    // Full fine-tuning writes a Hugging Face folder that the model loader takes as --model.
+    let full = tmp.path().join("full");
+    let result = afterburner(&[
+        "train",
+        "sft",
+        "--model",
+        fixture().to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        full.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--finetuning-type",
+        "full",
+    ]);
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        result.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(
+        stdout.contains("model (Hugging Face folder) in"),
+        "{stdout}"
+    );
+    assert!(full.join("model/model.safetensors").is_file());
+    let answer = generate(full.join("model").to_str().unwrap(), &[]);
+    assert!(answer["text"].is_string(), "{answer}");
 }
 
 #[test]

@@ -790,6 +790,78 @@ impl CausalLm {
         Ok(out)
     }
 
+    /// Makes every weight trainable for full fine-tuning: each becomes a variable (a tied
+    /// `lm_head` shares the embedding's), returned under its Hugging Face name in
+    /// [`Self::named_parameters`]' order. Dense f32 weights only (quantized blocks cannot be
+    /// trained, and full fine-tuning keeps f32 master weights).
+    pub fn make_trainable(&mut self) -> Result<Vec<(String, Var)>> {
+        if self.dtype != DType::F32 {
+            return Err(ModelError::Invalid(format!(
+                "full fine-tuning needs the model in f32 (it is {:?})",
+                self.dtype
+            )));
+        }
+        let make = |name: String, t: &mut Tensor, out: &mut Vec<(String, Var)>| -> Result<()> {
+            let var = Var::from_tensor(t)?;
+            *t = var.as_tensor().clone();
+            out.push((name, var));
+            Ok(())
+        };
+        let mut out = Vec::new();
+        make(
+            "model.embed_tokens.weight".into(),
+            &mut self.embed_tokens,
+            &mut out,
+        )?;
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            make(
+                format!("{p}.input_layernorm.weight"),
+                &mut layer.input_layernorm.weight,
+                &mut out,
+            )?;
+            make(
+                format!("{p}.post_attention_layernorm.weight"),
+                &mut layer.post_attention_layernorm.weight,
+                &mut out,
+            )?;
+            if let Some(n) = &mut layer.self_attn.q_norm {
+                make(
+                    format!("{p}.self_attn.q_norm.weight"),
+                    &mut n.weight,
+                    &mut out,
+                )?;
+            }
+            if let Some(n) = &mut layer.self_attn.k_norm {
+                make(
+                    format!("{p}.self_attn.k_norm.weight"),
+                    &mut n.weight,
+                    &mut out,
+                )?;
+            }
+        }
+        make("model.norm.weight".into(), &mut self.norm.weight, &mut out)?;
+        let tied = self.config.tie_word_embeddings;
+        let embedding = self.embed_tokens.clone();
+        for (name, linear) in self.linears_mut() {
+            let LinearWeight::Dense(weight) = &mut linear.weight else {
+                return Err(ModelError::Invalid(format!(
+                    "`{name}` holds quantized blocks, which cannot be trained in full; load the \
+                     model densely (--dtype f32)"
+                )));
+            };
+            if tied && name == "lm_head" {
+                *weight = embedding.clone();
+                continue;
+            }
+            make(format!("{name}.weight"), weight, &mut out)?;
+            if let Some(bias) = &mut linear.bias {
+                make(format!("{name}.bias"), bias, &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+
     /// Bytes of every weight in memory (a tied dense `lm_head` counted once, with the embedding).
     pub fn weights_bytes(&self) -> u64 {
         let tensor_bytes = |t: &Tensor| (t.elem_count() * t.dtype().size_in_bytes()) as u64;

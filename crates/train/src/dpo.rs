@@ -13,7 +13,6 @@ use afterburner_model::{LanguageModel, Tensor};
 use serde_json::Value;
 
 use crate::TrainError;
-use crate::lora::Adapters;
 use crate::sft::{PromptCompletion, Tokenized, chat_messages, completion_nll, read_rows, tokenize};
 
 /// A prompt with a preferred and a dispreferred completion.
@@ -94,7 +93,7 @@ pub fn tokenize_pair(
 /// switched off (detached: no gradient).
 pub fn reference_logps(
     model: &mut LanguageModel,
-    adapters: &Adapters,
+    adapters: &dyn crate::Reference,
     pair: &TokenizedPair,
 ) -> Result<(f64, f64), TrainError> {
     let err = |e: candle_core::Error| TrainError::Model(e.to_string());

@@ -19,6 +19,7 @@ pub mod grpo;
 pub mod lora;
 pub mod optim;
 pub mod sft;
+pub mod trainable;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 pub use lora::{Adapters, LoraConfig, SeededRng};
 pub use optim::{OptimConfig, StepReport};
 pub use sft::{PromptCompletion, Tokenized};
+pub use trainable::{FinetuningType, Reference, Trainable};
 
 /// Why training could not start or go on.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +83,9 @@ impl TrainError {
 /// The supervised run's settings, named as TRL's `SFTConfig`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SftConfig {
-    /// The adapters.
+    /// LoRA adapters or every weight.
+    pub finetuning: FinetuningType,
+    /// The adapters (LoRA runs).
     pub lora: LoraConfig,
     /// The optimiser.
     pub optim: OptimConfig,
@@ -102,6 +106,7 @@ pub struct SftConfig {
 impl Default for SftConfig {
     fn default() -> Self {
         SftConfig {
+            finetuning: FinetuningType::Lora,
             lora: LoraConfig::default(),
             optim: OptimConfig::default(),
             max_steps: None,
@@ -154,7 +159,8 @@ pub struct SftSummary {
     pub first_loss: f64,
     /// Loss of the last step.
     pub last_loss: f64,
-    /// Where the adapter was saved (when the run finished).
+    /// Where the adapter (LoRA) or the model (full fine-tuning) was saved, when the run
+    /// finished.
     pub adapter: PathBuf,
     /// The last checkpoint written, if any.
     pub checkpoint: Option<PathBuf>,
@@ -184,7 +190,8 @@ struct TrainerState {
 /// The settings a checkpoint must have been made with to be resumed.
 fn settings_key(config: &SftConfig, examples: usize) -> String {
     format!(
-        "{:?}|{:?}|{:?}|{}|{}|{}|{}|{}|{}",
+        "{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{}|{}|{}",
+        config.finetuning,
         config.lora,
         config.optim,
         config.max_steps,
@@ -208,9 +215,12 @@ pub struct RunControl<'a> {
     pub stop: Option<&'a (dyn Fn() -> bool + Sync)>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_checkpoint(
     out: &Path,
-    adapters: &Adapters,
+    model: &LanguageModel,
+    trainable: &Trainable,
+    kind: FinetuningType,
     trainer: &optim::Trainer,
     state: &TrainerState,
     base: &str,
@@ -221,7 +231,7 @@ fn write_checkpoint(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io("remove", &tmp, e))?;
     }
-    adapters.save_peft(&tmp.join("adapter"), Some(base))?;
+    trainable.save(model, &tmp.join(Trainable::folder_name(kind)), base)?;
     let optimizer = tmp.join("optimizer.safetensors");
     candle_core::safetensors::save(&trainer.state_tensors(), &optimizer)
         .map_err(|e| TrainError::io("write", &optimizer, std::io::Error::other(e.to_string())))?;
@@ -249,9 +259,9 @@ struct BatchOutcome {
     rollouts: Option<RolloutMetrics>,
 }
 
-/// Computes one optimiser step's batch with the adapters attached.
-type BatchFn<'a, T> =
-    dyn FnMut(&mut LanguageModel, &Adapters, &[&T], usize) -> Result<BatchOutcome, TrainError> + 'a;
+/// Computes one optimiser step's batch with what is trained.
+type BatchFn<'a, T> = dyn FnMut(&mut LanguageModel, &Trainable, &[&T], usize) -> Result<BatchOutcome, TrainError>
+    + 'a;
 
 /// State a trainer keeps beside the loop's own, written into each checkpoint and read back on
 /// resumption.
@@ -335,9 +345,10 @@ fn run_loop<T>(
     let device = model.model().device().clone();
     std::fs::create_dir_all(out).map_err(|e| TrainError::io("create", out, e))?;
     let metrics_path = out.join("metrics.jsonl");
+    let kind = config.finetuning;
     let (adapters, mut trainer, mut state) = match &control.resume_from {
         None => {
-            let adapters = Adapters::attach(model.model_mut(), &config.lora, config.seed, &device)?;
+            let adapters = Trainable::start(model, kind, &config.lora, config.seed)?;
             let trainer = optim::Trainer::new(adapters.vars(), config.optim.clone(), total_steps)?;
             std::fs::File::create(&metrics_path)
                 .map_err(|e| TrainError::io("create", &metrics_path, e))?;
@@ -374,7 +385,7 @@ fn run_loop<T>(
                     state.settings
                 )));
             }
-            let adapters = Adapters::load_peft(model.model_mut(), &dir.join("adapter"), &device)?;
+            let adapters = Trainable::resume(model, kind, dir)?;
             let mut trainer =
                 optim::Trainer::new(adapters.vars(), config.optim.clone(), total_steps)?;
             let optimizer = dir.join("optimizer.safetensors");
@@ -465,7 +476,7 @@ fn run_loop<T>(
         let due = control.save_steps.is_some_and(|n| state.step % n == 0);
         if stop || due {
             checkpoint = Some(write_checkpoint(
-                out, &adapters, &trainer, &state, &base, extra,
+                out, model, &adapters, kind, &trainer, &state, &base, extra,
             )?);
         }
         if stop {
@@ -473,9 +484,9 @@ fn run_loop<T>(
             break;
         }
     }
-    let adapter = out.join("adapter");
+    let adapter = out.join(Trainable::folder_name(kind));
     if !interrupted {
-        adapters.save_peft(&adapter, Some(&base))?;
+        adapters.save(model, &adapter, &base)?;
     }
     Ok(LoopEnd {
         steps: state.step,
@@ -540,7 +551,7 @@ pub fn train_sft(
     let settings = format!("sft|{}", settings_key(config, tokenized.len()));
     let err = |e: candle_core::Error| TrainError::Model(e.to_string());
     let mut batch = |model: &mut LanguageModel,
-                     adapters: &Adapters,
+                     adapters: &Trainable,
                      batch: &[&Tokenized],
                      step: usize|
      -> Result<BatchOutcome, TrainError> {
@@ -623,7 +634,7 @@ pub fn train_dpo(
     let settings = format!("dpo|{beta}|{}", settings_key(config, tokenized.len()));
     let err = |e: candle_core::Error| TrainError::Model(e.to_string());
     let mut batch = |model: &mut LanguageModel,
-                     adapters: &Adapters,
+                     adapters: &Trainable,
                      batch: &[&dpo::TokenizedPair],
                      step: usize|
      -> Result<BatchOutcome, TrainError> {
@@ -826,7 +837,7 @@ impl ExtraState for CachedRollouts {
 #[allow(clippy::too_many_arguments)]
 fn sample_and_judge(
     model: &mut LanguageModel,
-    adapters: &Adapters,
+    adapters: &Trainable,
     batch: &[&GrpoPrompt],
     settings: &GrpoSettings,
     seed: u64,
@@ -1014,7 +1025,7 @@ pub fn train_grpo(
     let seed = config.seed;
     let cache = CachedRollouts(std::cell::RefCell::new(None));
     let mut batch = |model: &mut LanguageModel,
-                     adapters: &Adapters,
+                     adapters: &Trainable,
                      batch: &[&GrpoPrompt],
                      step: usize|
      -> Result<BatchOutcome, TrainError> {
