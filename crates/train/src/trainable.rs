@@ -60,7 +60,7 @@ pub enum Trainable {
     /// LoRA adapters.
     Lora(Adapters),
     /// Every weight.
-    Full(FullWeights),
+    Full(Box<FullWeights>),
 }
 
 fn model_error(e: impl std::fmt::Display) -> TrainError {
@@ -95,11 +95,11 @@ impl Trainable {
                 }
                 let reference = model.model().clone();
                 let vars = model.model_mut().make_trainable().map_err(model_error)?;
-                Ok(Trainable::Full(FullWeights {
+                Ok(Trainable::Full(Box::new(FullWeights {
                     vars,
                     reference,
                     parked: Mutex::new(None),
-                }))
+                })))
             }
         }
     }
