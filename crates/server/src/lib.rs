@@ -22,6 +22,7 @@
 mod app;
 mod common;
 mod config;
+mod conn;
 mod error;
 mod fusion;
 mod grading;
@@ -34,7 +35,7 @@ mod results;
 mod server;
 mod state;
 
-pub use config::{LimitPolicy, ServerConfig};
+pub use config::{ConnectionLimits, LimitPolicy, ServerConfig};
 pub use error::{ApiError, ServerError};
 pub use openai::OpenAiModel;
 pub use server::{Server, ServerHandle, termination_signal};
