@@ -15,6 +15,9 @@
 //! admitted request gets exactly one answer. On shutdown the server stops accepting, answers
 //! queued programs with 503, finishes the running ones and tears the sandbox down.
 //!
+//! Slow or idle clients cannot hold connections: headers, bodies and idle waits are timed and
+//! open connections capped ([`ConnectionLimits`]).
+//!
 //! Wire formats live here only: the sandbox, benchmark and reward crates know nothing of HTTP.
 
 #![warn(missing_docs)]
