@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use afterburner_benchmarks::DatasetSpec;
 use afterburner_reward::RewardConfig;
-use afterburner_server::{LimitPolicy, Server, ServerConfig, ServerError};
+use afterburner_server::{ConnectionLimits, LimitPolicy, Server, ServerConfig, ServerError};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
@@ -65,8 +65,35 @@ pub struct ServeArgs {
     /// Seconds a shutdown waits for open requests before closing them.
     #[arg(long, default_value_t = 150)]
     pub shutdown_grace: u64,
+    /// Seconds a client may take to send a request's headers, from their first byte; a slower
+    /// one has its connection closed (slowloris).
+    #[arg(long, default_value_t = 10.0, value_name = "S")]
+    pub header_timeout: f64,
+    /// Seconds a client may take to send a request's body once its headers are in; a slower
+    /// one is answered 408 and its connection closed.
+    #[arg(long, default_value_t = 60.0, value_name = "S")]
+    pub body_timeout: f64,
+    /// Seconds a connection may sit idle (before its first request, or between a response and
+    /// the next request on a keep-alive connection) before it is closed.
+    #[arg(long, default_value_t = 60.0, value_name = "S")]
+    pub idle_timeout: f64,
+    /// Most client connections served at once; further ones wait in the listen backlog.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub max_connections: usize,
+    /// Most requests on one keep-alive connection; the last is answered with
+    /// `Connection: close` (0: no limit).
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub max_requests_per_connection: usize,
     #[command(flatten)]
     pub model: crate::serve_model::ServeModelArgs,
+}
+
+/// A timeout flag's value as a duration; `flag` names it in the error.
+fn timeout(seconds: f64, flag: &str) -> Result<Duration> {
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
+        bail!("{flag} must be a positive number of seconds (at most a day), got {seconds}");
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 impl ServeArgs {
@@ -117,6 +144,13 @@ impl ServeArgs {
                 .clone()
                 .or_else(afterburner_benchmarks::default_cache_dir),
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
+            connections: ConnectionLimits {
+                header_timeout: timeout(self.header_timeout, "--header-timeout")?,
+                body_timeout: timeout(self.body_timeout, "--body-timeout")?,
+                idle_timeout: timeout(self.idle_timeout, "--idle-timeout")?,
+                max_connections: self.max_connections,
+                max_requests_per_connection: self.max_requests_per_connection,
+            },
             ..ServerConfig::default()
         })
     }

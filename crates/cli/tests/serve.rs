@@ -69,6 +69,9 @@ fn bad_flags_are_refused_with_exit_code_2_and_a_message() {
             "exceeds",
         ),
         (vec!["--workers", "0"], "worker"),
+        (vec!["--header-timeout", "0"], "--header-timeout"),
+        (vec!["--body-timeout", "nan"], "--body-timeout"),
+        (vec!["--max-connections", "0"], "--max-connections"),
     ] {
         let out = command()
             .args(["serve", "--addr", "127.0.0.1:0"])

@@ -2,11 +2,13 @@
 //! endpoints (`/healthz`, `/metrics`, `/status`). The state the handlers share is in
 //! [`crate::state`].
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use afterburner_sandbox::Language;
 use axum::Router;
+use axum::body::{Body, HttpBody};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -15,7 +17,7 @@ use axum::routing::{get, post};
 use serde::Serialize;
 
 use crate::common::Wire;
-use crate::error::ApiError;
+use crate::error::{ApiError, RefusalReason, reason_of_status};
 use crate::metrics::Gauges;
 use crate::state::AppState;
 use crate::{fusion, monolith, native};
@@ -36,6 +38,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), record))
         .with_state(state)
@@ -67,9 +70,84 @@ async fn record(State(state): State<Arc<AppState>>, req: Request, next: Next) ->
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let start = Instant::now();
     let response = next.run(req).await;
+    let status = response.status();
     state
         .metrics
-        .request(&endpoint, response.status().as_u16(), start.elapsed());
+        .request(&endpoint, status.as_u16(), start.elapsed());
+    if status.is_client_error() || status.is_server_error() {
+        let reason = response
+            .extensions()
+            .get::<RefusalReason>()
+            .map_or_else(|| reason_of_status(status), |r| r.0);
+        state.metrics.refusal(reason);
+    }
+    response
+}
+
+/// Reads the whole request body before the handler runs, within the body timeout and the body
+/// size limit: a body that trickles in is answered 408 and its connection closed, a body over
+/// the limit 413 (at once when its `Content-Length` says so).
+async fn read_body(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let limit = state.config.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is larger than the server's limit of {limit} bytes \
+                 (--max-body-mib)"
+            ),
+        )
+        .with_reason("body_too_large")
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return close_after(too_large().into_response());
+    }
+    let (parts, mut body) = req.into_parts();
+    let timeout = state.config.connections.body_timeout;
+    let read = async {
+        let mut bytes: Vec<u8> = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            let frame = frame
+                .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if bytes.len() + data.len() > limit {
+                    return Err(too_large());
+                }
+                bytes.extend_from_slice(&data);
+            }
+        }
+        Ok(bytes)
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(e)) => close_after(e.into_response()),
+        Err(_) => close_after(
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s (--body-timeout)",
+                    timeout.as_secs_f64()
+                ),
+            )
+            .into_response(),
+        ),
+    }
+}
+
+/// `response` with `Connection: close`: the rest of its request's body is never read.
+fn close_after(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 

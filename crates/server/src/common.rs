@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::pool::Worker;
 
 /// A response body of a serde type: the compiler checks each wire format through its type.
@@ -119,6 +120,26 @@ pub(crate) fn run_status(outcome: &Result<SingleRun, SandboxError>) -> Status {
     match outcome {
         Ok(run) => run.status(),
         Err(_) => Status::SandboxError,
+    }
+}
+
+/// Counts a single run in the metrics: its outcome, its build (when built now, not taken from
+/// the cache) and its run's wall time (when it ran).
+pub(crate) fn record_single(
+    metrics: &Metrics,
+    language: Language,
+    outcome: &Result<SingleRun, SandboxError>,
+) {
+    metrics.run(run_status(outcome).as_str());
+    if let Ok(run) = outcome {
+        if !run.cached
+            && let Some(c) = &run.compilation
+        {
+            metrics.compiled(language.name(), c.compile_ms / 1000.0);
+        }
+        if run.status() != Status::CompileError {
+            metrics.ran(language.name(), run.result.measurement.wall_ms / 1000.0);
+        }
     }
 }
 

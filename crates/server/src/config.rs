@@ -50,6 +50,60 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// The embedded model answering `/v1/chat/completions`, `/v1/completions` and `/v1/models`.
     pub model: Option<crate::openai::OpenAiModel>,
+    /// Connection limits: timeouts for slow or idle clients, and how many connections at once.
+    pub connections: ConnectionLimits,
+}
+
+/// What a client connection may take: how long its reads may stall, how many requests it may
+/// make, and how many connections are served at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConnectionLimits {
+    /// Longest a request's headers may take to arrive, from their first byte; beyond it the
+    /// connection is closed (there is no request yet to answer).
+    pub header_timeout: Duration,
+    /// Longest a request's body may take to arrive once its headers are in; beyond it the
+    /// request is answered 408 and the connection closed.
+    pub body_timeout: Duration,
+    /// Longest a connection may sit idle: before its first request, and from one response
+    /// (its writing included) to the first byte of the next request; beyond it it is closed.
+    pub idle_timeout: Duration,
+    /// Most connections served at once; further ones wait in the listen backlog until one
+    /// closes.
+    pub max_connections: usize,
+    /// Most requests answered on one keep-alive connection; the last is answered with
+    /// `Connection: close` (0: no limit).
+    pub max_requests_per_connection: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            max_requests_per_connection: 10_000,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// Checks every timeout is positive and at least one connection is allowed.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, flag, d) in [
+            ("header", "--header-timeout", self.header_timeout),
+            ("body", "--body-timeout", self.body_timeout),
+            ("idle", "--idle-timeout", self.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!("the {name} timeout must be positive ({flag})"));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err("at least 1 connection must be allowed (--max-connections)".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for ServerConfig {
@@ -72,6 +126,7 @@ impl Default for ServerConfig {
             cache_dir: afterburner_benchmarks::default_cache_dir(),
             shutdown_grace: Duration::from_secs(150),
             model: None,
+            connections: ConnectionLimits::default(),
         }
     }
 }

@@ -47,7 +47,30 @@ pub struct ApiError {
     pub message: String,
     /// Seconds after which retrying makes sense, for 503 refusals.
     pub retry_after_s: Option<u64>,
+    /// Why it was refused, as `/metrics` counts it (`queue_full`, `body_timeout`, ...).
+    pub reason: &'static str,
 }
+
+/// The reason `/metrics` counts an error answer under when nothing more specific is known.
+pub(crate) fn reason_of_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "body_timeout",
+        413 => "too_large",
+        429 => "rate_limited",
+        500 => "internal_error",
+        503 => "unavailable",
+        s if s >= 500 => "server_error",
+        _ => "client_error",
+    }
+}
+
+/// An error answer's reason, left in the response's extensions for the request metrics.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RefusalReason(pub &'static str);
 
 impl ApiError {
     /// A 400 Bad Request.
@@ -61,7 +84,13 @@ impl ApiError {
             status,
             message: message.into(),
             retry_after_s: None,
+            reason: reason_of_status(status),
         }
+    }
+
+    /// The same error counted under `reason` in `/metrics`.
+    pub fn with_reason(self, reason: &'static str) -> ApiError {
+        ApiError { reason, ..self }
     }
 
     /// The answer to jobs the pool did not admit.
@@ -78,6 +107,7 @@ impl ApiError {
                      holds {capacity}; retry after {retry_after_s} s"
                 ),
                 retry_after_s: Some(retry_after_s),
+                reason: "queue_full",
             },
             Refusal::TooMany { jobs, capacity } => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -85,7 +115,8 @@ impl ApiError {
                     "the request carries {jobs} programs but the server's queue holds at most \
                      {capacity} (--queue): split it into smaller batches"
                 ),
-            ),
+            )
+            .with_reason("batch_too_large"),
             Refusal::ShuttingDown => ApiError::shutting_down(),
         }
     }
@@ -96,6 +127,7 @@ impl ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: "the server is shutting down; the program was not run".into(),
             retry_after_s: Some(5),
+            reason: "shutting_down",
         }
     }
 }
@@ -119,6 +151,7 @@ impl IntoResponse for ApiError {
             error: self.message,
         };
         let mut response = (self.status, Json(body)).into_response();
+        response.extensions_mut().insert(RefusalReason(self.reason));
         if let Some(s) = self.retry_after_s
             && let Ok(v) = HeaderValue::from_str(&s.to_string())
         {
@@ -156,6 +189,7 @@ where
                         limit.0
                     ),
                 )
+                .with_reason("body_too_large")
             } else {
                 ApiError::new(
                     r.status(),

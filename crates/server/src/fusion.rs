@@ -17,7 +17,7 @@ use afterburner_sandbox::{Compilation, SandboxError, Status};
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{SingleRun, Wire, program_language, run_single, run_status};
+use crate::common::{SingleRun, Wire, program_language, record_single, run_single};
 use crate::error::{ApiError, JsonBody};
 use crate::pool::Work;
 use crate::state::AppState;
@@ -270,6 +270,6 @@ pub(crate) async fn run_code(
     let work: Work<Result<SingleRun, SandboxError>> =
         Box::new(move |w| run_single(w, language, &code, stdin, limits, false));
     let outcome = state.run_one(work).await?;
-    state.metrics.run(run_status(&outcome).as_str());
+    record_single(&state.metrics, language, &outcome);
     Ok(Wire(body(&outcome, req.compile_timeout)))
 }

@@ -6,9 +6,10 @@ use afterburner_benchmarks::{
     HarnessError, Measured, Problem, RecordedPerformance, RunSettings, Submission, Suite,
 };
 use afterburner_reward::{Reward, RewardConfig, RewardInput, reward};
-use afterburner_sandbox::{Language, Limits};
+use afterburner_sandbox::{Language, Limits, Status};
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::Metrics;
 use crate::pool::Worker;
 
 /// A solution judged over its suite, possibly several times.
@@ -43,6 +44,27 @@ pub(crate) fn grade(
         graded.evaluation.message = graded.detail.clone();
     }
     Ok(graded)
+}
+
+/// Counts a graded suite run in the metrics: its outcome, its compilation (compiled languages)
+/// and the suite run's wall time (when it ran).
+pub(crate) fn record_graded(
+    metrics: &Metrics,
+    language: Language,
+    outcome: &Result<Graded, HarnessError>,
+) {
+    let Ok(g) = outcome else {
+        metrics.run(Status::SandboxError.as_str());
+        return;
+    };
+    let e = &g.evaluation;
+    metrics.run(e.status.as_str());
+    if language.is_compiled() && e.compile_ms > 0.0 {
+        metrics.compiled(language.name(), e.compile_ms / 1000.0);
+    }
+    if e.status != Status::CompileError {
+        metrics.ran(language.name(), e.measurement.wall_ms / 1000.0);
+    }
 }
 
 /// The original solution's verdict and figures, as a prompt carried them.

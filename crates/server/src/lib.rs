@@ -15,6 +15,9 @@
 //! admitted request gets exactly one answer. On shutdown the server stops accepting, answers
 //! queued programs with 503, finishes the running ones and tears the sandbox down.
 //!
+//! Slow or idle clients cannot hold connections: headers, bodies and idle waits are timed and
+//! open connections capped ([`ConnectionLimits`]).
+//!
 //! Wire formats live here only: the sandbox, benchmark and reward crates know nothing of HTTP.
 
 #![warn(missing_docs)]
@@ -22,6 +25,7 @@
 mod app;
 mod common;
 mod config;
+mod conn;
 mod error;
 mod fusion;
 mod grading;
@@ -34,7 +38,7 @@ mod results;
 mod server;
 mod state;
 
-pub use config::{LimitPolicy, ServerConfig};
+pub use config::{ConnectionLimits, LimitPolicy, ServerConfig};
 pub use error::{ApiError, ServerError};
 pub use openai::OpenAiModel;
 pub use server::{Server, ServerHandle, termination_signal};

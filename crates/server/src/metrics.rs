@@ -76,10 +76,22 @@ pub(crate) struct Metrics {
     latency: Mutex<BTreeMap<String, Histogram>>,
     runs: Mutex<BTreeMap<String, u64>>,
     refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Error answers by reason.
+    refusals: Mutex<BTreeMap<&'static str, u64>>,
     job_seconds: Mutex<Histogram>,
     queue_wait: Mutex<Histogram>,
+    /// Wall time of program (or whole-suite) runs, by language.
+    run_seconds: Mutex<BTreeMap<&'static str, Histogram>>,
+    /// Wall time of fresh builds (compilations, syntax checks), by language.
+    compile_seconds: Mutex<BTreeMap<&'static str, Histogram>>,
+    /// Nanoseconds workers have spent on jobs, summed over workers.
+    busy_ns: AtomicU64,
     worker_panics: AtomicU64,
     cancelled: AtomicU64,
+    connections_open: AtomicU64,
+    connections_accepted: AtomicU64,
+    /// Connections closed by their watchdog, by the phase they stalled in.
+    connections_timed_out: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -89,10 +101,62 @@ impl Metrics {
             latency: Mutex::new(BTreeMap::new()),
             runs: Mutex::new(BTreeMap::new()),
             refused: Mutex::new(BTreeMap::new()),
+            refusals: Mutex::new(BTreeMap::new()),
             job_seconds: Mutex::new(Histogram::new()),
             queue_wait: Mutex::new(Histogram::new()),
+            run_seconds: Mutex::new(BTreeMap::new()),
+            compile_seconds: Mutex::new(BTreeMap::new()),
+            busy_ns: AtomicU64::new(0),
             worker_panics: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
+            connections_open: AtomicU64::new(0),
+            connections_accepted: AtomicU64::new(0),
+            connections_timed_out: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// An error answer (4xx, 5xx), by reason (`queue_full`, `body_timeout`, `bad_request`...).
+    pub fn refusal(&self, reason: &'static str) {
+        if let Ok(mut m) = self.refusals.lock() {
+            *m.entry(reason).or_insert(0) += 1;
+        }
+    }
+
+    /// A program (or a whole suite) of `language` ran for `seconds` of wall time.
+    pub fn ran(&self, language: &'static str, seconds: f64) {
+        if let Ok(mut m) = self.run_seconds.lock() {
+            m.entry(language)
+                .or_insert_with(Histogram::new)
+                .observe(seconds);
+        }
+    }
+
+    /// A program of `language` was built (compiled, or syntax-checked) in `seconds`.
+    pub fn compiled(&self, language: &'static str, seconds: f64) {
+        if let Ok(mut m) = self.compile_seconds.lock() {
+            m.entry(language)
+                .or_insert_with(Histogram::new)
+                .observe(seconds);
+        }
+    }
+
+    /// A connection was accepted.
+    pub fn connection_opened(&self) {
+        self.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection closed.
+    pub fn connection_closed(&self) {
+        let _ = self
+            .connections_open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// A connection was closed because it stalled in `phase` (`header`, `idle`).
+    pub fn connection_timed_out(&self, phase: &'static str) {
+        if let Ok(mut m) = self.connections_timed_out.lock() {
+            *m.entry(phase).or_insert(0) += 1;
         }
     }
 
@@ -130,6 +194,8 @@ impl Metrics {
         if let Ok(mut h) = self.job_seconds.lock() {
             h.observe(elapsed.as_secs_f64());
         }
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.busy_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
     /// A job's code panicked (the worker survived it).
@@ -172,6 +238,46 @@ impl Metrics {
             "Worker threads, each pinned to its core.",
             g.workers as f64,
         );
+        gauge(
+            &mut out,
+            "afterburner_worker_busy_ratio",
+            "Share of the workers running a program now (jobs running / workers).",
+            if g.workers == 0 {
+                0.0
+            } else {
+                g.jobs_running as f64 / g.workers as f64
+            },
+        );
+        let _ = writeln!(
+            out,
+            "# HELP afterburner_worker_busy_seconds_total Seconds workers spent on programs, summed over workers (counted when a job ends; rate() / afterburner_workers is the busy ratio).\n\
+             # TYPE afterburner_worker_busy_seconds_total counter\nafterburner_worker_busy_seconds_total {}",
+            self.busy_ns.load(Ordering::Relaxed) as f64 / 1e9
+        );
+        gauge(
+            &mut out,
+            "afterburner_connections_open",
+            "Client connections open now.",
+            self.connections_open.load(Ordering::Relaxed) as f64,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP afterburner_connections_accepted_total Client connections accepted.\n\
+             # TYPE afterburner_connections_accepted_total counter\nafterburner_connections_accepted_total {}",
+            self.connections_accepted.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP afterburner_connections_timed_out_total Connections closed because their client stalled, by phase (header: headers too slow; idle: no request for too long).\n\
+             # TYPE afterburner_connections_timed_out_total counter\n",
+        );
+        if let Ok(m) = self.connections_timed_out.lock() {
+            for (phase, n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "afterburner_connections_timed_out_total{{phase=\"{phase}\"}} {n}"
+                );
+            }
+        }
         gauge(
             &mut out,
             "afterburner_results_stored",
@@ -236,6 +342,18 @@ impl Metrics {
                 );
             }
         }
+        out.push_str(
+            "# HELP afterburner_http_refusals_total Error answers (4xx and 5xx), by reason (queue_full, shutting_down, batch_too_large, body_too_large, body_timeout, bad_request, unauthorized, not_found, internal_error...).\n\
+             # TYPE afterburner_http_refusals_total counter\n",
+        );
+        if let Ok(m) = self.refusals.lock() {
+            for (reason, n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "afterburner_http_refusals_total{{reason=\"{reason}\"}} {n}"
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "# HELP afterburner_jobs_cancelled_total Queued programs skipped because their client left.\n\
@@ -261,6 +379,25 @@ impl Metrics {
         );
         if let Ok(h) = self.queue_wait.lock() {
             h.render(&mut out, "afterburner_queue_wait_seconds", "");
+        }
+        for (name, help, m) in [
+            (
+                "afterburner_run_duration_seconds",
+                "Wall time of a program's run (a whole suite's for /v1/evaluate and /v1/reward), by language.",
+                &self.run_seconds,
+            ),
+            (
+                "afterburner_compile_duration_seconds",
+                "Wall time of building a program (compiling, or checking an interpreted one's syntax), by language; cached builds are not counted.",
+                &self.compile_seconds,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            if let Ok(m) = m.lock() {
+                for (language, h) in m.iter() {
+                    h.render(&mut out, name, &format!("language=\"{language}\""));
+                }
+            }
         }
         out
     }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::common::{
-    SingleRun, Wire, failure_message, program_language, run_single, run_status, to_wire_value,
+    SingleRun, Wire, failure_message, program_language, record_single, run_single, to_wire_value,
 };
 use crate::error::{ApiError, JsonBody};
 use crate::pool::Work;
@@ -208,7 +208,7 @@ pub(crate) async fn execute(
         tokio::spawn(async move {
             let done = match st.answer(rx).await {
                 Ok(outcome) => {
-                    st.metrics.run(run_status(&outcome).as_str());
+                    record_single(&st.metrics, language, &outcome);
                     TaskBody::finished(&id, &outcome)
                 }
                 Err(e) => TaskBody::NotRun {
@@ -230,7 +230,7 @@ pub(crate) async fn execute(
     }
 
     let outcome = state.run_one(work).await?;
-    state.metrics.run(run_status(&outcome).as_str());
+    record_single(&state.metrics, language, &outcome);
     let done = to_wire_value(&TaskBody::finished(&task_id, &outcome))?;
     if let Ok(mut r) = state.results.lock() {
         r.done(&task_id, done.clone());

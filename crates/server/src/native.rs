@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use crate::common::{Wire, parse_language, program_language, to_wire_value};
 use crate::error::{ApiError, JsonBody, parse_json};
-use crate::grading::{Baseline, Graded, grade, score};
+use crate::grading::{Baseline, Graded, grade, record_graded, score};
 use crate::pool::Work;
 use crate::state::AppState;
 
@@ -278,11 +278,8 @@ pub(crate) async fn evaluate(
     let work: Work<Result<Graded, HarnessError>> =
         Box::new(move |w| grade(w, &t.problem, &t.suite, language, &code, &l, repeats));
     let outcome = state.run_one(work).await?;
-    let graded = outcome.map_err(|e| {
-        state.metrics.run(Status::SandboxError.as_str());
-        harness_error(&e)
-    })?;
-    state.metrics.run(graded.evaluation.status.as_str());
+    record_graded(&state.metrics, language, &outcome);
+    let graded = outcome.map_err(|e| harness_error(&e))?;
     let body = to_wire_value(&EvaluateBody {
         graded: GradedBody::of(&graded),
         problem_id: &target.problem.id,
@@ -392,7 +389,8 @@ async fn run_items(
                 items.len(),
                 state.config.max_batch
             ),
-        ));
+        )
+        .with_reason("batch_too_large"));
     }
     let mut work: Vec<Work<Result<Graded, HarnessError>>> = Vec::new();
     for item in &items {
@@ -418,10 +416,7 @@ async fn run_items(
                     "internal error: fewer answers than jobs",
                 )
             })?;
-            state.metrics.run(match &answer {
-                Ok(g) => g.evaluation.status.as_str(),
-                Err(_) => Status::SandboxError.as_str(),
-            });
+            record_graded(&state.metrics, prepared.language, &answer);
             Some(answer.map_err(|e| e.to_string()))
         } else {
             state.metrics.run("no_code");

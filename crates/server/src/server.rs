@@ -80,6 +80,7 @@ impl Server {
                 "the batch size, repeats and body size limits must be at least 1".into(),
             ));
         }
+        config.connections.validate().map_err(ServerError::Config)?;
         let mut notes = Vec::new();
         let problems = load_problems(&config, &mut notes)?;
         let metrics = Arc::new(Metrics::new());
@@ -191,7 +192,13 @@ impl Server {
             let _ = stopping_tx.send(());
         };
         let app = router(state.clone());
-        let serving = axum::serve(listener, app).with_graceful_shutdown(signal);
+        let serving = crate::conn::serve(
+            listener,
+            app,
+            state.config.connections,
+            state.metrics.clone(),
+            signal,
+        );
         let deadline = async move {
             if stopping_rx.await.is_ok() {
                 tokio::time::sleep(grace).await;
@@ -200,7 +207,7 @@ impl Server {
             }
         };
         tokio::select! {
-            r = serving => r.map_err(|e| ServerError::Io { what: "serve".into(), source: e })?,
+            () = serving => {},
             _ = deadline => tracing::warn!(
                 "requests still open {} s after the shutdown signal; closing them",
                 grace.as_secs()

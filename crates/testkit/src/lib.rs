@@ -3,6 +3,9 @@
 //!
 //! - [`client`]: a minimal blocking HTTP/1.1 client for talking to `afterburner serve` on
 //!   loopback (the server's tests, its load example, the CLI's `serve` tests).
+//! - [`contained`]: running a test inside an outer PID namespace and cgroup, so that tests of
+//!   hostile programs are harmless even if the sandbox were broken (the sandbox's and the
+//!   server's hostile and soak tests).
 //! - [`scripted`]: a scripted OpenAI-compatible server on loopback that plays a model (the
 //!   optimisation loop's tests, the CLI's `optimize` tests, `scripts/optimize-demo` through the
 //!   `scripted_server` example of `afterburner-optimize`).
@@ -10,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod contained;
 pub mod scripted;
 
 /// The first of `headers` (names lowercased) named `name`, compared case-insensitively.
