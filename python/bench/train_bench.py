@@ -89,6 +89,46 @@ def step(model_dir: Path, seq: int, steps: int, r: int, threads: int) -> None:
     print(json.dumps({"step_ms": times, "peak_rss_kb": peak, "torch": torch.__version__, "threads": threads, "loss": loss.item()}))
 
 
+def grpo_step(model_dir: Path, seq: int, steps: int, r: int, threads: int, group: int) -> None:
+    """A GRPO loss step as TRL computes it (loss_type "dapo", one iteration per batch, so the
+    ratio's denominator is the detached current log-probabilities; epsilon 0.2, beta 0) on
+    `group` sequences of `seq` tokens whose second half is the completion."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM"))
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    vocab = model.config.vocab_size
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, vocab, (group, seq), generator=generator)
+    start_at = seq // 2
+    advantages = torch.tensor([(-1.0) ** k * (1.0 + k / group) for k in range(group)])
+    times = []
+    for k in range(steps + 1):
+        start = time.perf_counter()
+        logits = model(input_ids=ids).logits[:, start_at - 1 : -1, :]
+        targets = ids[:, start_at:]
+        logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        ratio = torch.exp(logps - logps.detach())
+        clipped = torch.clamp(ratio, 0.8, 1.2)
+        a = advantages.unsqueeze(1)
+        per_token = -torch.min(ratio * a, clipped * a)
+        loss = per_token.sum() / per_token.numel()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        elapsed = (time.perf_counter() - start) * 1000
+        if k > 0:
+            times.append(elapsed)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"step_ms": times, "peak_rss_kb": peak, "torch": torch.__version__, "threads": threads, "loss": loss.item()}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,9 +141,18 @@ def main() -> None:
     s.add_argument("--steps", type=int, default=3)
     s.add_argument("--lora-r", type=int, default=16)
     s.add_argument("--threads", type=int, default=2)
+    g = sub.add_parser("grpo-step")
+    g.add_argument("--model", type=Path, required=True)
+    g.add_argument("--seq", type=int, default=256)
+    g.add_argument("--steps", type=int, default=3)
+    g.add_argument("--lora-r", type=int, default=16)
+    g.add_argument("--threads", type=int, default=2)
+    g.add_argument("--group", type=int, default=4)
     args = parser.parse_args()
     if args.command == "make-model":
         make_model(args.shape, args.out)
+    elif args.command == "grpo-step":
+        grpo_step(args.model, args.seq, args.steps, args.lora_r, args.threads, args.group)
     else:
         step(args.model, args.seq, args.steps, args.lora_r, args.threads)
 

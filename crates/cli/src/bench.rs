@@ -58,6 +58,9 @@ pub struct TrainBenchArgs {
     /// Threads of the PyTorch side (the Rust side uses every core).
     #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
     pub threads: usize,
+    /// Rollouts of the GRPO-loss step.
+    #[arg(long, default_value_t = 4)]
+    pub group: usize,
 }
 
 /// Arguments of `afterburner bench stability`.
@@ -203,35 +206,36 @@ fn peak_rss_kb() -> Option<u64> {
         .ok()
 }
 
-fn train_bench(args: TrainBenchArgs) -> Result<ExitCode> {
+/// Runs one side of `python/bench/train_bench.py` (`step` or `grpo-step`) and returns its step
+/// times and its JSON line.
+fn python_train_side(
+    args: &TrainBenchArgs,
+    command: &str,
+    extra: &[String],
+) -> Result<(Vec<f64>, serde_json::Value)> {
     use anyhow::Context as _;
-    if args.steps == 0 || args.seq < 2 {
-        anyhow::bail!("--steps must be at least 1 and --seq at least 2");
-    }
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../python/bench/train_bench.py");
-    // The PyTorch side first, in its own process, so neither side's memory counts for the other.
     eprintln!(
-        "PyTorch side: {} {} step ...",
+        "PyTorch side: {} {} {command} ...",
         args.python.display(),
         script.display()
     );
     let out = std::process::Command::new(&args.python)
         .arg(&script)
-        .args(["step", "--model"])
+        .args([command, "--model"])
         .arg(&args.model)
         .args([
             "--seq",
             &args.seq.to_string(),
             "--steps",
             &args.steps.to_string(),
-        ])
-        .args([
             "--lora-r",
             &args.lora_r.to_string(),
             "--threads",
             &args.threads.to_string(),
         ])
+        .args(extra)
         .output()
         .with_context(|| format!("cannot run {}", args.python.display()))?;
     if !out.status.success() {
@@ -246,59 +250,112 @@ fn train_bench(args: TrainBenchArgs) -> Result<ExitCode> {
         .last()
         .and_then(|l| serde_json::from_str(l).ok())
         .context("the PyTorch side printed no JSON line")?;
-    let their_ms: Vec<f64> = theirs["step_ms"]
+    let ms = theirs["step_ms"]
         .as_array()
         .context("no step_ms")?
         .iter()
         .filter_map(serde_json::Value::as_f64)
         .collect();
-    eprintln!("Rust side: loading {}", args.model.display());
-    let device = afterburner_model::Device::Cpu;
-    let mut model = afterburner_model::LanguageModel::from_folder(
-        &args.model,
-        afterburner_model::DType::F32,
-        &device,
-    )?;
-    let vocab = model.config().vocab_size as u64;
-    let mut rng = afterburner_train::SeededRng::new(1);
-    let ids: Vec<u32> = (0..args.seq)
-        .map(|_| (rng.next_u64() % vocab) as u32)
-        .collect();
-    let lora = afterburner_train::LoraConfig {
-        r: args.lora_r,
-        alpha: 2.0 * args.lora_r as f64,
-        ..afterburner_train::LoraConfig::default()
-    };
-    let our_ms = afterburner_train::time_sft_steps(&mut model, &ids, &lora, args.steps)?;
-    let ours_med = afterburner_sandbox::median(&our_ms);
-    let theirs_med = afterburner_sandbox::median(&their_ms);
-    println!(
-        "LoRA SFT step (forward + backward + AdamW), {} tokens, r {}, float32 CPU; median of {} after a warm-up",
-        args.seq, args.lora_r, args.steps
-    );
-    println!("| side | step ms (median) | steps ms | peak RSS MiB |");
-    println!("|---|---:|---|---:|");
+    Ok((ms, theirs))
+}
+
+/// Prints one side-by-side table of `afterburner bench train`.
+fn print_train_table(
+    title: &str,
+    ours: &[f64],
+    our_rss_kb: Option<u64>,
+    theirs: &[f64],
+    info: &serde_json::Value,
+) {
+    let ours_med = afterburner_sandbox::median(ours);
+    let theirs_med = afterburner_sandbox::median(theirs);
     let fmt = |v: &[f64]| {
         v.iter()
             .map(|x| format!("{x:.0}"))
             .collect::<Vec<_>>()
             .join(", ")
     };
+    println!("{title}");
+    println!("| side | step ms (median) | steps ms | peak RSS MiB |");
+    println!("|---|---:|---|---:|");
     println!(
         "| afterburner (candle) | {ours_med:.0} | {} | {:.0} |",
-        fmt(&our_ms),
-        peak_rss_kb().map_or(f64::NAN, |k| k as f64 / 1024.0)
+        fmt(ours),
+        our_rss_kb.map_or(f64::NAN, |k| k as f64 / 1024.0)
     );
     println!(
         "| transformers + PEFT (torch {}, {} threads) | {theirs_med:.0} | {} | {:.0} |",
-        theirs["torch"].as_str().unwrap_or("?"),
-        theirs["threads"],
-        fmt(&their_ms),
-        theirs["peak_rss_kb"].as_f64().unwrap_or(f64::NAN) / 1024.0
+        info["torch"].as_str().unwrap_or("?"),
+        info["threads"],
+        fmt(theirs),
+        info["peak_rss_kb"].as_f64().unwrap_or(f64::NAN) / 1024.0
     );
     println!(
-        "speed ratio (PyTorch step / ours): {:.2}x",
+        "speed ratio (PyTorch step / ours): {:.2}x\n",
         theirs_med / ours_med
+    );
+}
+
+fn train_bench(args: TrainBenchArgs) -> Result<ExitCode> {
+    if args.steps == 0 || args.seq < 4 || args.group == 0 {
+        anyhow::bail!("--steps and --group must be at least 1 and --seq at least 4");
+    }
+    // The PyTorch sides first, each in its own process, so neither side's memory counts for the
+    // other.
+    let (their_sft, sft_info) = python_train_side(&args, "step", &[])?;
+    let (their_grpo, grpo_info) = python_train_side(
+        &args,
+        "grpo-step",
+        &["--group".into(), args.group.to_string()],
+    )?;
+    eprintln!("Rust side: loading {}", args.model.display());
+    let device = afterburner_model::Device::Cpu;
+    let load = || {
+        afterburner_model::LanguageModel::from_folder(
+            &args.model,
+            afterburner_model::DType::F32,
+            &device,
+        )
+    };
+    let mut model = load()?;
+    let vocab = model.config().vocab_size as u64;
+    let mut rng = afterburner_train::SeededRng::new(1);
+    let mut sequence = || -> Vec<u32> {
+        (0..args.seq)
+            .map(|_| (rng.next_u64() % vocab) as u32)
+            .collect()
+    };
+    let ids = sequence();
+    let group: Vec<Vec<u32>> = (0..args.group).map(|_| sequence()).collect();
+    let lora = afterburner_train::LoraConfig {
+        r: args.lora_r,
+        alpha: 2.0 * args.lora_r as f64,
+        ..afterburner_train::LoraConfig::default()
+    };
+    let our_sft = afterburner_train::time_sft_steps(&mut model, &ids, &lora, args.steps)?;
+    let sft_rss = peak_rss_kb();
+    let mut model = load()?;
+    let our_grpo = afterburner_train::time_grpo_steps(&mut model, &group, &lora, args.steps)?;
+    let grpo_rss = peak_rss_kb();
+    print_train_table(
+        &format!(
+            "LoRA SFT step (forward + backward + AdamW), {} tokens, r {}, float32 CPU; median of {} after a warm-up",
+            args.seq, args.lora_r, args.steps
+        ),
+        &our_sft,
+        sft_rss,
+        &their_sft,
+        &sft_info,
+    );
+    print_train_table(
+        &format!(
+            "LoRA GRPO-loss step (clipped ratio, DAPO normalisation, {} rollouts of {} tokens, completion = second half; forward + backward + AdamW), r {}; median of {} after a warm-up (our peak RSS is the process's so far)",
+            args.group, args.seq, args.lora_r, args.steps
+        ),
+        &our_grpo,
+        grpo_rss,
+        &their_grpo,
+        &grpo_info,
     );
     Ok(ExitCode::SUCCESS)
 }

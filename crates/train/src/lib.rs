@@ -1143,3 +1143,60 @@ pub fn time_sft_steps(
     }
     Ok(times)
 }
+
+/// Times `steps` LoRA GRPO-loss steps (the clipped objective over `group` rollouts of `ids`
+/// whose second half is the completion, advantages alternating in sign, one iteration per batch
+/// as TRL's default, backward, AdamW), after one warm-up step: the GRPO side of
+/// `afterburner bench train`. Returns each timed step's milliseconds.
+pub fn time_grpo_steps(
+    model: &mut LanguageModel,
+    ids: &[Vec<u32>],
+    lora: &LoraConfig,
+    steps: usize,
+) -> Result<Vec<f64>, TrainError> {
+    let group = ids.len();
+    if group == 0 || ids.iter().any(|s| s.len() < 4) {
+        return Err(TrainError::Config(
+            "a GRPO step needs sequences of at least 4 tokens".into(),
+        ));
+    }
+    let device = model.model().device().clone();
+    let adapters = Adapters::attach(model.model_mut(), lora, 0, &device)?;
+    let vars = adapters.vars();
+    let mut trainer = optim::Trainer::new(vars.clone(), OptimConfig::default(), steps + 1)?;
+    let rollouts: Vec<grpo::Rollout> = ids
+        .iter()
+        .enumerate()
+        .map(|(k, s)| grpo::Rollout {
+            tokens: Tokenized {
+                ids: s.clone(),
+                completion_start: s.len() / 2,
+            },
+            advantage: (-1f64).powi(k as i32) * (1.0 + k as f64 / group as f64),
+            old_logps: None,
+            ref_logps: None,
+        })
+        .collect();
+    let tokens: usize = rollouts.iter().map(|r| r.tokens.completion_tokens()).sum();
+    let settings = grpo::GrpoLoss::default();
+    let err = |e: candle_core::Error| TrainError::Model(e.to_string());
+    let mut times = Vec::with_capacity(steps);
+    for k in 0..=steps {
+        let started = Instant::now();
+        let mut grads = None;
+        for rollout in &rollouts {
+            let (loss, _) = grpo::rollout_loss(model, rollout, &settings)?;
+            let g = (loss / tokens as f64)
+                .map_err(err)?
+                .backward()
+                .map_err(err)?;
+            optim::accumulate(&mut grads, g, &vars, 1.0)?;
+        }
+        let mut grads = grads.ok_or_else(|| TrainError::Model("no gradient".into()))?;
+        trainer.step(&mut grads)?;
+        if k > 0 {
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    Ok(times)
+}
