@@ -6,7 +6,8 @@
 //! container sees them, Docker's default capability set plus `SYS_ADMIN` (`setpriv`), the
 //! seccomp profile `deploy/seccomp.json` (loaded through the system's libseccomp by a small
 //! helper), and `deploy/docker-entrypoint.sh` as the entry point. Not simulated: Docker itself
-//! (no daemon here), AppArmor, an overlay root file system and cgroup v2 (this machine has v1).
+//! (CI has no daemon; docs/docker.md says what was run in one), AppArmor, an overlay root file
+//! system and cgroup v2.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
