@@ -62,6 +62,31 @@ fn huge_constant_expressions(n: usize) -> String {
     s
 }
 
+/// A Go program with a table of `n` constant expressions: `go build` runs its `compile` child
+/// on it for about 25 s per million entries (and ~0.3 GB per second), so the time limit comes
+/// first.
+fn huge_go_table(n: usize) -> String {
+    let mut s = String::from("package main\n\nimport \"fmt\"\n\nvar table = [...]uint64{\n");
+    for i in 0..n {
+        s.push_str(&format!("\t{i} * {i} + {i} % 7,\n"));
+    }
+    s.push_str("}\n\nfunc main() { fmt.Println(len(table)) }\n");
+    s
+}
+
+/// The names of the sandbox user's processes now.
+fn sandbox_process_names() -> Vec<String> {
+    sandbox_user_processes()
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+        .collect()
+}
+
 fn compile_limits() -> Limits {
     Limits::for_compilation()
         .with_time_limit_secs(LIMIT_S)
@@ -122,15 +147,7 @@ fn template_recursion_is_killed_at_the_compile_limit() {
         // Half-way through the limit, the compiler's tree is there: g++ and its cc1plus.
         let watcher = std::thread::spawn(|| {
             std::thread::sleep(Duration::from_secs_f64(LIMIT_S / 2.0));
-            sandbox_user_processes()
-                .iter()
-                .map(|p| {
-                    std::fs::read_to_string(format!("/proc/{p}/comm"))
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string()
-                })
-                .collect::<Vec<_>>()
+            sandbox_process_names()
         });
         let start = Instant::now();
         let program = sb
@@ -161,6 +178,32 @@ fn huge_constant_expression_is_killed_at_the_compile_limit() {
                 )
                 .expect("build");
             assert_killed_at_the_limit(&program, start.elapsed(), "g++");
+        },
+    );
+}
+
+#[test]
+fn go_build_and_its_compile_child_are_killed_at_the_compile_limit() {
+    contained(
+        "go_build_and_its_compile_child_are_killed_at_the_compile_limit",
+        || {
+            let sb = sandbox();
+            let source = huge_go_table(600_000);
+            let watcher = std::thread::spawn(|| {
+                std::thread::sleep(Duration::from_secs_f64(LIMIT_S * 0.75));
+                sandbox_process_names()
+            });
+            let start = Instant::now();
+            let program = sb
+                .build_with_limits(Language::Go, &source, &compile_limits())
+                .expect("build");
+            let elapsed = start.elapsed();
+            let seen = watcher.join().expect("watcher");
+            assert!(
+                seen.iter().any(|n| n == "compile"),
+                "go build's compile child was not running: {seen:?}"
+            );
+            assert_killed_at_the_limit(&program, elapsed, "go build");
         },
     );
 }
