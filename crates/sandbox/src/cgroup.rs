@@ -379,12 +379,14 @@ impl Cgroups {
                 pids,
                 cpuacct,
             } => {
-                let cg = RunCgroup {
-                    dirs: vec![memory.join(&name), pids.join(&name), cpuacct.join(&name)],
+                // Only created directories join `dirs`: a failure removes those, and only those.
+                let mut cg = RunCgroup {
+                    dirs: Vec::with_capacity(3),
                     version: 1,
                 };
-                for d in &cg.dirs {
-                    make_dir(d)?;
+                for d in [memory.join(&name), pids.join(&name), cpuacct.join(&name)] {
+                    make_dir(&d)?;
+                    cg.dirs.push(d);
                 }
                 let m = &cg.dirs[0];
                 write_file(&m.join("memory.limit_in_bytes"), &mem)?;
@@ -400,11 +402,12 @@ impl Cgroups {
                 cg
             }
             Hierarchy::V2 { parent } => {
+                let dir = parent.join(&name);
+                make_dir(&dir)?;
                 let cg = RunCgroup {
-                    dirs: vec![parent.join(&name)],
+                    dirs: vec![dir],
                     version: 2,
                 };
-                make_dir(&cg.dirs[0])?;
                 write_file(&cg.dirs[0].join("memory.max"), &mem)?;
                 let _ = fs::write(cg.dirs[0].join("memory.swap.max"), "0");
                 write_file(
@@ -543,6 +546,10 @@ impl RunCgroup {
 
 impl Drop for RunCgroup {
     fn drop(&mut self) {
+        // A cgroup whose first directory could not be made holds nothing to kill or remove.
+        if self.dirs.is_empty() {
+            return;
+        }
         self.kill_all();
         for d in &self.dirs {
             for attempt in 0..200 {
