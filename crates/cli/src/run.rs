@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use afterburner_sandbox::{
-    Language, Limits, Measurement, RepeatSummary, RunRequest, RunResult, Sandbox, SandboxError,
-    Status,
+    Language, Limits, Measurement, RepeatSummary, RunRequest, RunResult, Sandbox, SandboxConfig,
+    SandboxError, Status,
 };
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -28,6 +28,10 @@ pub struct RunArgs {
     /// Memory limit of the process tree in MiB.
     #[arg(long, default_value_t = 512)]
     pub memory_limit: u64,
+    /// Wall and CPU time limit of the compilation (or syntax check) in seconds; the compiler
+    /// is killed when it reaches it.
+    #[arg(long, default_value_t = 60.0, allow_negative_numbers = true)]
+    pub compile_time_limit: f64,
     /// Run N times; report every run, the median and the coefficient of variation.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
@@ -105,7 +109,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let limits = Limits::default()
         .with_time_limit_secs(args.time_limit)?
         .with_memory_limit_mib(args.memory_limit)?;
-    let sandbox = Sandbox::new()?;
+    let compile_limits = Limits::for_compilation()
+        .with_time_limit_secs(args.compile_time_limit)
+        .context("--compile-time-limit")?;
+    let sandbox = Sandbox::with_config(SandboxConfig {
+        compile_limits,
+        ..SandboxConfig::default()
+    })?;
     for w in sandbox.capabilities().warnings {
         eprintln!("warning: {w}");
     }

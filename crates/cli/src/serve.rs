@@ -43,6 +43,13 @@ pub struct ServeArgs {
     /// The largest memory limit a request may ask for, MiB.
     #[arg(long, default_value_t = 2048)]
     pub max_memory_limit: u64,
+    /// Compile time limit of every build when a request gives none, seconds; the compiler
+    /// is killed when it reaches it.
+    #[arg(long, default_value_t = 60.0)]
+    pub compile_time_limit: f64,
+    /// The largest compile time limit a request (`compile_timeout`) may ask for, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub max_compile_time_limit: f64,
     /// Largest request body, MiB (413 beyond).
     #[arg(long, default_value_t = 32)]
     pub max_body_mib: usize,
@@ -119,6 +126,8 @@ impl ServeArgs {
             max_time_s: self.max_time_limit,
             default_memory_mib: self.memory_limit,
             max_memory_mib: self.max_memory_limit,
+            default_compile_s: self.compile_time_limit,
+            max_compile_s: self.max_compile_time_limit,
         };
         limits
             .validate()

@@ -214,3 +214,36 @@ fn without_cgroups_limits_fall_back_to_rlimits_with_a_warning() {
     let out = run(&big, &["--memory-limit", "64"]);
     assert_eq!(json(&out)["status"], "memory_limit");
 }
+
+#[test]
+fn a_compiler_that_loops_is_killed_at_the_compile_time_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2^40 distinct template instantiations: g++ would work on it for hours.
+    let src = write(
+        dir.path(),
+        "tree.cpp",
+        "template <int N, long K> struct Tree {\n\
+         static constexpr long value = Tree<N - 1, 2 * K>::value + Tree<N - 1, 2 * K + 1>::value;\n\
+         };\n\
+         template <long K> struct Tree<0, K> { static constexpr long value = K; };\n\
+         int main() { return static_cast<int>(Tree<40, 1>::value & 1); }\n",
+    );
+    let start = std::time::Instant::now();
+    let out = afterburner(&["run", &src, "--compile-time-limit", "1", "--json"]);
+    let took = start.elapsed();
+    assert!(out.status.success(), "{out:?}");
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    let v = json(&out);
+    assert_eq!(v["status"], "compile_error", "{v}");
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains("compilation exceeded its time limit of 1 s"),
+        "{message}"
+    );
+    assert!(v["compile_ms"].as_f64().unwrap() >= 900.0, "{v}");
+
+    let bad = afterburner(&["run", &src, "--compile-time-limit", "0"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("--compile-time-limit"), "{stderr}");
+}

@@ -119,6 +119,62 @@ fn own_dir(mount: &CgroupMount, path: &str) -> PathBuf {
     mount.mount_point.join(rel.trim_start_matches('/'))
 }
 
+/// The leaf a v2 cgroup's processes move to so that the cgroup may delegate controllers.
+const SUPERVISOR_LEAF: &str = "afterburner-supervisor";
+
+/// Enables the `memory` and `pids` controllers for the children of `ours`, our own v2 cgroup.
+///
+/// cgroup v2 refuses that (`EBUSY`, "no internal processes") while `ours` holds processes,
+/// which it does: this one. Then the processes move to a leaf child, [`SUPERVISOR_LEAF`], and
+/// the write is retried, as container runtimes do for nested containers. Which processes move:
+/// at the root of a cgroup namespace (`ns_root`: a container that owns its cgroup subtree) all
+/// of them, as the container is ours; elsewhere only this one, never another program's.
+fn enable_below(ours: &Path, ns_root: bool) -> io::Result<()> {
+    let control = ours.join("cgroup.subtree_control");
+    match fs::write(&control, "+memory +pids") {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+        other => return other,
+    }
+    let leaf = ours.join(SUPERVISOR_LEAF);
+    match fs::create_dir(&leaf) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    let members = fs::read_to_string(ours.join("cgroup.procs"))?;
+    let leaf_procs = leaf.join("cgroup.procs");
+    for pid in processes_to_move(&members, ns_root, std::process::id()) {
+        // A process may exit meanwhile (ESRCH); the retry below says whether enough moved.
+        let _ = fs::write(&leaf_procs, pid.to_string());
+    }
+    fs::write(&control, "+memory +pids").map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "{e}, even after moving {} to {}",
+                if ns_root {
+                    "the cgroup's processes"
+                } else {
+                    "this process"
+                },
+                leaf.display()
+            ),
+        )
+    })
+}
+
+/// The processes to move out of a v2 cgroup listing `members` (its `cgroup.procs`): all of
+/// them at the root of a cgroup namespace, otherwise only `own` (when it is a member).
+fn processes_to_move(members: &str, ns_root: bool, own: u32) -> Vec<u32> {
+    let listed = members
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok());
+    if ns_root {
+        listed.collect()
+    } else {
+        listed.filter(|&p| p == own).collect()
+    }
+}
+
 fn write_file(path: &Path, value: &str) -> Result<(), SandboxError> {
     fs::write(path, value).map_err(|e| SandboxError::io("write cgroup file", path, e))
 }
@@ -200,7 +256,15 @@ impl Cgroups {
                 .find(|(c, _)| c.is_empty())
                 .map(|(_, p)| p.as_str())
                 .unwrap_or("/");
-            let ours = own_dir(mount, path);
+            let mut ours = own_dir(mount, path);
+            // Moved to the supervisor leaf by an earlier sandbox of this process: its parent
+            // already delegates the controllers.
+            if ours.file_name() == Some(std::ffi::OsStr::new(SUPERVISOR_LEAF))
+                && let Some(parent) = ours.parent()
+            {
+                ours = parent.to_path_buf();
+            }
+            let ns_root = path == "/";
             let available = fs::read_to_string(ours.join("cgroup.controllers")).unwrap_or_default();
             for needed in ["memory", "pids"] {
                 if !available.split_whitespace().any(|c| c == needed) {
@@ -210,10 +274,11 @@ impl Cgroups {
                     ));
                 }
             }
-            fs::write(ours.join("cgroup.subtree_control"), "+memory +pids").map_err(|e| {
+            enable_below(&ours, ns_root).map_err(|e| {
                 format!(
                     "cannot enable memory and pids controllers below {} ({e}); run under a \
-                     delegated cgroup, e.g. `systemd-run --user --scope -p Delegate=yes`",
+                     delegated cgroup, e.g. `systemd-run --scope -p Delegate=yes`, or in a \
+                     container with a private, writable cgroup namespace (docs/docker.md)",
                     ours.display()
                 )
             })?;
@@ -314,12 +379,14 @@ impl Cgroups {
                 pids,
                 cpuacct,
             } => {
-                let cg = RunCgroup {
-                    dirs: vec![memory.join(&name), pids.join(&name), cpuacct.join(&name)],
+                // Only created directories join `dirs`: a failure removes those, and only those.
+                let mut cg = RunCgroup {
+                    dirs: Vec::with_capacity(3),
                     version: 1,
                 };
-                for d in &cg.dirs {
-                    make_dir(d)?;
+                for d in [memory.join(&name), pids.join(&name), cpuacct.join(&name)] {
+                    make_dir(&d)?;
+                    cg.dirs.push(d);
                 }
                 let m = &cg.dirs[0];
                 write_file(&m.join("memory.limit_in_bytes"), &mem)?;
@@ -335,11 +402,12 @@ impl Cgroups {
                 cg
             }
             Hierarchy::V2 { parent } => {
+                let dir = parent.join(&name);
+                make_dir(&dir)?;
                 let cg = RunCgroup {
-                    dirs: vec![parent.join(&name)],
+                    dirs: vec![dir],
                     version: 2,
                 };
-                make_dir(&cg.dirs[0])?;
                 write_file(&cg.dirs[0].join("memory.max"), &mem)?;
                 let _ = fs::write(cg.dirs[0].join("memory.swap.max"), "0");
                 write_file(
@@ -478,6 +546,10 @@ impl RunCgroup {
 
 impl Drop for RunCgroup {
     fn drop(&mut self) {
+        // A cgroup whose first directory could not be made holds nothing to kill or remove.
+        if self.dirs.is_empty() {
+            return;
+        }
         self.kill_all();
         for d in &self.dirs {
             for attempt in 0..200 {
@@ -559,6 +631,15 @@ pub(crate) fn keyed_value(text: &str, key: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_container_moves_every_process_out_a_host_only_its_own() {
+        let members = "1\n17\n42\n";
+        assert_eq!(processes_to_move(members, true, 17), vec![1, 17, 42]);
+        assert_eq!(processes_to_move(members, false, 17), vec![17]);
+        assert!(processes_to_move(members, false, 99).is_empty());
+        assert!(processes_to_move("", true, 1).is_empty());
+    }
 
     const MOUNTINFO: &str = "\
 30 24 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755

@@ -32,6 +32,9 @@ pub struct SandboxConfig {
     pub supervisor_cpu: Option<usize>,
     /// Whether to read hardware instruction counters where they exist.
     pub count_instructions: bool,
+    /// Limits of every compilation (and syntax check) [`Sandbox::build`] runs; the supervisor
+    /// enforces them while the compiler runs, killing its whole process tree at the limit.
+    pub compile_limits: Limits,
 }
 
 impl Default for SandboxConfig {
@@ -41,6 +44,7 @@ impl Default for SandboxConfig {
             sample_interval: Duration::from_micros(50),
             supervisor_cpu: None,
             count_instructions: true,
+            compile_limits: Limits::for_compilation(),
         }
     }
 }
@@ -71,8 +75,13 @@ pub struct Compilation {
     pub status: Status,
     /// Wall time of the compiler, ms (never counted as run time).
     pub compile_ms: f64,
-    /// The compiler's diagnostics (stderr then stdout).
+    /// The compiler's diagnostics (stderr then stdout), followed by `message` when the
+    /// compilation was stopped at a limit.
     pub output: String,
+    /// Why the compilation was stopped, when a limit stopped it (e.g. `compilation exceeded its
+    /// time limit of 60 s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     /// The compiler's full measurement.
     pub measurement: Measurement,
 }
@@ -203,6 +212,7 @@ impl Sandbox {
 
     /// A sandbox with the given settings; checks privileges and prepares the root template.
     pub fn with_config(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        config.compile_limits.validate()?;
         // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             return Err(SandboxError::Unsupported(
@@ -362,8 +372,29 @@ impl Sandbox {
         Ok(self.toolchain(language)?.version.clone())
     }
 
-    /// Writes the source and, for compiled languages, compiles it in the sandbox.
+    /// The limits [`Sandbox::build`] compiles under.
+    pub fn compile_limits(&self) -> &Limits {
+        &self.config.compile_limits
+    }
+
+    /// Writes the source and, for compiled languages, compiles it in the sandbox under the
+    /// configured compile limits ([`SandboxConfig::compile_limits`]).
     pub fn build(&self, language: Language, source: &str) -> Result<Program, SandboxError> {
+        self.build_with_limits(language, source, &self.config.compile_limits)
+    }
+
+    /// Writes the source and, for compiled languages, compiles it in the sandbox under `limits`.
+    ///
+    /// The limits are enforced while the compiler runs: at the time limit its whole process
+    /// tree (driver, `cc1plus`, `javac`'s threads, `go build`'s children...) is killed, and the
+    /// compilation's status is `time_limit` with a message saying so.
+    pub fn build_with_limits(
+        &self,
+        language: Language,
+        source: &str,
+        limits: &Limits,
+    ) -> Result<Program, SandboxError> {
+        limits.validate()?;
         let toolchain = self.toolchain(language)?;
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let dir = ProgramDir(self.state.path.join("programs").join(n.to_string()));
@@ -372,8 +403,7 @@ impl Sandbox {
         fs::write(&src, source).map_err(io_err("write source", &src))?;
         fs::set_permissions(&src, fs::Permissions::from_mode(0o644))
             .map_err(io_err("set permissions of", &src))?;
-        let limits = Limits::for_compilation();
-        let compilation = match toolchain.compile_argv(&limits) {
+        let compilation = match toolchain.compile_argv(limits) {
             None => None,
             Some(argv) => {
                 // The compiler runs as the sandbox user and writes its artefact into the box.
@@ -384,29 +414,13 @@ impl Sandbox {
                     true,
                     &argv,
                     &RunRequest {
-                        limits,
+                        limits: limits.clone(),
                         cpu: None,
                         ..RunRequest::default()
                     },
                 );
                 chown_tree(&dir.0, 0)?;
-                let r = result?;
-                let mut output = r.stderr_text();
-                output.push_str(&r.stdout_text());
-                let status = match r.measurement.status {
-                    Status::Accepted => Status::Accepted,
-                    Status::RuntimeError => Status::CompileError,
-                    other => other,
-                };
-                if status != Status::Accepted && output.is_empty() {
-                    output = r.message.clone().unwrap_or_default();
-                }
-                Some(Compilation {
-                    status,
-                    compile_ms: r.measurement.wall_ms,
-                    output,
-                    measurement: r.measurement,
-                })
+                Some(compilation_of(result?, limits))
             }
         };
         Ok(Program {
@@ -643,15 +657,75 @@ mod reaper {
     }
 }
 
+/// How a compilation went, from the supervised run of the compiler under `limits`.
+fn compilation_of(r: RunResult, limits: &Limits) -> Compilation {
+    let mut output = r.stderr_text();
+    output.push_str(&r.stdout_text());
+    let (m, reason) = (r.measurement, r.message);
+    let (status, message) = match m.status {
+        Status::Accepted => (Status::Accepted, None),
+        Status::RuntimeError => (Status::CompileError, None),
+        Status::TimeLimit => {
+            let why = reason.as_deref().unwrap_or_default();
+            let limit = if why.starts_with("CPU") {
+                limits.cpu_time
+            } else {
+                limits.wall_time
+            };
+            (
+                Status::TimeLimit,
+                Some(format!(
+                    "compilation exceeded its time limit of {} s ({why}); the compiler was killed",
+                    limit.as_secs_f64()
+                )),
+            )
+        }
+        Status::MemoryLimit => (
+            Status::MemoryLimit,
+            Some(format!(
+                "compilation exceeded its memory limit of {} MiB",
+                limits.memory_bytes / (1024 * 1024)
+            )),
+        ),
+        other => (
+            other,
+            Some(format!(
+                "compilation stopped: {}",
+                reason.as_deref().unwrap_or(other.as_str())
+            )),
+        ),
+    };
+    if status == Status::CompileError && output.is_empty() {
+        output = reason.unwrap_or_default();
+    }
+    if let Some(why) = &message {
+        if !output.is_empty() && !output.ends_with('\n') {
+            output.push('\n');
+        }
+        output.push_str(why);
+    }
+    Compilation {
+        status,
+        compile_ms: m.wall_ms,
+        output,
+        message,
+        measurement: m,
+    }
+}
+
 /// The result of running a program that did not compile.
 fn not_compiled(c: &Compilation) -> RunResult {
+    let message = match &c.message {
+        Some(why) => format!("the program did not compile: {why}"),
+        None => "the program did not compile".into(),
+    };
     RunResult {
         measurement: Measurement::not_run(Status::CompileError),
         stdout: Vec::new(),
         stderr: c.output.clone().into_bytes(),
         stdout_truncated: false,
         stderr_truncated: false,
-        message: Some("the program did not compile".into()),
+        message: Some(message),
         memory_trace: Vec::new(),
     }
 }

@@ -86,17 +86,20 @@ impl SingleRun {
     }
 }
 
-/// Builds `code` (or reuses its build) and runs it once on `stdin` under `limits`, pinned to
-/// the worker's core.
+/// Builds `code` under `compile_limits` (the server's default when `None`), or reuses its
+/// build, and runs it once on `stdin` under `limits`, pinned to the worker's core.
 pub(crate) fn run_single(
     w: &Worker<'_>,
     language: Language,
     code: &str,
     stdin: Vec<u8>,
+    compile_limits: Option<&Limits>,
     limits: Limits,
     keep_memory_trace: bool,
 ) -> Result<SingleRun, SandboxError> {
-    let (program, cached): (Arc<_>, bool) = w.programs.get_or_build(w.sandbox, language, code)?;
+    let (program, cached): (Arc<_>, bool) =
+        w.programs
+            .get_or_build(w.sandbox, language, code, compile_limits)?;
     let result = w.sandbox.run(
         &program,
         &RunRequest {

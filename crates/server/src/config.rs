@@ -142,6 +142,12 @@ pub struct LimitPolicy {
     pub default_memory_mib: u64,
     /// The largest memory limit a request may ask for; larger asks are capped to it.
     pub max_memory_mib: u64,
+    /// Compile time limit (wall and CPU) of every build when a request gives none, seconds;
+    /// enforced while the compiler runs.
+    pub default_compile_s: f64,
+    /// The largest compile time limit a request (SandboxFusion's `compile_timeout`) may ask
+    /// for; larger asks are capped to it.
+    pub max_compile_s: f64,
 }
 
 impl Default for LimitPolicy {
@@ -151,6 +157,8 @@ impl Default for LimitPolicy {
             max_time_s: 60.0,
             default_memory_mib: 512,
             max_memory_mib: 2048,
+            default_compile_s: 60.0,
+            max_compile_s: 60.0,
         }
     }
 }
@@ -168,6 +176,15 @@ impl LimitPolicy {
                 self.default_time_s, self.max_time_s
             ));
         }
+        if !time_ok(self.default_compile_s) || !time_ok(self.max_compile_s) {
+            return Err("compile time limits must be in (0, 3600] seconds".into());
+        }
+        if self.default_compile_s > self.max_compile_s {
+            return Err(format!(
+                "the default compile time limit {} s exceeds the maximum {} s",
+                self.default_compile_s, self.max_compile_s
+            ));
+        }
         let memory_ok = |m: u64| (8..=65536).contains(&m);
         if !memory_ok(self.default_memory_mib) || !memory_ok(self.max_memory_mib) {
             return Err("memory limits must be in [8, 65536] MiB".into());
@@ -179,6 +196,25 @@ impl LimitPolicy {
             ));
         }
         Ok(())
+    }
+
+    /// The limits of every build a request gives no compile time limit for.
+    pub fn default_compile_limits(&self) -> Limits {
+        with_compile_time(self.default_compile_s)
+    }
+
+    /// The limits of one build: the asked-for compile time (s), defaulted and capped; the
+    /// rest as [`Limits::for_compilation`].
+    ///
+    /// A value that is not a positive finite number is an error naming `what`.
+    pub fn resolve_compile(&self, time_s: Option<f64>, what: &str) -> Result<Limits, String> {
+        match time_s {
+            None => Ok(self.default_compile_limits()),
+            Some(t) if t.is_finite() && t > 0.0 => Ok(with_compile_time(t.min(self.max_compile_s))),
+            Some(t) => Err(format!(
+                "{what}: the compile time limit must be a positive number of seconds, got {t}"
+            )),
+        }
     }
 
     /// The limits of one run: the asked-for time (s) and memory (MiB), each defaulted and capped.
@@ -217,6 +253,16 @@ impl LimitPolicy {
             memory_bytes: memory * MIB,
             ..Limits::default()
         })
+    }
+}
+
+/// [`Limits::for_compilation`] with its wall and CPU time set to `seconds`.
+fn with_compile_time(seconds: f64) -> Limits {
+    let d = Duration::from_secs_f64(seconds);
+    Limits {
+        wall_time: d,
+        cpu_time: d,
+        ..Limits::for_compilation()
     }
 }
 
@@ -260,5 +306,34 @@ mod tests {
         };
         assert!(p.validate().is_err());
         assert!(LimitPolicy::default().validate().is_ok());
+        let p = LimitPolicy {
+            default_compile_s: 100.0,
+            ..LimitPolicy::default()
+        };
+        assert!(p.validate().unwrap_err().contains("compile"));
+    }
+
+    #[test]
+    fn asked_compile_limits_are_defaulted_and_capped() {
+        let p = LimitPolicy {
+            default_compile_s: 30.0,
+            max_compile_s: 90.0,
+            ..LimitPolicy::default()
+        };
+        let l = p.resolve_compile(None, "x").unwrap();
+        assert_eq!(l.wall_time, Duration::from_secs(30));
+        assert_eq!(l.memory_bytes, Limits::for_compilation().memory_bytes);
+        let l = p.resolve_compile(Some(1000.0), "x").unwrap();
+        assert_eq!(
+            (l.wall_time, l.cpu_time),
+            (Duration::from_secs(90), Duration::from_secs(90))
+        );
+        let l = p.resolve_compile(Some(0.5), "x").unwrap();
+        assert_eq!(l.wall_time, Duration::from_millis(500));
+        let e = p
+            .resolve_compile(Some(-1.0), "compile_timeout")
+            .unwrap_err();
+        assert!(e.starts_with("compile_timeout:"), "{e}");
+        assert!(p.resolve_compile(Some(f64::NAN), "c").is_err());
     }
 }

@@ -29,8 +29,8 @@ pub(crate) struct RunCodeRequest {
     language: String,
     #[serde(default)]
     stdin: Option<String>,
-    /// Compile time limit, seconds: compilation itself is bounded by the sandbox's compile
-    /// limit (60 s); a compilation slower than this is reported as `TimeLimitExceeded`.
+    /// Compile time limit, seconds (capped by the server): the compiler is killed when it
+    /// reaches it, and `compile_result.status` is `TimeLimitExceeded`.
     compile_timeout: Option<f64>,
     /// Run time limit, seconds (capped by the server).
     run_timeout: Option<f64>,
@@ -120,8 +120,8 @@ impl RunCodeBody {
     }
 }
 
-fn compile_result(c: &Compilation, timed_out: bool) -> CommandResult {
-    let status = if timed_out || c.status == Status::TimeLimit {
+fn compile_result(c: &Compilation) -> CommandResult {
+    let status = if c.status == Status::TimeLimit {
         CommandStatus::TimeLimitExceeded
     } else {
         CommandStatus::Finished
@@ -140,7 +140,7 @@ fn compile_result(c: &Compilation, timed_out: bool) -> CommandResult {
 }
 
 /// The SandboxFusion response for one run.
-fn body(outcome: &Result<SingleRun, SandboxError>, compile_timeout_s: Option<f64>) -> RunCodeBody {
+fn body(outcome: &Result<SingleRun, SandboxError>) -> RunCodeBody {
     let run = match outcome {
         Err(e) => {
             return RunCodeBody::new(
@@ -153,10 +153,6 @@ fn body(outcome: &Result<SingleRun, SandboxError>, compile_timeout_s: Option<f64
     };
     let r = &run.result;
     let m = &r.measurement;
-    let compile_slow = match (&run.compilation, compile_timeout_s) {
-        (Some(c), Some(limit)) => c.compile_ms / 1000.0 > limit,
-        _ => false,
-    };
     let figures = Some(Figures {
         status: m.status,
         wall_ms: m.wall_ms,
@@ -177,7 +173,7 @@ fn body(outcome: &Result<SingleRun, SandboxError>, compile_timeout_s: Option<f64
         );
     }
     let compile = match (&run.compilation, compiled_language) {
-        (Some(c), true) => Some(compile_result(c, compile_slow)),
+        (Some(c), true) => Some(compile_result(c)),
         _ => None,
     };
     // A syntax error of an interpreted language is, as in SandboxFusion, a failed run.
@@ -197,12 +193,13 @@ fn body(outcome: &Result<SingleRun, SandboxError>, compile_timeout_s: Option<f64
             ..RunCodeBody::new(FusionStatus::Failed, "", figures)
         };
     }
-    if m.status == Status::CompileError || (compile_slow && compiled_language) {
-        let message = if compile_slow {
-            "compilation exceeded compile_timeout"
-        } else {
-            ""
-        };
+    if m.status == Status::CompileError {
+        // Empty for a plain compile error, as SandboxFusion; why, when a limit stopped it.
+        let message = run
+            .compilation
+            .as_ref()
+            .and_then(|c| c.message.clone())
+            .unwrap_or_default();
         return RunCodeBody {
             compile_result: compile,
             ..RunCodeBody::new(FusionStatus::Failed, message, figures)
@@ -253,13 +250,11 @@ pub(crate) async fn run_code(
              and a private empty /tmp",
         ));
     }
-    if let Some(t) = req.compile_timeout
-        && !(t.is_finite() && t > 0.0)
-    {
-        return Err(ApiError::bad_request(format!(
-            "`compile_timeout`: must be a positive number of seconds, got {t}"
-        )));
-    }
+    let compile_limits = state
+        .config
+        .limits
+        .resolve_compile(req.compile_timeout, "compile_timeout")
+        .map_err(ApiError::bad_request)?;
     let memory = req.memory_limit_mb.filter(|m| *m != -1.0);
     let limits = state
         .config
@@ -267,9 +262,18 @@ pub(crate) async fn run_code(
         .resolve(req.run_timeout, memory, "run_timeout/memory_limit_MB")
         .map_err(ApiError::bad_request)?;
     let (code, stdin) = (req.code, req.stdin.unwrap_or_default().into_bytes());
-    let work: Work<Result<SingleRun, SandboxError>> =
-        Box::new(move |w| run_single(w, language, &code, stdin, limits, false));
+    let work: Work<Result<SingleRun, SandboxError>> = Box::new(move |w| {
+        run_single(
+            w,
+            language,
+            &code,
+            stdin,
+            Some(&compile_limits),
+            limits,
+            false,
+        )
+    });
     let outcome = state.run_one(work).await?;
     record_single(&state.metrics, language, &outcome);
-    Ok(Wire(body(&outcome, req.compile_timeout)))
+    Ok(Wire(body(&outcome)))
 }

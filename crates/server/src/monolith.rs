@@ -190,7 +190,7 @@ pub(crate) async fn execute(
     let task_id = state.task_id();
     let (code, stdin, trace) = (req.code, req.stdin.into_bytes(), req.run_profiling);
     let work: Work<Result<SingleRun, SandboxError>> =
-        Box::new(move |w| run_single(w, language, &code, stdin, limits, trace));
+        Box::new(move |w| run_single(w, language, &code, stdin, None, limits, trace));
 
     if req.asynchronous {
         let mut receivers = state.submit_all(vec![work])?;

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use afterburner_benchmarks::{Harness, HarnessConfig, WorkerCount, worker_cpus};
-use afterburner_sandbox::{Language, Program, Sandbox, SandboxConfig, SandboxError};
+use afterburner_sandbox::{Language, Limits, Program, Sandbox, SandboxConfig, SandboxError};
 use tokio::sync::oneshot;
 
 use crate::ServerError;
@@ -291,10 +291,19 @@ impl Pool {
     }
 }
 
-/// Built programs keyed by language and exact source, least recently used first out.
+/// Built programs keyed by language, exact source and compile limits, least recently used
+/// first out.
 pub(crate) struct ProgramCache {
-    entries: Mutex<VecDeque<(Language, String, Arc<Program>)>>,
+    entries: Mutex<VecDeque<CacheEntry>>,
     capacity: usize,
+}
+
+/// One built program and what it was built from.
+struct CacheEntry {
+    language: Language,
+    code: String,
+    compile_limits: Limits,
+    program: Arc<Program>,
 }
 
 impl ProgramCache {
@@ -305,29 +314,43 @@ impl ProgramCache {
         }
     }
 
-    /// The program built from `code`, building it on a miss; the flag says whether it was cached.
+    /// The program built from `code` under `compile_limits` (the sandbox's own when `None`),
+    /// building it on a miss; the flag says whether it was cached.
+    ///
+    /// The limits are part of the key: a build that timed out under a short limit is not
+    /// reused for a request granting a longer one, nor the other way round.
     pub fn get_or_build(
         &self,
         sandbox: &Sandbox,
         language: Language,
         code: &str,
+        compile_limits: Option<&Limits>,
     ) -> Result<(Arc<Program>, bool), SandboxError> {
+        let limits = compile_limits.unwrap_or_else(|| sandbox.compile_limits());
         if self.capacity == 0 {
-            return Ok((Arc::new(sandbox.build(language, code)?), false));
+            return Ok((
+                Arc::new(sandbox.build_with_limits(language, code, limits)?),
+                false,
+            ));
         }
         if let Ok(mut entries) = self.entries.lock()
-            && let Some(k) = entries
-                .iter()
-                .position(|(l, c, _)| *l == language && c == code)
+            && let Some(k) = entries.iter().position(|e| {
+                e.language == language && e.code == code && &e.compile_limits == limits
+            })
             && let Some(hit) = entries.remove(k)
         {
-            let program = hit.2.clone();
+            let program = hit.program.clone();
             entries.push_back(hit);
             return Ok((program, true));
         }
-        let program = Arc::new(sandbox.build(language, code)?);
+        let program = Arc::new(sandbox.build_with_limits(language, code, limits)?);
         if let Ok(mut entries) = self.entries.lock() {
-            entries.push_back((language, code.to_string(), program.clone()));
+            entries.push_back(CacheEntry {
+                language,
+                code: code.to_string(),
+                compile_limits: limits.clone(),
+                program: program.clone(),
+            });
             while entries.len() > self.capacity {
                 entries.pop_front();
             }
@@ -359,6 +382,7 @@ impl PoolHandle {
         queue: usize,
         program_cache: usize,
         state_dir: Option<std::path::PathBuf>,
+        compile_limits: Limits,
         harness_config: HarnessConfig,
         metrics: Arc<Metrics>,
     ) -> Result<PoolHandle, ServerError> {
@@ -378,6 +402,7 @@ impl PoolHandle {
             .spawn(move || {
                 let sandbox = match Sandbox::with_config(SandboxConfig {
                     state_dir,
+                    compile_limits,
                     ..SandboxConfig::default()
                 }) {
                     Ok(s) => s,

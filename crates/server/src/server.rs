@@ -113,6 +113,7 @@ impl Server {
             config.queue,
             config.program_cache,
             config.state_dir.clone(),
+            config.limits.default_compile_limits(),
             harness_config,
             metrics.clone(),
         )?;

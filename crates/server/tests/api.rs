@@ -172,6 +172,93 @@ fn run_code_answers_what_verls_sandbox_fusion_client_reads() {
     assert_eq!(js["run_result"]["stdout"], "4\n");
 }
 
+/// Template recursion with 2^40 distinct instantiations: g++ works on it for hours.
+const LOOPING_COMPILE: &str = "\
+template <int N, long K> struct Tree {
+    static constexpr long value = Tree<N - 1, 2 * K>::value + Tree<N - 1, 2 * K + 1>::value;
+};
+template <long K> struct Tree<0, K> { static constexpr long value = K; };
+int main() { return static_cast<int>(Tree<40, 1>::value & 1); }
+";
+
+#[test]
+fn a_compiler_that_loops_is_killed_at_the_compile_limit() {
+    let server = start(afterburner_server::ServerConfig {
+        limits: afterburner_server::LimitPolicy {
+            default_compile_s: 2.0,
+            max_compile_s: 2.0,
+            ..afterburner_server::LimitPolicy::default()
+        },
+        ..config()
+    });
+    let status = json_with(&get(server.addr(), "/status"), 200);
+    assert_eq!(status["limits"]["default_compile_s"], 2.0, "{status}");
+    assert_eq!(status["limits"]["max_compile_s"], 2.0, "{status}");
+
+    // SandboxFusion's compile_timeout is enforced while g++ runs.
+    let fusion = |compile_timeout: f64| {
+        let start = Instant::now();
+        let v = json_with(
+            &post(
+                server.addr(),
+                "/run_code",
+                &json!({"code": LOOPING_COMPILE, "language": "cpp",
+                        "compile_timeout": compile_timeout}),
+            ),
+            200,
+        );
+        (v, start.elapsed())
+    };
+    let (v, took) = fusion(1.0);
+    assert!(took < Duration::from_secs(4), "answered after {took:?}");
+    assert_eq!(v["status"], "Failed", "{v}");
+    assert_eq!(v["compile_result"]["status"], "TimeLimitExceeded", "{v}");
+    assert_eq!(v["run_result"], Value::Null, "{v}");
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("compilation exceeded its time limit of 1 s"),
+        "{message}"
+    );
+    assert!(v["compile_result"]["execution_time"].as_f64().unwrap() >= 0.9);
+    // The same code and limit again: the timed-out build is reused, not compiled again.
+    let (again, took) = fusion(1.0);
+    assert!(took < Duration::from_secs(1), "answered after {took:?}");
+    assert_eq!(again["afterburner"]["cached_build"], true, "{again}");
+    assert_eq!(again["compile_result"]["status"], "TimeLimitExceeded");
+    // A larger ask is capped to the server's maximum (2 s), and built anew under it.
+    let (capped, took) = fusion(100.0);
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    assert_eq!(capped["afterburner"]["cached_build"], false, "{capped}");
+    let message = capped["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("compilation exceeded its time limit of 2 s"),
+        "{message}"
+    );
+
+    // Endpoints without a compile limit of their own get the server's default.
+    let start = Instant::now();
+    let v = json_with(
+        &post(
+            server.addr(),
+            "/execute",
+            &json!({"code": format!("{LOOPING_COMPILE}// another build\n"), "language": "cpp"}),
+        ),
+        200,
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(v["status"], "error", "{v}");
+    assert_eq!(v["run_status"], "compile_error", "{v}");
+    let error = v["error"].as_str().unwrap();
+    assert!(
+        error.contains("compilation exceeded its time limit of 2 s"),
+        "{error}"
+    );
+}
+
 #[test]
 fn evaluate_judges_a_whole_inline_suite_in_one_run() {
     let server = start(config());
@@ -470,6 +557,7 @@ fn asked_limits_are_capped_by_the_servers_maxima() {
             max_time_s: 1.0,
             default_memory_mib: 256,
             max_memory_mib: 256,
+            ..afterburner_server::LimitPolicy::default()
         },
         ..config()
     });

@@ -357,6 +357,7 @@ fn soak(secs: u64) {
             max_time_s: 5.0,
             default_memory_mib: 256,
             max_memory_mib: 512,
+            ..LimitPolicy::default()
         },
         ..config()
     });
@@ -382,6 +383,7 @@ fn soak(secs: u64) {
             max_time_s: 5.0,
             default_memory_mib: 256,
             max_memory_mib: 512,
+            ..LimitPolicy::default()
         },
         ..config()
     });
