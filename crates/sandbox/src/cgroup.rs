@@ -159,16 +159,22 @@ impl Cgroups {
     }
 
     fn find_hierarchy(forced: Option<&str>) -> Result<Hierarchy, String> {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not running as root, cgroups are not writable".into());
-        }
         let mountinfo = fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
         let own = fs::read_to_string("/proc/self/cgroup")
             .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
         let mounts = parse_mountinfo(&mountinfo);
         let own = parse_proc_cgroup(&own);
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        if euid != 0 {
+            if forced == Some("v1") {
+                return Err("cgroup v1 hierarchies are not delegated to ordinary users; \
+                            AFTERBURNER_CGROUP=v1 needs root"
+                    .into());
+            }
+            return delegated_v2(&mounts, &own, euid);
+        }
         let v1 = || -> Result<Hierarchy, String> {
             let dir_for = |ctrl: &str| -> Result<PathBuf, String> {
                 let mount = mounts
@@ -234,6 +240,39 @@ impl Cgroups {
         }
     }
 
+    /// What the memory, process and CPU limits rest on, when cgroups are used.
+    pub(crate) fn describe(&self) -> Option<CgroupBasis> {
+        let basis = |kind: &str, memory: &Path, pids: &Path, cpu: String| CgroupBasis {
+            memory: format!("{kind} under {} (swap off)", memory.display()),
+            processes: format!("cgroup pids.max under {}", pids.display()),
+            cpu,
+        };
+        match self.hierarchy.as_ref()? {
+            Hierarchy::V1 {
+                memory,
+                pids,
+                cpuacct,
+            } => Some(basis(
+                "cgroup v1 memory.limit_in_bytes",
+                memory,
+                pids,
+                format!(
+                    "cgroup v1 cpuacct.usage under {}, checked every 2 ms",
+                    cpuacct.display()
+                ),
+            )),
+            Hierarchy::V2 { parent } => Some(basis(
+                "cgroup v2 memory.max",
+                parent,
+                parent,
+                format!(
+                    "cgroup v2 cpu.stat under {}, checked every 2 ms",
+                    parent.display()
+                ),
+            )),
+        }
+    }
+
     /// Switches the kernel's cgroups to favour dynamic modifications (`favordynmods`), unless
     /// `AFTERBURNER_CGROUP_FAVORDYNMODS=0`. Returns whether the mode is on.
     ///
@@ -250,6 +289,19 @@ impl Cgroups {
         };
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
         let mounts = parse_mountinfo(&mountinfo);
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root {
+            let on = mountinfo
+                .lines()
+                .filter(|l| l.contains(" - cgroup2 "))
+                .any(|l| l.rsplit(' ').next().unwrap_or("").split(',').any(|o| o == "favordynmods"));
+            return if on {
+                Ok(true)
+            } else {
+                Err("switching it on remounts the cgroup hierarchy, which needs root".into())
+            };
+        }
         match h {
             Hierarchy::V2 { .. } => {
                 let text = mountinfo
@@ -351,6 +403,100 @@ impl Cgroups {
         };
         Ok(Some(cg))
     }
+}
+
+/// What the limits rest on when cgroups are used (see [`Cgroups::describe`]).
+pub(crate) struct CgroupBasis {
+    pub(crate) memory: String,
+    pub(crate) processes: String,
+    pub(crate) cpu: String,
+}
+
+/// Rootless mode: the caller's own cgroup v2 directory, when it was delegated to the caller
+/// (systemd's `Delegate=yes`, or a container's own cgroup namespace) and offers the memory and
+/// pids controllers; per-run cgroups go below it.
+fn delegated_v2(
+    mounts: &[CgroupMount],
+    own: &[(Vec<String>, String)],
+    euid: u32,
+) -> Result<Hierarchy, String> {
+    let mount = mounts.iter().find(|m| m.version == 2).ok_or(
+        "no cgroup v2 is mounted, and cgroup v1 is never delegated to ordinary users",
+    )?;
+    let path = own
+        .iter()
+        .find(|(c, _)| c.is_empty())
+        .map(|(_, p)| p.as_str())
+        .unwrap_or("/");
+    let ours = own_dir(mount, path);
+    let available = fs::read_to_string(ours.join("cgroup.controllers")).unwrap_or_default();
+    let missing: Vec<&str> = ["memory", "pids"]
+        .into_iter()
+        .filter(|c| !available.split_whitespace().any(|a| a == *c))
+        .collect();
+    if !missing.is_empty() {
+        let v1_holds = mounts
+            .iter()
+            .any(|m| m.version == 1 && m.controllers.iter().any(|c| missing.contains(&c.as_str())));
+        return Err(format!(
+            "cgroup v2 at {} offers [{}], not the {} controller(s){}",
+            ours.display(),
+            available.trim(),
+            missing.join(" and "),
+            if v1_holds {
+                ": cgroup v1 holds them on this machine (a controller serves one hierarchy; boot \
+                 with systemd.unified_cgroup_hierarchy=1 to move them to v2)"
+            } else {
+                ": ask for them to be delegated (`systemd-run --user --scope -p Delegate=yes \
+                 afterburner ...`)"
+            }
+        ));
+    }
+    let writable = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            // SAFETY: `c` is a NUL-terminated path that lives across the call.
+            .map(|c| unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0)
+            .unwrap_or(false)
+    };
+    if !writable(&ours) || !writable(&ours.join("cgroup.procs")) {
+        return Err(format!(
+            "{} is not delegated to uid {euid}: run under `systemd-run --user --scope -p \
+             Delegate=yes afterburner ...` (or a service with Delegate=yes), or in a container \
+             with its own cgroup namespace",
+            ours.display()
+        ));
+    }
+    let enable = |dir: &Path| fs::write(dir.join("cgroup.subtree_control"), "+memory +pids");
+    if let Err(e) = enable(&ours) {
+        // cgroup v2 puts processes in leaves only: move this process into a leaf of its own
+        // first (what systemd and container runtimes do in a delegated subtree).
+        if e.raw_os_error() != Some(libc::EBUSY) {
+            return Err(format!(
+                "cannot enable memory and pids below {}: {e}",
+                ours.display()
+            ));
+        }
+        let leaf = ours.join("afterburner-supervisor");
+        make_dir(&leaf).map_err(|e| e.to_string())?;
+        fs::write(leaf.join("cgroup.procs"), std::process::id().to_string()).map_err(|e| {
+            format!(
+                "cannot move the supervisor into {} to enable controllers below {}: {e}",
+                leaf.display(),
+                ours.display()
+            )
+        })?;
+        enable(&ours).map_err(|e| {
+            format!(
+                "cannot enable memory and pids below {}: {e}",
+                ours.display()
+            )
+        })?;
+    }
+    let parent = ours.join("afterburner");
+    make_dir(&parent).map_err(|e| e.to_string())?;
+    enable(&parent)
+        .map_err(|e| format!("cannot enable controllers in {}: {e}", parent.display()))?;
+    Ok(Hierarchy::V2 { parent })
 }
 
 /// The cgroup(s) of one run; removed on drop.

@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
-use afterburner_sandbox::{Language, Limits, Status};
+use afterburner_sandbox::{Language, Limits, Mode, Status};
 use support::{contained, run_python, run_with, sandbox_user_processes};
 
 fn limits(seconds: f64, mib: u64) -> Limits {
@@ -34,6 +34,26 @@ fn assert_nothing_left() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn the_mode_follows_the_caller() {
+    contained("the_mode_follows_the_caller", || {
+        let sb = support::sandbox();
+        let rootless = std::env::var(support::TEST_USER_ENV).is_ok();
+        assert_eq!(support::is_root(), !rootless);
+        let expected = if rootless { Mode::Rootless } else { Mode::Root };
+        assert_eq!(sb.mode(), expected);
+        let caps = sb.capabilities();
+        assert_eq!(caps.mode, expected);
+        assert!(
+            caps.basis.iter().any(|b| b.what == "isolation"
+                && b.rests_on.contains("user namespace") == rootless),
+            "{:?}",
+            caps.basis
+        );
+        println!("mode {:?}: {:#?}", caps.mode, caps.basis);
+    });
 }
 
 #[test]
@@ -200,13 +220,14 @@ fn root_only_files_and_supervisor_environment_are_unreadable() {
 #[test]
 fn kill_all_cannot_reach_a_sibling() {
     contained("kill_all_cannot_reach_a_sibling", || {
-        // A sibling running as the same unprivileged user, outside the sandbox.
-        let mut sibling = std::process::Command::new("sleep")
-            .arg("30")
-            .uid(65534)
-            .gid(65534)
-            .spawn()
-            .unwrap();
+        // A sibling running as the same unprivileged user, outside the sandbox (rootless: the
+        // caller, whom the sandboxed program is outside its user namespace).
+        let mut sibling = std::process::Command::new("sleep");
+        sibling.arg("30");
+        if support::is_root() {
+            sibling.uid(65534).gid(65534);
+        }
+        let mut sibling = sibling.spawn().unwrap();
         let r = run_python(
             "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\n    print('sent')\n\
              except ProcessLookupError:\n    print('nothing to signal')\nprint('survived')\n",

@@ -4,6 +4,10 @@
 //! `contained("name", || ...)` re-executes the current test binary for that one test under
 //! `unshare --pid --fork --kill-child --mount-proc`, inside a fresh cgroup with memory and process
 //! limits. When the re-executed test ends, its PID namespace dies with everything in it.
+//!
+//! Rootless mode: with `AFTERBURNER_TEST_USER=<user>` (run as root), the re-executed test drops
+//! to that ordinary user inside the outer PID namespace and cgroup (`setpriv`), so the sandbox
+//! under test runs rootless, behind the same guard rails. `scripts/test-rootless` does this.
 
 #![allow(dead_code)]
 
@@ -18,6 +22,51 @@ use std::time::{Duration, Instant};
 use afterburner_sandbox::{Language, Limits, RunRequest, RunResult, Sandbox, SandboxConfig};
 
 const ENV: &str = "AFTERBURNER_CONTAINED_TEST";
+/// Names the ordinary user contained tests run as (rootless mode); unset: as the caller.
+pub const TEST_USER_ENV: &str = "AFTERBURNER_TEST_USER";
+
+/// Whether this process is root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The uid and gid of `user`, from `id`.
+fn user_ids(user: &str) -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, user])
+            .output()
+            .expect("run `id`");
+        assert!(
+            out.status.success(),
+            "{TEST_USER_ENV}={user}: no such user (create it: `useradd -m {user}`)"
+        );
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("numeric id")
+    };
+    (id("-u"), id("-g"))
+}
+
+/// A scratch directory the test user owns (its TMPDIR), removed on drop.
+struct UserTmp(PathBuf);
+
+impl UserTmp {
+    fn create(name: &str, uid: u32, gid: u32) -> UserTmp {
+        let d = std::env::temp_dir().join(format!(
+            "afterburner-rootless-{}-{name}",
+            std::process::id()
+        ));
+        fs::create_dir_all(&d).expect("create the test user's TMPDIR");
+        std::os::unix::fs::chown(&d, Some(uid), Some(gid)).expect("chown the test user's TMPDIR");
+        UserTmp(d)
+    }
+}
+
+impl Drop for UserTmp {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
 
 /// The outer cgroup directories (one per v1 hierarchy, or one v2 directory).
 struct Outer {
@@ -133,8 +182,32 @@ pub fn contained(name: &str, body: impl FnOnce()) {
     let fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
     let exe = std::env::current_exe().expect("current test executable");
     let mut cmd = Command::new("unshare");
-    cmd.args(["--pid", "--fork", "--kill-child", "--mount-proc"])
-        .arg(exe)
+    cmd.args(["--pid", "--fork", "--kill-child", "--mount-proc"]);
+    let mut _user_tmp = None;
+    if let Ok(user) = std::env::var(TEST_USER_ENV) {
+        assert!(
+            is_root(),
+            "{TEST_USER_ENV} needs the tests to start as root (they drop to {user} inside the \
+             outer PID namespace and cgroup)"
+        );
+        let (uid, gid) = user_ids(&user);
+        let tmp = UserTmp::create(name, uid, gid);
+        // A clean environment: the user's PATH finds system toolchains, not root's shims.
+        cmd.env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", &tmp.0)
+            .env("TMPDIR", &tmp.0)
+            .env(TEST_USER_ENV, &user)
+            .arg("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={gid}"))
+            .args(["--clear-groups", "--"]);
+        if let Ok(v) = std::env::var("RUST_BACKTRACE") {
+            cmd.env("RUST_BACKTRACE", v);
+        }
+        _user_tmp = Some(tmp);
+    }
+    cmd.arg(exe)
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env(ENV, name)
         .stdin(Stdio::null())
@@ -199,8 +272,14 @@ pub fn contained(name: &str, body: impl FnOnce()) {
 pub fn sandbox() -> &'static Sandbox {
     static SANDBOX: std::sync::OnceLock<Sandbox> = std::sync::OnceLock::new();
     SANDBOX.get_or_init(|| {
-        // Statics are never dropped: keep the sandbox's state under the target directory.
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        // Statics are never dropped: keep the sandbox's state under the target directory (an
+        // ordinary user may not write there: then in its TMPDIR, which `contained` removes).
+        let base = if is_root() {
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!(
             "sandbox-{}-{}",
             std::process::id(),
             std::time::SystemTime::now()
@@ -212,7 +291,7 @@ pub fn sandbox() -> &'static Sandbox {
             state_dir: Some(dir),
             ..SandboxConfig::default()
         })
-        .expect("sandbox available (tests run as root)")
+        .expect("sandbox available (as root, or rootless with user namespaces)")
     })
 }
 
@@ -244,9 +323,22 @@ pub fn run_python(source: &str) -> RunResult {
     run_with(Language::Python, source, b"", Limits::default())
 }
 
-/// Processes of the sandbox user (`nobody`) visible in this PID namespace.
+/// Sandboxed processes visible in this PID namespace: those of the sandbox user (`nobody`) as
+/// root; rootless (where they run as the caller), those in another user namespace.
 pub fn sandbox_user_processes() -> Vec<i32> {
     let mut found = Vec::new();
+    if !is_root() {
+        let ours = fs::read_link("/proc/self/ns/user").expect("read our user namespace");
+        for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            if fs::read_link(e.path().join("ns/user")).is_ok_and(|ns| ns != ours) {
+                found.push(pid);
+            }
+        }
+        return found;
+    }
     for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
