@@ -216,18 +216,7 @@ impl Cgroups {
                     ));
                 }
             }
-            fs::write(ours.join("cgroup.subtree_control"), "+memory +pids").map_err(|e| {
-                format!(
-                    "cannot enable memory and pids controllers below {} ({e}); run under a \
-                     delegated cgroup, e.g. `systemd-run --user --scope -p Delegate=yes`",
-                    ours.display()
-                )
-            })?;
-            let parent = ours.join("afterburner");
-            make_dir(&parent).map_err(|e| e.to_string())?;
-            fs::write(parent.join("cgroup.subtree_control"), "+memory +pids")
-                .map_err(|e| format!("cannot enable controllers in {}: {e}", parent.display()))?;
-            Ok(Hierarchy::V2 { parent })
+            enable_below(&ours)
         };
         let pure_v2 = mounts
             .iter()
@@ -466,8 +455,14 @@ fn delegated_v2(
             ours.display()
         ));
     }
+    enable_below(&ours)
+}
+
+/// Enables the memory and pids controllers below `ours` (our own cgroup v2 directory) and
+/// returns the parent of per-run cgroups, `ours/afterburner`.
+fn enable_below(ours: &Path) -> Result<Hierarchy, String> {
     let enable = |dir: &Path| fs::write(dir.join("cgroup.subtree_control"), "+memory +pids");
-    if let Err(e) = enable(&ours) {
+    if let Err(e) = enable(ours) {
         // cgroup v2 puts processes in leaves only: move this process into a leaf of its own
         // first (what systemd and container runtimes do in a delegated subtree).
         if e.raw_os_error() != Some(libc::EBUSY) {
@@ -485,7 +480,7 @@ fn delegated_v2(
                 ours.display()
             )
         })?;
-        enable(&ours).map_err(|e| {
+        enable(ours).map_err(|e| {
             format!(
                 "cannot enable memory and pids below {}: {e}",
                 ours.display()

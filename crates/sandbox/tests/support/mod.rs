@@ -266,6 +266,14 @@ pub fn contained(name: &str, body: impl FnOnce()) {
         "contained test `{name}` failed ({})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
         out.status
     );
+    // Lines the test marks `note: ` (e.g. why part of it cannot run here) reach the terminal
+    // even when the harness captures output: written to the descriptor, not through print!.
+    for line in stdout.lines() {
+        if let Some(at) = line.find("note: ") {
+            use std::io::Write;
+            let _ = writeln!(io::stderr(), "{name}: {}", &line[at..]);
+        }
+    }
 }
 
 /// A sandbox shared by the tests of one binary.
