@@ -211,7 +211,10 @@ fn doctor_lists_capabilities_and_toolchains() {
     assert_eq!(v["available"], true);
     assert!(rests_on(&v, "isolation").contains("uid 65534"), "{v}");
     let memory = rests_on(&v, "memory limit");
-    assert!(memory.contains("cgroup") || memory.contains("RLIMIT_AS"), "{v}");
+    assert!(
+        memory.contains("cgroup") || memory.contains("RLIMIT_AS"),
+        "{v}"
+    );
     let text = afterburner(&["doctor"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.starts_with("mode          root"), "{text}");

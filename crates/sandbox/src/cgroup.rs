@@ -169,9 +169,11 @@ impl Cgroups {
         let euid = unsafe { libc::geteuid() };
         if euid != 0 {
             if forced == Some("v1") {
-                return Err("cgroup v1 hierarchies are not delegated to ordinary users; \
+                return Err(
+                    "cgroup v1 hierarchies are not delegated to ordinary users; \
                             AFTERBURNER_CGROUP=v1 needs root"
-                    .into());
+                        .into(),
+                );
             }
             return delegated_v2(&mounts, &own, euid);
         }
@@ -284,7 +286,13 @@ impl Cgroups {
             let on = mountinfo
                 .lines()
                 .filter(|l| l.contains(" - cgroup2 "))
-                .any(|l| l.rsplit(' ').next().unwrap_or("").split(',').any(|o| o == "favordynmods"));
+                .any(|l| {
+                    l.rsplit(' ')
+                        .next()
+                        .unwrap_or("")
+                        .split(',')
+                        .any(|o| o == "favordynmods")
+                });
             return if on {
                 Ok(true)
             } else {
@@ -409,9 +417,10 @@ fn delegated_v2(
     own: &[(Vec<String>, String)],
     euid: u32,
 ) -> Result<Hierarchy, String> {
-    let mount = mounts.iter().find(|m| m.version == 2).ok_or(
-        "no cgroup v2 is mounted, and cgroup v1 is never delegated to ordinary users",
-    )?;
+    let mount = mounts
+        .iter()
+        .find(|m| m.version == 2)
+        .ok_or("no cgroup v2 is mounted, and cgroup v1 is never delegated to ordinary users")?;
     let path = own
         .iter()
         .find(|(c, _)| c.is_empty())

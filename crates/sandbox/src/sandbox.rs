@@ -573,10 +573,7 @@ impl Sandbox {
             // Rootless, RLIMIT_NPROC counts the processes of the run's own user namespace, the
             // init included; as root it counts every process of uid 65534 on the machine.
             let init = u64::from(self.mode == Mode::Rootless);
-            rlimits.push((
-                libc::RLIMIT_NPROC,
-                u64::from(limits.max_processes) + init,
-            ));
+            rlimits.push((libc::RLIMIT_NPROC, u64::from(limits.max_processes) + init));
             if !toolchain.reserves_virtual_memory() && !request.count_instructions {
                 rlimits.push((libc::RLIMIT_AS, limits.memory_bytes));
             }
@@ -801,7 +798,10 @@ fn basis(
             ));
         }
     }
-    v.push(b("wall time limit", "the supervisor's monotonic clock".into()));
+    v.push(b(
+        "wall time limit",
+        "the supervisor's monotonic clock".into(),
+    ));
     v.push(b(
         "peak memory",
         format!(

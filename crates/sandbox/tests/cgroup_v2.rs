@@ -122,8 +122,7 @@ fn the_sandbox_limits_and_accounts_through_cgroup_v2() {
             assert_eq!(caps.cgroup_version, None, "{caps:?}");
             let warnings = caps.warnings.join("\n");
             assert!(
-                warnings.contains(&format!("`{}`", missing[0]))
-                    || warnings.contains(missing[0]),
+                warnings.contains(&format!("`{}`", missing[0])) || warnings.contains(missing[0]),
                 "{warnings}"
             );
             return;

@@ -42,7 +42,10 @@ fn user_ids(user: &str) -> (u32, u32) {
             out.status.success(),
             "{TEST_USER_ENV}={user}: no such user (create it: `useradd -m {user}`)"
         );
-        String::from_utf8_lossy(&out.stdout).trim().parse().expect("numeric id")
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("numeric id")
     };
     (id("-u"), id("-g"))
 }
