@@ -708,6 +708,22 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
         }
         _ => integral_kb_ns += last_rss as f64 * end_t.saturating_sub(last_t) as f64,
     }
+    if exited_early && s.cgroup.is_none() {
+        // Without a cgroup the exact CPU time is the init's `wait4` of the program, reported as
+        // soon as its exit completes (a wait for the exit, not part of the measured time).
+        let deadline = monotonic_ns() + 2_000_000_000;
+        while rusage_cpu_us.is_none() {
+            let left_ms = deadline.saturating_sub(monotonic_ns()) / 1_000_000;
+            if left_ms == 0 {
+                break;
+            }
+            match jail.read_report(left_ms as i32) {
+                Ok(Some(r)) if r.tag == TAG_RUSAGE => rusage_cpu_us = Some(r.value),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
     if exited_early {
         // Everything the program wrote is in the pipes already; the namespace is killed and
         // reaped by the caller, off the measured path.
