@@ -358,6 +358,14 @@ impl Sandbox {
         if landlock_abi == 0 {
             warnings.push("landlock unavailable: relying on mounts and seccomp only".into());
         }
+        if mode == Mode::Rootless && on_noexec_mount(&state_path) {
+            warnings.push(format!(
+                "the state directory {} is on a noexec mount, which a user namespace cannot \
+                 lift: compiled programs (C, C++, Rust, Go) will fail to start; point TMPDIR \
+                 (or SandboxConfig::state_dir) at a directory on a mount without noexec",
+                state_path.display()
+            ));
+        }
         let cpus = allowed_cpus();
         let supervisor_cpu = config
             .supervisor_cpu
@@ -722,6 +730,17 @@ mod reaper {
             let _ = cv.wait_timeout_while(n, Duration::from_secs(10), |n| *n > 0);
         }
     }
+}
+
+/// Whether `path` lies on a mount with `noexec`.
+fn on_noexec_mount(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statvfs is plain data; all zeros is a valid value to be overwritten.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` is a live statvfs the call writes into.
+    unsafe { libc::statvfs(c.as_ptr(), &mut st) == 0 && st.f_flag & libc::ST_NOEXEC != 0 }
 }
 
 /// The current hard limit of `resource` for this process (`RLIM_INFINITY` if unreadable).
