@@ -748,6 +748,62 @@ mod tests {
         assert_eq!(p[1], (vec![], "/user.slice".into()));
     }
 
+    /// A directory tree shaped like a cgroup v2 mount (plain files: no kernel rules apply).
+    fn fake_v2(controllers: &str) -> (tempfile::TempDir, Vec<CgroupMount>, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let ours = tmp.path().join("user.slice/u.scope");
+        fs::create_dir_all(&ours).unwrap();
+        fs::write(ours.join("cgroup.controllers"), controllers).unwrap();
+        fs::write(ours.join("cgroup.procs"), "").unwrap();
+        fs::write(ours.join("cgroup.subtree_control"), "").unwrap();
+        let mounts = vec![CgroupMount {
+            mount_point: tmp.path().to_path_buf(),
+            root: "/".into(),
+            version: 2,
+            controllers: Vec::new(),
+        }];
+        (tmp, mounts, ours)
+    }
+
+    #[test]
+    fn a_delegated_v2_subtree_gets_its_controllers_enabled_below_it() {
+        let (_tmp, mounts, ours) = fake_v2("cpu memory pids\n");
+        let own = vec![(Vec::new(), "/user.slice/u.scope".to_string())];
+        let h = delegated_v2(&mounts, &own, 1000).unwrap();
+        let parent = ours.join("afterburner");
+        assert_eq!(
+            h,
+            Hierarchy::V2 {
+                parent: parent.clone()
+            }
+        );
+        for dir in [&ours, &parent] {
+            let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap();
+            assert_eq!(enabled, "+memory +pids", "{}", dir.display());
+        }
+    }
+
+    #[test]
+    fn a_v2_subtree_without_memory_and_pids_is_refused_with_the_fix() {
+        let (_tmp, mut mounts, _ours) = fake_v2("cpu\n");
+        let own = vec![(Vec::new(), "/user.slice/u.scope".to_string())];
+        let e = delegated_v2(&mounts, &own, 1000).unwrap_err();
+        assert!(e.contains("offers [cpu], not the memory and pids"), "{e}");
+        assert!(e.contains("Delegate=yes"), "{e}");
+        // Where cgroup v1 holds the controllers, the fix is a v2 boot instead.
+        mounts.push(CgroupMount {
+            mount_point: PathBuf::from("/sys/fs/cgroup/memory"),
+            root: "/".into(),
+            version: 1,
+            controllers: vec!["memory".into()],
+        });
+        let e = delegated_v2(&mounts, &own, 1000).unwrap_err();
+        assert!(e.contains("cgroup v1 holds them"), "{e}");
+        assert!(e.contains("systemd.unified_cgroup_hierarchy=1"), "{e}");
+        let e = delegated_v2(&[], &own, 1000).unwrap_err();
+        assert!(e.contains("no cgroup v2 is mounted"), "{e}");
+    }
+
     #[test]
     fn keyed_values_are_found() {
         let t = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";

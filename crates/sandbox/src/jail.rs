@@ -675,11 +675,15 @@ fn rootless_unavailable(what: &str) -> SandboxError {
 
 /// The machine settings that forbid unprivileged user namespaces, each with its fix.
 pub(crate) fn rootless_blockers() -> Vec<String> {
-    let read = |p: &str| {
+    blockers_from(|p| {
         std::fs::read_to_string(p)
             .ok()
             .map(|s| s.trim().to_string())
-    };
+    })
+}
+
+/// [`rootless_blockers`], reading each setting (a `/proc/sys` path) through `read`.
+fn blockers_from(read: impl Fn(&str) -> Option<String>) -> Vec<String> {
     let mut v = Vec::new();
     if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
         v.push(
@@ -1198,6 +1202,46 @@ mod tests {
         assert_eq!(status_kb(status, b"VmHWM:"), 13516);
         assert_eq!(status_kb(status, b"VmRSS:"), 100);
         assert_eq!(status_kb(b"Name: x\n", b"VmHWM:"), 0);
+    }
+
+    #[test]
+    fn each_setting_that_forbids_user_namespaces_is_named_with_its_fix() {
+        let settings = |values: &[(&str, &str)]| {
+            let values: Vec<(String, String)> = values
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            blockers_from(move |p| {
+                values
+                    .iter()
+                    .find(|(k, _)| p.ends_with(k.as_str()))
+                    .map(|(_, v)| v.clone())
+            })
+        };
+        assert!(settings(&[("max_user_namespaces", "15000")]).is_empty());
+        let v = settings(&[("unprivileged_userns_clone", "0")]);
+        assert!(
+            v[0].contains("sysctl -w kernel.unprivileged_userns_clone=1"),
+            "{v:?}"
+        );
+        let v = settings(&[("max_user_namespaces", "0")]);
+        assert!(
+            v[0].contains("sysctl -w user.max_user_namespaces="),
+            "{v:?}"
+        );
+        let v = settings(&[("apparmor_restrict_unprivileged_userns", "1")]);
+        assert!(
+            v[0].contains("AppArmor") && v[0].contains("userns,"),
+            "{v:?}"
+        );
+        assert_eq!(
+            settings(&[
+                ("unprivileged_userns_clone", "0"),
+                ("apparmor_restrict_unprivileged_userns", "1"),
+            ])
+            .len(),
+            2
+        );
     }
 
     #[test]
