@@ -584,6 +584,15 @@ impl Sandbox {
             rlimits.push((libc::RLIMIT_NPROC, u64::from(limits.max_processes) + init));
             if !toolchain.reserves_virtual_memory() && !request.count_instructions {
                 rlimits.push((libc::RLIMIT_AS, limits.memory_bytes));
+                // glibc gives every thread a stack of RLIMIT_STACK, which RLIMIT_AS counts in
+                // full: 256 MiB each would refuse a program's second thread. An unlimited stack
+                // rlimit gives threads glibc's default size, and the main stack stays bounded
+                // by RLIMIT_AS.
+                for (resource, value) in &mut rlimits {
+                    if *resource == libc::RLIMIT_STACK {
+                        *value = libc::RLIM_INFINITY;
+                    }
+                }
             }
         }
         if self.mode == Mode::Rootless {
