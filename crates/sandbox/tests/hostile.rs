@@ -358,6 +358,9 @@ try:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard * 2, hard * 2)); attempt('rlimit', True)
 except (ValueError, OSError):
     attempt('rlimit', False)
+for line in open('/proc/self/status'):
+    if line.startswith('Cap'):
+        print(line.split()[0], line.split()[1])
 "#;
         let r = run_python(source);
         let out = r.stdout_text();
@@ -366,6 +369,17 @@ except (ValueError, OSError):
             assert!(out.contains(&format!("{what} refused")), "{what}: {out}");
         }
         assert!(!out.contains("ALLOWED"), "{out}");
+        // No capability is held or can be regained; rootless, where the program's user
+        // namespace was created holding all of them, the bounding set is empty too.
+        for set in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"] {
+            assert!(
+                out.contains(&format!("{set} 0000000000000000")),
+                "{set} {out}"
+            );
+        }
+        if !support::is_root() {
+            assert!(out.contains("CapBnd: 0000000000000000"), "{out}");
+        }
         assert_nothing_left();
     });
 }
