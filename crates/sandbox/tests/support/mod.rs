@@ -74,6 +74,36 @@ impl Drop for UserTmp {
 /// The outer cgroup directories (one per v1 hierarchy, or one v2 directory).
 struct Outer {
     dirs: Vec<PathBuf>,
+    /// Where the test process goes: `dirs`, or on v2 a leaf below it, so that cgroups below the
+    /// outer one may get controllers (v2 puts processes in leaves only).
+    join: Vec<PathBuf>,
+}
+
+/// Every process in the cgroup directory `dir` and below it.
+fn tree_pids(dir: &Path) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(t) = fs::read_to_string(d.join("cgroup.procs")) {
+            out.extend(t.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Removes the cgroup directory `dir` and every cgroup below it, deepest first.
+fn remove_tree(dir: &Path) {
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&e.path());
+        }
+    }
+    let _ = fs::remove_dir(dir);
 }
 
 fn own_path(controller: &str) -> Option<String> {
@@ -96,6 +126,7 @@ impl Outer {
     fn create(name: &str) -> io::Result<Outer> {
         let leaf = format!("afterburner-test-{}-{name}", std::process::id());
         let mut dirs = Vec::new();
+        let mut join = Vec::new();
         if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
             let own = own_path("").unwrap_or_else(|| "/".into());
             let d = Path::new("/sys/fs/cgroup")
@@ -104,6 +135,13 @@ impl Outer {
             fs::create_dir_all(&d)?;
             fs::write(d.join("memory.max"), "3221225472")?;
             fs::write(d.join("pids.max"), "1024")?;
+            let leaf = d.join("test");
+            let enabled = fs::write(d.join("cgroup.subtree_control"), "+memory +pids").is_ok();
+            join.push(if enabled && fs::create_dir(&leaf).is_ok() {
+                leaf
+            } else {
+                d.clone()
+            });
             dirs.push(d);
         } else {
             for (ctrl, file, value) in [
@@ -117,16 +155,15 @@ impl Outer {
                     .join(&leaf);
                 fs::create_dir_all(&d)?;
                 fs::write(d.join(file), value)?;
+                join.push(d.clone());
                 dirs.push(d);
             }
         }
-        Ok(Outer { dirs })
+        Ok(Outer { dirs, join })
     }
 
     fn pids(&self) -> Vec<i32> {
-        fs::read_to_string(self.dirs[0].join("cgroup.procs"))
-            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
-            .unwrap_or_default()
+        tree_pids(&self.dirs[0])
     }
 
     fn kill_all(&self) {
@@ -148,15 +185,8 @@ impl Drop for Outer {
     fn drop(&mut self) {
         self.kill_all();
         for d in &self.dirs {
-            // Children left by the sandbox (its `afterburner` parent) go first.
-            if let Ok(entries) = fs::read_dir(d) {
-                for e in entries.flatten() {
-                    if e.path().is_dir() {
-                        let _ = fs::remove_dir(e.path());
-                    }
-                }
-            }
-            let _ = fs::remove_dir(d);
+            // Cgroups left below it (the sandbox's `afterburner` parent, v2 leaves) go first.
+            remove_tree(d);
         }
     }
 }
@@ -173,7 +203,7 @@ pub fn contained(name: &str, body: impl FnOnce()) {
         panic!("cannot create the outer cgroup that makes this hostile test safe: {e}")
     });
     let procs: Vec<fs::File> = outer
-        .dirs
+        .join
         .iter()
         .map(|d| {
             fs::OpenOptions::new()
@@ -238,12 +268,9 @@ pub fn contained(name: &str, body: impl FnOnce()) {
         while !done2.load(std::sync::atomic::Ordering::Relaxed) {
             if start.elapsed() > Duration::from_secs(180) {
                 // Kill everything in the outer cgroup: the test hung.
-                let procs = watchdog_dirs[0].join("cgroup.procs");
-                for p in fs::read_to_string(procs).unwrap_or_default().lines() {
-                    if let Ok(p) = p.trim().parse::<i32>() {
-                        // SAFETY: kill takes no pointers; a PID that has gone meanwhile only makes it fail (ESRCH).
-                        unsafe { libc::kill(p, libc::SIGKILL) };
-                    }
+                for p in tree_pids(&watchdog_dirs[0]) {
+                    // SAFETY: kill takes no pointers; a PID that has gone meanwhile only makes it fail (ESRCH).
+                    unsafe { libc::kill(p, libc::SIGKILL) };
                 }
                 // SAFETY: kill takes no pointers; `pid` is our child, which `child` has not reaped yet.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
