@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use afterburner_sandbox::{
-    Language, Limits, Measurement, RepeatSummary, RunRequest, RunResult, Sandbox, SandboxConfig,
+    Language, Limits, Measurement, Mode, RepeatSummary, RunRequest, RunResult, Sandbox,
+    SandboxConfig,
     SandboxError, Status,
 };
 use anyhow::{Context, Result, bail};
@@ -300,7 +301,27 @@ pub fn doctor(args: DoctorArgs) -> Result<ExitCode> {
         available: bool,
         detail: String,
     }
-    let sandbox = Sandbox::new()?;
+    let sandbox = match Sandbox::new() {
+        Ok(s) => s,
+        Err(e) => {
+            // The mode this user would get, and what is missing for it (with the fix).
+            let mode = Mode::current();
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "mode": mode,
+                        "available": false,
+                        "error": e.to_string(),
+                    })
+                );
+            } else {
+                println!("mode          {} (unavailable)", mode.name());
+                println!("missing       {e}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     let caps = sandbox.capabilities();
     let toolchains: Vec<Toolchain> = Language::ALL
         .iter()
@@ -321,15 +342,30 @@ pub fn doctor(args: DoctorArgs) -> Result<ExitCode> {
         /// `doctor --json` (a stable contract; printed with its keys sorted).
         #[derive(Serialize)]
         struct Doctor<'a> {
+            mode: Mode,
+            available: bool,
             capabilities: &'a afterburner_sandbox::Capabilities,
             toolchains: &'a [Toolchain],
         }
         let doctor = Doctor {
+            mode: caps.mode,
+            available: true,
             capabilities: &caps,
             toolchains: &toolchains,
         };
         println!("{}", serde_json::to_value(&doctor)?);
         return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "mode          {}{}",
+        caps.mode.name(),
+        match caps.mode {
+            Mode::Root => " (running as root)",
+            Mode::Rootless => " (an ordinary user: unprivileged user namespaces)",
+        }
+    );
+    for b in &caps.basis {
+        println!("  {:<30} {}", format!("{}:", b.what), b.rests_on);
     }
     match caps.cgroup_version {
         Some(v) => println!("cgroups       v{v}"),

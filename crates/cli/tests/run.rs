@@ -186,6 +186,19 @@ fn a_missing_toolchain_is_a_sandbox_error_naming_it() {
     );
 }
 
+/// What `doctor --json`'s basis says `what` rests on.
+fn rests_on(v: &Value, what: &str) -> String {
+    v["capabilities"]["basis"]
+        .as_array()
+        .expect("a basis list")
+        .iter()
+        .find(|b| b["what"] == what)
+        .unwrap_or_else(|| panic!("no `{what}` in {v}"))["rests_on"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 #[test]
 fn doctor_lists_capabilities_and_toolchains() {
     let out = afterburner(&["doctor", "--json"]);
@@ -193,6 +206,73 @@ fn doctor_lists_capabilities_and_toolchains() {
     let v = json(&out);
     assert_eq!(v["toolchains"].as_array().unwrap().len(), 7);
     assert!(v["capabilities"]["cpus"].as_array().is_some());
+    // The tests run as root (CI); the rootless report is checked by the next test.
+    assert_eq!(v["mode"], "root", "{v}");
+    assert_eq!(v["available"], true);
+    assert!(rests_on(&v, "isolation").contains("uid 65534"), "{v}");
+    let memory = rests_on(&v, "memory limit");
+    assert!(
+        memory.contains("cgroup") || memory.contains("RLIMIT_AS"),
+        "{v}"
+    );
+    let text = afterburner(&["doctor"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.starts_with("mode          root"), "{text}");
+    assert!(text.contains("memory limit:"), "{text}");
+}
+
+/// `doctor` run by an ordinary user reports rootless mode and what each limit rests on. The
+/// user comes from `AFTERBURNER_TEST_USER` (`scripts/test-rootless` creates it; the test needs
+/// root to switch to it); without it the test says so and checks nothing else.
+#[test]
+fn doctor_as_an_ordinary_user_reports_rootless_mode() {
+    let Ok(user) = std::env::var("AFTERBURNER_TEST_USER") else {
+        println!(
+            "skipped: set AFTERBURNER_TEST_USER to an ordinary user (scripts/test-rootless does)"
+        );
+        return;
+    };
+    let run = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args([&format!("--reuid={user}"), &format!("--regid={user}")])
+            .args(["--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_afterburner"))
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("TMPDIR", "/tmp")
+            .current_dir("/")
+            .output()
+            .expect("run afterburner doctor through setpriv")
+    };
+    let out = run(&["doctor", "--json"]);
+    let v = json(&out);
+    assert_eq!(v["mode"], "rootless", "{v}");
+    assert_eq!(v["available"], true, "{v}");
+    assert!(rests_on(&v, "isolation").contains("user namespace"), "{v}");
+    let memory = rests_on(&v, "memory limit");
+    let processes = rests_on(&v, "process limit");
+    match v["capabilities"]["cgroup_version"].as_u64() {
+        Some(2) => {
+            assert!(memory.contains("memory.max"), "{v}");
+            assert!(processes.contains("pids.max"), "{v}");
+        }
+        None => {
+            assert!(memory.contains("RLIMIT_AS"), "{v}");
+            assert!(processes.contains("per user namespace"), "{v}");
+            // What is missing for cgroup limits, and the fix, is among the warnings.
+            let warnings = v["capabilities"]["warnings"].to_string();
+            assert!(warnings.contains("cgroups unavailable"), "{v}");
+            assert!(
+                warnings.contains("Delegate=yes") || warnings.contains("unified_cgroup_hierarchy"),
+                "{v}"
+            );
+        }
+        Some(other) => panic!("rootless mode cannot use cgroup v{other}: {v}"),
+    }
+    let text = run(&["doctor"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.starts_with("mode          rootless"), "{text}");
 }
 
 #[test]

@@ -1,15 +1,16 @@
 //! Benchmarks of the sandbox against baselines measured in the same process, on the same machine,
 //! in the same minute: overhead of a run, sampling rate and its cost, accuracy of the memory
 //! figures, and run-to-run noise. Each figure is printed with its ratio to the baseline and
-//! PASS/FAIL against its goal, and written as JSON to `target/afterburner-bench/sandbox.json`.
+//! PASS/FAIL against its goal, and written as JSON to `target/afterburner-bench/sandbox-root.json`
+//! (or `sandbox-rootless.json`; `AFTERBURNER_BENCH_DIR` names another directory).
 //!
 //! ```text
 //! cargo bench -p afterburner-sandbox --bench sandbox            # full (about 70 s)
 //! cargo bench -p afterburner-sandbox --bench sandbox -- --quick # fewer repetitions
 //! ```
 //!
-//! `AFTERBURNER_BENCH_QUICK=1` is the same as `--quick` (about 20 s). Needs root, like the sandbox
-//! itself. Run it on a quiet machine: the load of other work is measured and reported, and figures
+//! `AFTERBURNER_BENCH_QUICK=1` is the same as `--quick` (about 20 s). As root it measures the
+//! root mode; as an ordinary user, the rootless mode. Run it on a quiet machine: the load of other work is measured and reported, and figures
 //! taken while it exceeds 5% of the machine are flagged as unreliable.
 
 use std::fs;
@@ -952,6 +953,7 @@ fn main() {
         if quick { " (quick)" } else { "" }
     );
     println!("date: {date}");
+    println!("mode: {}", caps.mode.name());
     println!("machine: nproc {nproc}, kernel {kernel}, cpu {cpu_model}");
     println!("capabilities: {caps:?}");
     println!(
@@ -1034,9 +1036,13 @@ fn main() {
         "accuracy": accuracy_json,
         "noise": noise_json,
     });
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/afterburner-bench");
-    fs::create_dir_all(&dir).expect("create target/afterburner-bench");
-    let path = dir.join("sandbox.json");
+    // Rootless, the target directory may belong to someone else: AFTERBURNER_BENCH_DIR moves it.
+    let dir = std::env::var_os("AFTERBURNER_BENCH_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/afterburner-bench"),
+        PathBuf::from,
+    );
+    fs::create_dir_all(&dir).expect("create the report directory");
+    let path = dir.join(format!("sandbox-{}.json", caps.mode.name()));
     fs::write(
         &path,
         serde_json::to_string_pretty(&report).expect("serialise the report"),

@@ -215,16 +215,24 @@ impl Cgroups {
     }
 
     fn find_hierarchy(forced: Option<&str>) -> Result<Hierarchy, String> {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not running as root, cgroups are not writable".into());
-        }
         let mountinfo = fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
         let own = fs::read_to_string("/proc/self/cgroup")
             .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
         let mounts = parse_mountinfo(&mountinfo);
         let own = parse_proc_cgroup(&own);
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        if euid != 0 {
+            if forced == Some("v1") {
+                return Err(
+                    "cgroup v1 hierarchies are not delegated to ordinary users; \
+                            AFTERBURNER_CGROUP=v1 needs root"
+                        .into(),
+                );
+            }
+            return delegated_v2(&mounts, &own, euid);
+        }
         let v1 = || -> Result<Hierarchy, String> {
             let dir_for = |ctrl: &str| -> Result<PathBuf, String> {
                 let mount = mounts
@@ -274,19 +282,7 @@ impl Cgroups {
                     ));
                 }
             }
-            enable_below(&ours, ns_root).map_err(|e| {
-                format!(
-                    "cannot enable memory and pids controllers below {} ({e}); run under a \
-                     delegated cgroup, e.g. `systemd-run --scope -p Delegate=yes`, or in a \
-                     container with a private, writable cgroup namespace (docs/docker.md)",
-                    ours.display()
-                )
-            })?;
-            let parent = ours.join("afterburner");
-            make_dir(&parent).map_err(|e| e.to_string())?;
-            fs::write(parent.join("cgroup.subtree_control"), "+memory +pids")
-                .map_err(|e| format!("cannot enable controllers in {}: {e}", parent.display()))?;
-            Ok(Hierarchy::V2 { parent })
+            v2_parent(&ours, ns_root)
         };
         let pure_v2 = mounts
             .iter()
@@ -296,6 +292,39 @@ impl Cgroups {
             Some("v2") => v2(),
             _ if pure_v2 => v2(),
             _ => v1().or_else(|e1| v2().map_err(|e2| format!("{e1}; {e2}"))),
+        }
+    }
+
+    /// What the memory, process and CPU limits rest on, when cgroups are used.
+    pub(crate) fn describe(&self) -> Option<CgroupBasis> {
+        let basis = |kind: &str, memory: &Path, pids: &Path, cpu: String| CgroupBasis {
+            memory: format!("{kind} under {} (swap off)", memory.display()),
+            processes: format!("cgroup pids.max under {}", pids.display()),
+            cpu,
+        };
+        match self.hierarchy.as_ref()? {
+            Hierarchy::V1 {
+                memory,
+                pids,
+                cpuacct,
+            } => Some(basis(
+                "cgroup v1 memory.limit_in_bytes",
+                memory,
+                pids,
+                format!(
+                    "cgroup v1 cpuacct.usage under {}, checked every 2 ms",
+                    cpuacct.display()
+                ),
+            )),
+            Hierarchy::V2 { parent } => Some(basis(
+                "cgroup v2 memory.max",
+                parent,
+                parent,
+                format!(
+                    "cgroup v2 cpu.stat under {}, checked every 2 ms",
+                    parent.display()
+                ),
+            )),
         }
     }
 
@@ -315,6 +344,25 @@ impl Cgroups {
         };
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
         let mounts = parse_mountinfo(&mountinfo);
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root {
+            let on = mountinfo
+                .lines()
+                .filter(|l| l.contains(" - cgroup2 "))
+                .any(|l| {
+                    l.rsplit(' ')
+                        .next()
+                        .unwrap_or("")
+                        .split(',')
+                        .any(|o| o == "favordynmods")
+                });
+            return if on {
+                Ok(true)
+            } else {
+                Err("switching it on remounts the cgroup hierarchy, which needs root".into())
+            };
+        }
         match h {
             Hierarchy::V2 { .. } => {
                 let text = mountinfo
@@ -419,6 +467,90 @@ impl Cgroups {
         };
         Ok(Some(cg))
     }
+}
+
+/// What the limits rest on when cgroups are used (see [`Cgroups::describe`]).
+pub(crate) struct CgroupBasis {
+    pub(crate) memory: String,
+    pub(crate) processes: String,
+    pub(crate) cpu: String,
+}
+
+/// Rootless mode: the caller's own cgroup v2 directory, when it was delegated to the caller
+/// (systemd's `Delegate=yes`, or a container's own cgroup namespace) and offers the memory and
+/// pids controllers; per-run cgroups go below it.
+fn delegated_v2(
+    mounts: &[CgroupMount],
+    own: &[(Vec<String>, String)],
+    euid: u32,
+) -> Result<Hierarchy, String> {
+    let mount = mounts
+        .iter()
+        .find(|m| m.version == 2)
+        .ok_or("no cgroup v2 is mounted, and cgroup v1 is never delegated to ordinary users")?;
+    let path = own
+        .iter()
+        .find(|(c, _)| c.is_empty())
+        .map(|(_, p)| p.as_str())
+        .unwrap_or("/");
+    let ours = own_dir(mount, path);
+    let available = fs::read_to_string(ours.join("cgroup.controllers")).unwrap_or_default();
+    let missing: Vec<&str> = ["memory", "pids"]
+        .into_iter()
+        .filter(|c| !available.split_whitespace().any(|a| a == *c))
+        .collect();
+    if !missing.is_empty() {
+        let v1_holds = mounts
+            .iter()
+            .any(|m| m.version == 1 && m.controllers.iter().any(|c| missing.contains(&c.as_str())));
+        return Err(format!(
+            "cgroup v2 at {} offers [{}], not the {} controller(s){}",
+            ours.display(),
+            available.trim(),
+            missing.join(" and "),
+            if v1_holds {
+                ": cgroup v1 holds them on this machine (a controller serves one hierarchy; boot \
+                 with systemd.unified_cgroup_hierarchy=1 to move them to v2)"
+            } else {
+                ": ask for them to be delegated (`systemd-run --user --scope -p Delegate=yes \
+                 afterburner ...`)"
+            }
+        ));
+    }
+    let writable = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            // SAFETY: `c` is a NUL-terminated path that lives across the call.
+            .map(|c| unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0)
+            .unwrap_or(false)
+    };
+    if !writable(&ours) || !writable(&ours.join("cgroup.procs")) {
+        return Err(format!(
+            "{} is not delegated to uid {euid}: run under `systemd-run --user --scope -p \
+             Delegate=yes afterburner ...` (or a service with Delegate=yes), or in a container \
+             with its own cgroup namespace",
+            ours.display()
+        ));
+    }
+    v2_parent(&ours, false)
+}
+
+/// Enables the memory and pids controllers below `ours` (our own cgroup v2 directory; at the
+/// root of a cgroup namespace when `ns_root`), moving processes into a leaf where v2 requires
+/// it, and returns the parent of per-run cgroups, `ours/afterburner`.
+fn v2_parent(ours: &Path, ns_root: bool) -> Result<Hierarchy, String> {
+    enable_below(ours, ns_root).map_err(|e| {
+        format!(
+            "cannot enable memory and pids controllers below {} ({e}); run under a delegated \
+             cgroup, e.g. `systemd-run --scope -p Delegate=yes`, or in a container with a \
+             private, writable cgroup namespace (docs/docker.md)",
+            ours.display()
+        )
+    })?;
+    let parent = ours.join("afterburner");
+    make_dir(&parent).map_err(|e| e.to_string())?;
+    fs::write(parent.join("cgroup.subtree_control"), "+memory +pids")
+        .map_err(|e| format!("cannot enable controllers in {}: {e}", parent.display()))?;
+    Ok(Hierarchy::V2 { parent })
 }
 
 /// The cgroup(s) of one run; removed on drop.
@@ -677,6 +809,62 @@ mod tests {
         let p = parse_proc_cgroup("4:memory:/process_api/x\n0::/user.slice\n");
         assert_eq!(p[0], (vec!["memory".to_string()], "/process_api/x".into()));
         assert_eq!(p[1], (vec![], "/user.slice".into()));
+    }
+
+    /// A directory tree shaped like a cgroup v2 mount (plain files: no kernel rules apply).
+    fn fake_v2(controllers: &str) -> (tempfile::TempDir, Vec<CgroupMount>, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let ours = tmp.path().join("user.slice/u.scope");
+        fs::create_dir_all(&ours).unwrap();
+        fs::write(ours.join("cgroup.controllers"), controllers).unwrap();
+        fs::write(ours.join("cgroup.procs"), "").unwrap();
+        fs::write(ours.join("cgroup.subtree_control"), "").unwrap();
+        let mounts = vec![CgroupMount {
+            mount_point: tmp.path().to_path_buf(),
+            root: "/".into(),
+            version: 2,
+            controllers: Vec::new(),
+        }];
+        (tmp, mounts, ours)
+    }
+
+    #[test]
+    fn a_delegated_v2_subtree_gets_its_controllers_enabled_below_it() {
+        let (_tmp, mounts, ours) = fake_v2("cpu memory pids\n");
+        let own = vec![(Vec::new(), "/user.slice/u.scope".to_string())];
+        let h = delegated_v2(&mounts, &own, 1000).unwrap();
+        let parent = ours.join("afterburner");
+        assert_eq!(
+            h,
+            Hierarchy::V2 {
+                parent: parent.clone()
+            }
+        );
+        for dir in [&ours, &parent] {
+            let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap();
+            assert_eq!(enabled, "+memory +pids", "{}", dir.display());
+        }
+    }
+
+    #[test]
+    fn a_v2_subtree_without_memory_and_pids_is_refused_with_the_fix() {
+        let (_tmp, mut mounts, _ours) = fake_v2("cpu\n");
+        let own = vec![(Vec::new(), "/user.slice/u.scope".to_string())];
+        let e = delegated_v2(&mounts, &own, 1000).unwrap_err();
+        assert!(e.contains("offers [cpu], not the memory and pids"), "{e}");
+        assert!(e.contains("Delegate=yes"), "{e}");
+        // Where cgroup v1 holds the controllers, the fix is a v2 boot instead.
+        mounts.push(CgroupMount {
+            mount_point: PathBuf::from("/sys/fs/cgroup/memory"),
+            root: "/".into(),
+            version: 1,
+            controllers: vec!["memory".into()],
+        });
+        let e = delegated_v2(&mounts, &own, 1000).unwrap_err();
+        assert!(e.contains("cgroup v1 holds them"), "{e}");
+        assert!(e.contains("systemd.unified_cgroup_hierarchy=1"), "{e}");
+        let e = delegated_v2(&[], &own, 1000).unwrap_err();
+        assert!(e.contains("no cgroup v2 is mounted"), "{e}");
     }
 
     #[test]

@@ -29,6 +29,15 @@ pub(crate) struct BindMount {
     pub(crate) writable: bool,
 }
 
+/// The caller's ids, mapped onto the sandbox user inside a new user namespace (rootless mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UserNamespace {
+    /// The caller's uid outside, which becomes `JailSpec::uid` inside.
+    pub(crate) outside_uid: u32,
+    /// The caller's gid outside, which becomes `JailSpec::gid` inside.
+    pub(crate) outside_gid: u32,
+}
+
 /// Everything needed to start one sandboxed process.
 pub(crate) struct JailSpec<'a> {
     pub(crate) root: &'a Path,
@@ -47,6 +56,8 @@ pub(crate) struct JailSpec<'a> {
     pub(crate) landlock_abi: i64,
     /// Whether `/box` is writable (compilation), for Landlock.
     pub(crate) box_writable: bool,
+    /// `Some` in rootless mode: start in a new user namespace with this single-id mapping.
+    pub(crate) userns: Option<UserNamespace>,
 }
 
 /// A started sandbox: the init's host PID and the supervisor's ends of the pipes.
@@ -115,6 +126,8 @@ const STEPS: &[&str] = &[
     "seccomp",
     "execve",
     "close descriptors",
+    "write the user namespace's id maps",
+    "drop capabilities",
 ];
 
 const S_PDEATHSIG: u32 = 1;
@@ -143,6 +156,8 @@ const S_LANDLOCK: u32 = 23;
 const S_SECCOMP: u32 = 24;
 const S_EXEC: u32 = 25;
 const S_CLOSE: u32 = 26;
+const S_IDMAP: u32 = 27;
+const S_CAPS: u32 = 28;
 
 /// Turns a failure report into a [`SandboxError`], naming the bind mount where relevant.
 pub(crate) fn setup_error(report: Report, binds: &[BindMount]) -> SandboxError {
@@ -227,11 +242,49 @@ struct PreparedBind {
     target: CString,
     writable: bool,
     device: bool,
+    /// Mount flags of the source a user namespace may not clear (rootless mode; 0 as root).
+    locked: libc::c_ulong,
+}
+
+/// The flags of the mount holding `path` that a bind remount inside a user namespace must keep
+/// (the kernel locks them: clearing one fails with `EPERM`).
+fn locked_flags(path: &CString) -> Result<libc::c_ulong, SandboxError> {
+    // SAFETY: statvfs is plain data; all zeros is a valid value to be overwritten.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `st` is a live statvfs the call writes into.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(SandboxError::Sys {
+            call: "statvfs (flags of a mount to bind)",
+            source: io::Error::last_os_error(),
+        });
+    }
+    let mut flags = 0;
+    for (st_flag, ms_flag) in [
+        (libc::ST_RDONLY, libc::MS_RDONLY),
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if st.f_flag & st_flag != 0 {
+            flags |= ms_flag;
+        }
+    }
+    if st.f_flag & (libc::ST_NOATIME | libc::ST_RELATIME) == 0 {
+        flags |= libc::MS_STRICTATIME;
+    }
+    Ok(flags)
 }
 
 /// Data the children use, all allocated before `clone`.
 struct Prepared {
     root: CString,
+    /// Flags the final read-only remount of the root keeps (rootless mode; 0 as root).
+    root_locked: libc::c_ulong,
+    /// `setgroups`, `gid_map` and `uid_map` contents (rootless mode).
+    id_maps: Option<[CString; 3]>,
     binds: Vec<PreparedBind>,
     tmp_target: CString,
     tmp_options: CString,
@@ -247,15 +300,19 @@ struct Prepared {
 impl Prepared {
     fn new(spec: &JailSpec<'_>) -> Result<Prepared, SandboxError> {
         let inside = |p: &Path| spec.root.join(p.strip_prefix("/").unwrap_or(p));
+        let rootless = spec.userns.is_some();
         let binds = spec
             .binds
             .iter()
             .map(|b| {
+                let source = cpath(&b.source)?;
+                let locked = if rootless { locked_flags(&source)? } else { 0 };
                 Ok(PreparedBind {
-                    source: cpath(&b.source)?,
+                    source,
                     target: cpath(&inside(&b.target))?,
                     writable: b.writable,
                     device: b.target.starts_with("/dev"),
+                    locked,
                 })
             })
             .collect::<Result<Vec<_>, SandboxError>>()?;
@@ -277,8 +334,20 @@ impl Prepared {
         argv_ptrs.push(std::ptr::null());
         let mut env_ptrs: Vec<*const c_char> = env.iter().map(|a| a.as_ptr()).collect();
         env_ptrs.push(std::ptr::null());
+        let root = cpath(spec.root)?;
+        let root_locked = if rootless { locked_flags(&root)? } else { 0 };
+        let id_maps = match spec.userns {
+            Some(ns) => Some([
+                cstring(b"deny")?,
+                cstring(format!("{} {} 1\n", spec.gid, ns.outside_gid).as_bytes())?,
+                cstring(format!("{} {} 1\n", spec.uid, ns.outside_uid).as_bytes())?,
+            ]),
+            None => None,
+        };
         Ok(Prepared {
-            root: cpath(spec.root)?,
+            root,
+            root_locked,
+            id_maps,
             binds,
             tmp_target: cpath(&spec.root.join("tmp"))?,
             tmp_options: cstring(format!("size={},mode=1777", spec.scratch_bytes).as_bytes())?,
@@ -350,12 +419,15 @@ impl Jail {
                 )
             })
             .collect();
-        let flags = libc::CLONE_NEWPID
+        let mut flags = libc::CLONE_NEWPID
             | libc::CLONE_NEWNS
             | libc::CLONE_NEWNET
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWUTS
             | libc::SIGCHLD;
+        if spec.userns.is_some() {
+            flags |= libc::CLONE_NEWUSER;
+        }
         let child = ChildContext {
             p: &prepared,
             fds: &fds,
@@ -366,13 +438,17 @@ impl Jail {
             seccomp: spec.seccomp,
             landlock_abi: spec.landlock_abi,
             box_writable: spec.box_writable,
+            rootless: spec.userns.is_some(),
         };
         // SAFETY: the child branch runs only async-signal-safe code on data prepared before the clone and never returns (it execs or exits).
         let pid = unsafe { raw_fork(flags as libc::c_ulong) };
         if pid < 0 {
-            return Err(SandboxError::last_os(
-                "clone (new PID, mount, network, IPC and UTS namespaces)",
-            ));
+            return Err(SandboxError::last_os(if spec.userns.is_some() {
+                "clone (new user, PID, mount, network, IPC and UTS namespaces; \
+                 `afterburner doctor` says what blocks unprivileged user namespaces)"
+            } else {
+                "clone (new PID, mount, network, IPC and UTS namespaces)"
+            }));
         }
         if pid == 0 {
             // SAFETY: this is the child of raw_fork: init runs only async-signal-safe code on data prepared before the clone and never returns.
@@ -510,6 +586,130 @@ pub(crate) fn read_report_now(fd: RawFd) -> Result<Option<Report>, SandboxError>
     }))
 }
 
+/// Checks that this (unprivileged) process can create a user namespace, map itself onto
+/// `inside` in it and make mounts there: the steps rootless mode needs. The error names what
+/// blocks it and the fix.
+pub(crate) fn probe_user_namespace(ns: UserNamespace, inside: u32) -> Result<(), SandboxError> {
+    let maps = [
+        cstring(b"deny")?,
+        cstring(format!("{inside} {} 1\n", ns.outside_gid).as_bytes())?,
+        cstring(format!("{inside} {} 1\n", ns.outside_uid).as_bytes())?,
+    ];
+    let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::SIGCHLD;
+    // SAFETY: the child branch only makes raw system calls on the strings prepared above and ends with _exit.
+    let pid = unsafe { raw_fork(flags as libc::c_ulong) };
+    if pid < 0 {
+        let e = io::Error::last_os_error();
+        return Err(rootless_unavailable(&format!(
+            "cannot create a user namespace: {e}"
+        )));
+    }
+    if pid == 0 {
+        // SAFETY: in the child of raw_fork: open/write/close/mount on NUL-terminated strings prepared before the fork, then _exit.
+        unsafe {
+            let files = [
+                c"/proc/self/setgroups",
+                c"/proc/self/gid_map",
+                c"/proc/self/uid_map",
+            ];
+            for (i, (file, content)) in files.iter().zip(&maps).enumerate() {
+                let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                let len = content.as_bytes().len();
+                if fd < 0 || libc::write(fd, content.as_ptr().cast(), len) != len as isize {
+                    libc::_exit(10 + i as libc::c_int);
+                }
+                libc::close(fd);
+            }
+            let private = libc::mount(
+                c"none".as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            );
+            libc::_exit(if private == 0 { 0 } else { 20 });
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child with a pointer to the live `status`.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return Err(SandboxError::last_os("waitpid (user namespace probe)"));
+        }
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    match code {
+        0 => Ok(()),
+        10..=12 => Err(rootless_unavailable(
+            "a new user namespace refused its uid/gid map (setgroups, gid_map, uid_map)",
+        )),
+        20 => Err(rootless_unavailable(
+            "a new user namespace has no capabilities over its mounts (mount failed)",
+        )),
+        _ => Err(rootless_unavailable(&format!(
+            "the user namespace probe ended abnormally (wait status {status})"
+        ))),
+    }
+}
+
+/// Why rootless mode cannot work here, with what the machine's settings say about the cause.
+fn rootless_unavailable(what: &str) -> SandboxError {
+    let mut msg = format!(
+        "rootless mode needs unprivileged user namespaces, and {what}; run as root, or fix: "
+    );
+    let blockers = rootless_blockers();
+    if blockers.is_empty() {
+        msg.push_str(
+            "no sysctl forbids them, so a container or security module does (a container's \
+             seccomp profile, e.g. `docker run --security-opt seccomp=unconfined`, or an LSM)",
+        );
+    } else {
+        msg.push_str(&blockers.join("; "));
+    }
+    SandboxError::Unsupported(msg)
+}
+
+/// The machine settings that forbid unprivileged user namespaces, each with its fix.
+pub(crate) fn rootless_blockers() -> Vec<String> {
+    blockers_from(|p| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    })
+}
+
+/// [`rootless_blockers`], reading each setting (a `/proc/sys` path) through `read`.
+fn blockers_from(read: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    let mut v = Vec::new();
+    if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        v.push(
+            "kernel.unprivileged_userns_clone=0 (Debian/Arch kernels): \
+             `sysctl -w kernel.unprivileged_userns_clone=1`"
+                .to_string(),
+        );
+    }
+    if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        v.push("user.max_user_namespaces=0: `sysctl -w user.max_user_namespaces=15000`".into());
+    }
+    if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
+        v.push(
+            "AppArmor restricts unprivileged user namespaces \
+             (kernel.apparmor_restrict_unprivileged_userns=1, Ubuntu 23.10 and later): give the \
+             afterburner binary a profile that allows them (`abi <abi/4.0>, include \
+             <tunables/global> profile afterburner /path/to/afterburner flags=(unconfined) { \
+             userns, }` in /etc/apparmor.d/afterburner, then `apparmor_parser -r \
+             /etc/apparmor.d/afterburner`), or `sysctl -w \
+             kernel.apparmor_restrict_unprivileged_userns=0`"
+                .into(),
+        );
+    }
+    v
+}
+
 /// The first child of `pid` (the program process of an init).
 fn first_child(pid: libc::pid_t) -> Option<libc::pid_t> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
@@ -597,6 +797,52 @@ pub(crate) fn status_kb(status: &[u8], key: &[u8]) -> u64 {
         .fold(0u64, |acc, b| acc * 10 + u64::from(b - b'0'))
 }
 
+/// Empties the calling thread's bounding, ambient, permitted, effective and inheritable
+/// capability sets; 0 or -1 (errno set). Async-signal-safe (raw system calls).
+fn drop_capabilities() -> libc::c_int {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    // SAFETY: prctl takes integers only; capset reads the live `header` and the two-element `data` array (the size _LINUX_CAPABILITY_VERSION_3 expects).
+    unsafe {
+        for cap in 0..64 {
+            // Stops at the first capability the kernel does not know (EINVAL).
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0
+                && *libc::__errno_location() == libc::EINVAL
+            {
+                break;
+            }
+        }
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+        let header = Header {
+            version: VERSION_3,
+            pid: 0,
+        };
+        let data = [Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) as libc::c_int
+    }
+}
+
 /// What the child processes read; borrowed from the supervisor's stack before `clone`.
 struct ChildContext<'a> {
     p: &'a Prepared,
@@ -608,6 +854,7 @@ struct ChildContext<'a> {
     seccomp: &'a [libc::sock_filter],
     landlock_abi: i64,
     box_writable: bool,
+    rootless: bool,
 }
 
 /// The program process's name between fork and exec (`/proc/PID/comm`).
@@ -652,6 +899,28 @@ impl ChildContext<'_> {
                 prctl(PR_SET_PDEATHSIG, SIGKILL as c_ulong, 0, 0, 0),
                 S_PDEATHSIG,
             );
+            if let Some(maps) = &p.id_maps {
+                let files = [
+                    c"/proc/self/setgroups",
+                    c"/proc/self/gid_map",
+                    c"/proc/self/uid_map",
+                ];
+                for (file, content) in files.iter().zip(maps) {
+                    let fd = open(file.as_ptr(), O_WRONLY | O_CLOEXEC);
+                    if fd < 0 {
+                        self.fail(S_IDMAP, 0);
+                    }
+                    let len = content.as_bytes().len();
+                    if write(fd, content.as_ptr().cast(), len) != len as isize {
+                        self.fail(S_IDMAP, 0);
+                    }
+                    close(fd);
+                }
+                // Rootless: the init runs as the same user as the program; no program may read
+                // or write its memory (a copy of the supervisor's) through /proc/1. (After the
+                // maps: a non-dumpable process's /proc/self files belong to root.)
+                prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+            }
             let none = c"none".as_ptr();
             self.check(
                 mount(
@@ -684,7 +953,7 @@ impl ChildContext<'_> {
                 {
                     self.fail(S_BIND, i);
                 }
-                let mut flags = MS_BIND | MS_REMOUNT | MS_NOSUID;
+                let mut flags = MS_BIND | MS_REMOUNT | MS_NOSUID | b.locked;
                 if !b.device {
                     flags |= MS_NODEV;
                 }
@@ -734,7 +1003,7 @@ impl ChildContext<'_> {
                     none,
                     c"/".as_ptr(),
                     std::ptr::null(),
-                    MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
+                    MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | p.root_locked,
                     std::ptr::null(),
                 ),
                 S_ROOT_RO,
@@ -875,10 +1144,14 @@ impl ChildContext<'_> {
             }
             // Raw system calls: glibc's wrappers broadcast to every thread of a multithreaded
             // process under a lock that another (absent) thread may hold in this copy.
-            self.check(
-                syscall(SYS_setgroups, 0usize, std::ptr::null::<gid_t>()) as c_int,
-                S_SETGROUPS,
-            );
+            // Rootless, `setgroups` is denied in the user namespace (an unprivileged user cannot
+            // shed its supplementary groups).
+            if !self.rootless {
+                self.check(
+                    syscall(SYS_setgroups, 0usize, std::ptr::null::<gid_t>()) as c_int,
+                    S_SETGROUPS,
+                );
+            }
             self.check(
                 syscall(SYS_setresgid, self.gid, self.gid, self.gid) as c_int,
                 S_SETGID,
@@ -887,6 +1160,11 @@ impl ChildContext<'_> {
                 syscall(SYS_setresuid, self.uid, self.uid, self.uid) as c_int,
                 S_SETUID,
             );
+            if self.rootless {
+                // The creator of a user namespace holds every capability in it, and keeps them
+                // through a `setresuid` to the id it already has: drop them all explicitly.
+                self.check(drop_capabilities(), S_CAPS);
+            }
             self.check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), S_NNP);
             let writable = if self.box_writable {
                 &LANDLOCK_WRITABLE[..]
@@ -924,6 +1202,46 @@ mod tests {
         assert_eq!(status_kb(status, b"VmHWM:"), 13516);
         assert_eq!(status_kb(status, b"VmRSS:"), 100);
         assert_eq!(status_kb(b"Name: x\n", b"VmHWM:"), 0);
+    }
+
+    #[test]
+    fn each_setting_that_forbids_user_namespaces_is_named_with_its_fix() {
+        let settings = |values: &[(&str, &str)]| {
+            let values: Vec<(String, String)> = values
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            blockers_from(move |p| {
+                values
+                    .iter()
+                    .find(|(k, _)| p.ends_with(k.as_str()))
+                    .map(|(_, v)| v.clone())
+            })
+        };
+        assert!(settings(&[("max_user_namespaces", "15000")]).is_empty());
+        let v = settings(&[("unprivileged_userns_clone", "0")]);
+        assert!(
+            v[0].contains("sysctl -w kernel.unprivileged_userns_clone=1"),
+            "{v:?}"
+        );
+        let v = settings(&[("max_user_namespaces", "0")]);
+        assert!(
+            v[0].contains("sysctl -w user.max_user_namespaces="),
+            "{v:?}"
+        );
+        let v = settings(&[("apparmor_restrict_unprivileged_userns", "1")]);
+        assert!(
+            v[0].contains("AppArmor") && v[0].contains("userns,"),
+            "{v:?}"
+        );
+        assert_eq!(
+            settings(&[
+                ("unprivileged_userns_clone", "0"),
+                ("apparmor_restrict_unprivileged_userns", "1"),
+            ])
+            .len(),
+            2
+        );
     }
 
     #[test]

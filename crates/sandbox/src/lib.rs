@@ -4,7 +4,9 @@
 //! sandbox), then [`Sandbox::run`] it on any number of inputs. Every run happens in fresh PID,
 //! mount, network, IPC and UTS namespaces, as an unprivileged user, with a read-only view of the
 //! system, a private size-capped `/tmp`, a seccomp filter and (where the kernel has it) Landlock;
-//! limits come from a per-run cgroup. The result is a [`RunResult`] whose [`Measurement`] holds
+//! limits come from a per-run cgroup. Run by root, the sandbox sets this up directly; run by an
+//! ordinary user ([`Mode::Rootless`]), it does the same inside an unprivileged user namespace,
+//! with limits from a delegated cgroup v2 subtree where there is one and rlimits otherwise. The result is a [`RunResult`] whose [`Measurement`] holds
 //! wall and CPU time, peak resident memory of the process tree and its time integral, sampled at
 //! 10 kHz or more by the supervisor.
 //!
@@ -35,5 +37,7 @@ pub use measurement::{
 pub use objective::{
     Comparison, Noise, Objective, RecordedPerformance, TIE_SIGMAS, UnknownObjective,
 };
-pub use sandbox::{Capabilities, Compilation, Program, RunRequest, Sandbox, SandboxConfig};
+pub use sandbox::{
+    Basis, Capabilities, Compilation, Mode, Program, RunRequest, Sandbox, SandboxConfig,
+};
 pub use sys::random_u64;

@@ -35,6 +35,8 @@ pub(crate) enum KillReason {
     WallTime,
     CpuTime,
     Output,
+    /// Without a cgroup: the sampled resident memory of the tree passed the limit.
+    Memory,
 }
 
 /// The raw facts of a finished run, before classification.
@@ -99,6 +101,13 @@ pub(crate) fn classify(
             Some(format!(
                 "output exceeded the cap of {} bytes",
                 limits.output_bytes
+            )),
+        ),
+        Some(KillReason::Memory) => (
+            Status::MemoryLimit,
+            Some(format!(
+                "memory limit of {mem_mib} MiB exceeded (the supervisor's sample of the \
+                 process tree's resident memory)"
             )),
         ),
         None if f.oom_kills > 0 => (
@@ -280,6 +289,18 @@ impl Tree {
         self.pids = pids;
     }
 
+    /// CPU time of the run from `/proc`, in ns: every live process's own time and what it
+    /// reaped, plus what the init reaped (used where no cgroup accounts for the tree).
+    fn proc_cpu_ns(&self) -> u64 {
+        let mut ticks = stat_ticks(self.init_pid).map_or(0, |(_, reaped)| reaped);
+        for &p in &self.pids {
+            if let Some((own, reaped)) = stat_ticks(p) {
+                ticks += own + reaped;
+            }
+        }
+        ticks * 1_000_000_000 / clock_ticks_per_second()
+    }
+
     /// Resident memory of the tree now, in KiB.
     fn rss_kb(&self) -> u64 {
         let mut buf = [0u8; 128];
@@ -290,6 +311,32 @@ impl Tree {
         }
         pages * self.page_kb
     }
+}
+
+/// Clock ticks per second of `/proc/PID/stat` times.
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf takes no pointers and has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as u64 } else { 100 }
+}
+
+/// `(utime + stime, cutime + cstime)` of a process in clock ticks, from `/proc/PID/stat`.
+fn stat_ticks(pid: i32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat_ticks(&text)
+}
+
+/// Parses `(utime + stime, cutime + cstime)` out of a `/proc/PID/stat` line.
+pub(crate) fn parse_stat_ticks(text: &str) -> Option<(u64, u64)> {
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    (f.len() == 4).then(|| (f[0] + f[1], f[2] + f[3]))
 }
 
 /// Every descendant of `pid` (not `pid` itself), through `/proc/*/task/*/children`.
@@ -513,6 +560,9 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
     let mut exit_rss: Option<u64> = None;
     let mut setup_failure: Option<Report> = None;
     let mut end_t = t0;
+    // Without a cgroup, the supervisor enforces memory and CPU time from its own readings.
+    let memory_limit_kb = limits.memory_bytes / 1024;
+    let mut proc_cpu_ns: Option<u64> = None;
 
     'run: loop {
         let now = monotonic_ns();
@@ -534,11 +584,14 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
                 });
             }
             (last_t, last_rss) = (now, rss);
+            if s.cgroup.is_none() && rss > memory_limit_kb {
+                kill = Some(KillReason::Memory);
+            }
         }
 
-        if now >= wall_deadline {
+        if kill.is_none() && now >= wall_deadline {
             kill = Some(KillReason::WallTime);
-        } else if now >= next_cpu_check {
+        } else if kill.is_none() && now >= next_cpu_check {
             next_cpu_check = now + 2_000_000;
             if let (Some(f), Some(cg)) = (&cpu_file, s.cgroup) {
                 let n = pread_to_string(f, &mut cpu_buf).unwrap_or(0);
@@ -546,10 +599,19 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
                 if cg.parse_cpu(text).is_some_and(|c| c >= cpu_limit_ns) {
                     kill = Some(KillReason::CpuTime);
                 }
+            } else if s.cgroup.is_none() {
+                let cpu = tree.proc_cpu_ns();
+                proc_cpu_ns = Some(cpu);
+                if cpu >= cpu_limit_ns {
+                    kill = Some(KillReason::CpuTime);
+                }
             }
         }
         if kill.is_some() {
             end_t = monotonic_ns();
+            if s.cgroup.is_none() {
+                proc_cpu_ns = Some(tree.proc_cpu_ns());
+            }
             jail.kill_and_reap();
             break 'run;
         }
@@ -646,6 +708,22 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
         }
         _ => integral_kb_ns += last_rss as f64 * end_t.saturating_sub(last_t) as f64,
     }
+    if exited_early && s.cgroup.is_none() {
+        // Without a cgroup the exact CPU time is the init's `wait4` of the program, reported as
+        // soon as its exit completes (a wait for the exit, not part of the measured time).
+        let deadline = monotonic_ns() + 2_000_000_000;
+        while rusage_cpu_us.is_none() {
+            let left_ms = deadline.saturating_sub(monotonic_ns()) / 1_000_000;
+            if left_ms == 0 {
+                break;
+            }
+            match jail.read_report(left_ms as i32) {
+                Ok(Some(r)) if r.tag == TAG_RUSAGE => rusage_cpu_us = Some(r.value),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
     if exited_early {
         // Everything the program wrote is in the pipes already; the namespace is killed and
         // reaped by the caller, off the measured path.
@@ -662,6 +740,7 @@ pub(crate) fn supervise(jail: &mut Jail, s: &Supervision<'_>) -> Result<RunResul
         .cgroup
         .and_then(|c| c.cpu_ns())
         .or(rusage_cpu_us.map(|us| us * 1000))
+        .or(proc_cpu_ns)
         .unwrap_or(0);
     let wall_ns = end_t.saturating_sub(t0);
     let facts = Facts {
@@ -750,6 +829,13 @@ mod tests {
             b"terminate called after throwing an instance of 'std::bad_alloc'"
         ));
         assert!(!reports_allocation_failure(b"ValueError: boom"));
+    }
+
+    #[test]
+    fn stat_times_are_parsed_after_the_command_name() {
+        let line = "42 (a) b (c)) R 1 42 42 0 -1 4194304 100 0 0 0 150 30 7 3 20 0 1 0 5 0 0\n";
+        assert_eq!(parse_stat_ticks(line), Some((180, 10)));
+        assert_eq!(parse_stat_ticks("42 (x) R 1"), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::Cgroups;
-use crate::jail::{BindMount, Jail, JailSpec};
+use crate::jail::{BindMount, Jail, JailSpec, UserNamespace};
 use crate::monitor::{Supervision, supervise};
 use crate::sys::random_u64;
 use crate::toolchain::{BOX, SYSTEM_DIRS, Toolchain};
@@ -49,9 +49,53 @@ impl Default for SandboxConfig {
     }
 }
 
+/// How the sandbox gets its isolation: chosen automatically from the caller's privileges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Run by root: namespaces, mounts and cgroups directly; programs run as uid 65534.
+    Root,
+    /// Run by an ordinary user: everything inside an unprivileged user namespace in which the
+    /// caller is mapped to uid 65534; limits through a delegated cgroup v2 subtree or rlimits.
+    Rootless,
+}
+
+impl Mode {
+    /// The mode a sandbox created by this process gets (root when the effective uid is 0).
+    pub fn current() -> Mode {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            Mode::Root
+        } else {
+            Mode::Rootless
+        }
+    }
+
+    /// `root` or `rootless`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Root => "root",
+            Mode::Rootless => "rootless",
+        }
+    }
+}
+
+/// What one limit or measurement rests on in a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Basis {
+    /// The limit or measurement (`memory limit`, `peak memory`, ...).
+    pub what: String,
+    /// The kernel mechanism behind it on this machine.
+    pub rests_on: String,
+}
+
 /// What the sandbox can do on this machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capabilities {
+    /// Root or rootless.
+    pub mode: Mode,
+    /// What isolation, each limit and each measurement rests on.
+    pub basis: Vec<Basis>,
     /// cgroup version used for limits and accounting (1 or 2), or `None` for the rlimit fallback.
     pub cgroup_version: Option<u8>,
     /// Whether the kernel's cgroups favour dynamic modifications (cheap per-run cgroup joins).
@@ -149,6 +193,9 @@ pub struct RunRequest {
 #[derive(Debug)]
 pub struct Sandbox {
     config: SandboxConfig,
+    mode: Mode,
+    userns: Option<UserNamespace>,
+    basis: Vec<Basis>,
     cgroups: Cgroups,
     state: StateDir,
     root: PathBuf,
@@ -213,14 +260,21 @@ impl Sandbox {
     /// A sandbox with the given settings; checks privileges and prepares the root template.
     pub fn with_config(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
         config.compile_limits.validate()?;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(SandboxError::Unsupported(
-                "the sandbox needs root (it creates namespaces, mounts and cgroups and switches \
-                 to an unprivileged user); run as root or under `sudo`"
-                    .into(),
-            ));
-        }
+        let mode = Mode::current();
+        let userns = match mode {
+            Mode::Root => None,
+            Mode::Rootless => {
+                // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+                let ns = unsafe {
+                    UserNamespace {
+                        outside_uid: libc::geteuid(),
+                        outside_gid: libc::getegid(),
+                    }
+                };
+                crate::jail::probe_user_namespace(ns, NOBODY)?;
+                Some(ns)
+            }
+        };
         let (state_path, owned) = match &config.state_dir {
             Some(p) => (p.clone(), false),
             None => {
@@ -297,8 +351,8 @@ impl Sandbox {
         let mut warnings = Vec::new();
         if let Some(reason) = &cgroups.unavailable_reason {
             warnings.push(format!(
-                "cgroups unavailable ({reason}): memory and process limits fall back to rlimits, \
-                 CPU time covers reaped processes only"
+                "cgroups unavailable ({reason}): memory, process and CPU limits fall back to \
+                 rlimits and the supervisor's own readings"
             ));
         }
         let favordynmods = match cgroups.favor_dynamic_modifications() {
@@ -314,12 +368,24 @@ impl Sandbox {
         if landlock_abi == 0 {
             warnings.push("landlock unavailable: relying on mounts and seccomp only".into());
         }
+        if mode == Mode::Rootless && on_noexec_mount(&state_path) {
+            warnings.push(format!(
+                "the state directory {} is on a noexec mount, which a user namespace cannot \
+                 lift: compiled programs (C, C++, Rust, Go) will fail to start; point TMPDIR \
+                 (or SandboxConfig::state_dir) at a directory on a mount without noexec",
+                state_path.display()
+            ));
+        }
         let cpus = allowed_cpus();
         let supervisor_cpu = config
             .supervisor_cpu
             .or_else(|| (cpus.len() >= 2).then(|| cpus[0]));
+        let basis = basis(mode, userns, &cgroups, landlock_abi);
         Ok(Sandbox {
             config,
+            mode,
+            userns,
+            basis,
             cgroups,
             state,
             root,
@@ -339,6 +405,8 @@ impl Sandbox {
     /// What isolation and accounting this machine gives, and what was degraded.
     pub fn capabilities(&self) -> Capabilities {
         Capabilities {
+            mode: self.mode,
+            basis: self.basis.clone(),
             cgroup_version: self.cgroups.version(),
             cgroup_favordynmods: self.favordynmods,
             landlock_abi: self.landlock_abi,
@@ -347,6 +415,11 @@ impl Sandbox {
             warnings: self.warnings.clone(),
             valgrind: self.valgrind.clone(),
         }
+    }
+
+    /// Root or rootless (see [`Mode`]); [`Sandbox::capabilities`] says what each limit rests on.
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     /// The toolchain of `language`, detected once; its mount points are added to the template.
@@ -407,7 +480,11 @@ impl Sandbox {
             None => None,
             Some(argv) => {
                 // The compiler runs as the sandbox user and writes its artefact into the box.
-                chown_tree(&dir.0, NOBODY)?;
+                // Rootless, the sandbox user is the caller, who owns the directory already.
+                let chown = self.mode == Mode::Root;
+                if chown {
+                    chown_tree(&dir.0, NOBODY)?;
+                }
                 let result = self.execute(
                     &toolchain,
                     &dir.0,
@@ -419,7 +496,9 @@ impl Sandbox {
                         ..RunRequest::default()
                     },
                 );
-                chown_tree(&dir.0, 0)?;
+                if chown {
+                    chown_tree(&dir.0, 0)?;
+                }
                 Some(compilation_of(result?, limits))
             }
         };
@@ -513,9 +592,27 @@ impl Sandbox {
             (libc::RLIMIT_CPU, limits.cpu_time.as_secs() + 2),
         ];
         if cgroup.is_none() {
-            rlimits.push((libc::RLIMIT_NPROC, u64::from(limits.max_processes)));
+            // Rootless, RLIMIT_NPROC counts the processes of the run's own user namespace, the
+            // init included; as root it counts every process of uid 65534 on the machine.
+            let init = u64::from(self.mode == Mode::Rootless);
+            rlimits.push((libc::RLIMIT_NPROC, u64::from(limits.max_processes) + init));
             if !toolchain.reserves_virtual_memory() && !request.count_instructions {
                 rlimits.push((libc::RLIMIT_AS, limits.memory_bytes));
+                // glibc gives every thread a stack of RLIMIT_STACK, which RLIMIT_AS counts in
+                // full: 256 MiB each would refuse a program's second thread. An unlimited stack
+                // rlimit gives threads glibc's default size, and the main stack stays bounded
+                // by RLIMIT_AS.
+                for (resource, value) in &mut rlimits {
+                    if *resource == libc::RLIMIT_STACK {
+                        *value = libc::RLIM_INFINITY;
+                    }
+                }
+            }
+        }
+        if self.mode == Mode::Rootless {
+            // Without CAP_SYS_RESOURCE a hard limit can only be lowered.
+            for (resource, value) in &mut rlimits {
+                *value = (*value).min(hard_limit(*resource));
             }
         }
         let cpu = if compiling {
@@ -539,6 +636,7 @@ impl Sandbox {
             seccomp: &self.seccomp,
             landlock_abi: self.landlock_abi,
             box_writable: compiling,
+            userns: self.userns,
         })?;
         // The previous run of this thread must be fully torn down before this one starts.
         reaper::wait_for_this_thread();
@@ -711,6 +809,118 @@ fn compilation_of(r: RunResult, limits: &Limits) -> Compilation {
         message,
         measurement: m,
     }
+}
+
+/// Whether `path` lies on a mount with `noexec`.
+fn on_noexec_mount(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statvfs is plain data; all zeros is a valid value to be overwritten.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` is a live statvfs the call writes into.
+    unsafe { libc::statvfs(c.as_ptr(), &mut st) == 0 && st.f_flag & libc::ST_NOEXEC != 0 }
+}
+
+/// The current hard limit of `resource` for this process (`RLIM_INFINITY` if unreadable).
+fn hard_limit(resource: libc::__rlimit_resource_t) -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: getrlimit writes one rlimit into the live `r`.
+    if unsafe { libc::getrlimit(resource, &mut r) } != 0 {
+        return libc::RLIM_INFINITY;
+    }
+    r.rlim_max
+}
+
+/// What isolation, limits and measurements rest on, for [`Capabilities::basis`].
+fn basis(
+    mode: Mode,
+    userns: Option<UserNamespace>,
+    cgroups: &Cgroups,
+    landlock_abi: i64,
+) -> Vec<Basis> {
+    let b = |what: &str, rests_on: String| Basis {
+        what: what.into(),
+        rests_on,
+    };
+    let isolation = match userns {
+        None => "PID, mount, network, IPC and UTS namespaces; programs run as uid 65534".into(),
+        Some(ns) => format!(
+            "an unprivileged user namespace (uid {NOBODY} inside is uid {} outside, no \
+             capabilities) with PID, mount, network, IPC and UTS namespaces",
+            ns.outside_uid
+        ),
+    };
+    let confinement = format!(
+        "read-only bind mounts, a size-capped tmpfs /tmp, seccomp, no_new_privs{}",
+        if landlock_abi > 0 {
+            format!(", Landlock ABI {landlock_abi}")
+        } else {
+            String::new()
+        }
+    );
+    let mut v = vec![
+        b("isolation", isolation),
+        b("file system and system calls", confinement),
+    ];
+    match cgroups.describe() {
+        Some(cg) => {
+            v.push(b("memory limit", cg.memory));
+            v.push(b("process limit", cg.processes));
+            v.push(b("CPU time limit", cg.cpu));
+        }
+        None => {
+            v.push(b(
+                "memory limit",
+                "RLIMIT_AS (C, C++, Rust, Python), and for every language the supervisor \
+                 killing the run when its sampled resident memory passes the limit"
+                    .into(),
+            ));
+            v.push(b(
+                "process limit",
+                match mode {
+                    Mode::Root => "RLIMIT_NPROC of uid 65534 (counted across the machine)".into(),
+                    Mode::Rootless => "RLIMIT_NPROC, counted per user namespace: only the \
+                                       run's own processes"
+                        .into(),
+                },
+            ));
+            v.push(b(
+                "CPU time limit",
+                "the supervisor summing /proc/PID/stat of the run's processes every 2 ms, and \
+                 RLIMIT_CPU"
+                    .into(),
+            ));
+        }
+    }
+    v.push(b(
+        "wall time limit",
+        "the supervisor's monotonic clock".into(),
+    ));
+    v.push(b(
+        "peak memory",
+        format!(
+            "VmHWM at the program's exit stop (ptrace, PTRACE_O_TRACEEXIT) and the sampler \
+             reading /proc/PID/statm of every process in the run's {}",
+            if cgroups.version().is_some() {
+                "cgroup"
+            } else {
+                "process tree"
+            }
+        ),
+    ));
+    v.push(b(
+        "CPU time",
+        if cgroups.version().is_some() {
+            "the run's cgroup (every process that was ever in it)".into()
+        } else {
+            "wait4's rusage of the program and every process it reaped".into()
+        },
+    ));
+    v
 }
 
 /// The result of running a program that did not compile.

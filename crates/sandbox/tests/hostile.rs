@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
-use afterburner_sandbox::{Language, Limits, Status};
+use afterburner_sandbox::{Language, Limits, Mode, Status};
 use support::{contained, run_python, run_with, sandbox_user_processes};
 
 fn limits(seconds: f64, mib: u64) -> Limits {
@@ -34,6 +34,26 @@ fn assert_nothing_left() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn the_mode_follows_the_caller() {
+    contained("the_mode_follows_the_caller", || {
+        let sb = support::sandbox();
+        let rootless = std::env::var(support::TEST_USER_ENV).is_ok();
+        assert_eq!(support::is_root(), !rootless);
+        let expected = if rootless { Mode::Rootless } else { Mode::Root };
+        assert_eq!(sb.mode(), expected);
+        let caps = sb.capabilities();
+        assert_eq!(caps.mode, expected);
+        assert!(
+            caps.basis.iter().any(|b| b.what == "isolation"
+                && b.rests_on.contains("user namespace") == rootless),
+            "{:?}",
+            caps.basis
+        );
+        println!("mode {:?}: {:#?}", caps.mode, caps.basis);
+    });
 }
 
 #[test]
@@ -75,6 +95,15 @@ fn thread_bomb_is_contained() {
         );
         let n: u32 = out.split_whitespace().last().unwrap().parse().unwrap();
         assert!(n < Limits::default().max_processes, "{n} threads started");
+        // Refused by the process limit, not by anything else. Without a cgroup, RLIMIT_AS also
+        // counts each thread's stack (glibc's default size, tens of MiB of address space), so
+        // fewer threads fit in the 512 MiB.
+        let at_least = if support::sandbox().capabilities().cgroup_version.is_some() {
+            Limits::default().max_processes / 2
+        } else {
+            16
+        };
+        assert!(n >= at_least, "only {n} threads started: {out}");
         assert_nothing_left();
     });
 }
@@ -200,13 +229,14 @@ fn root_only_files_and_supervisor_environment_are_unreadable() {
 #[test]
 fn kill_all_cannot_reach_a_sibling() {
     contained("kill_all_cannot_reach_a_sibling", || {
-        // A sibling running as the same unprivileged user, outside the sandbox.
-        let mut sibling = std::process::Command::new("sleep")
-            .arg("30")
-            .uid(65534)
-            .gid(65534)
-            .spawn()
-            .unwrap();
+        // A sibling running as the same unprivileged user, outside the sandbox (rootless: the
+        // caller, whom the sandboxed program is outside its user namespace).
+        let mut sibling = std::process::Command::new("sleep");
+        sibling.arg("30");
+        if support::is_root() {
+            sibling.uid(65534).gid(65534);
+        }
+        let mut sibling = sibling.spawn().unwrap();
         let r = run_python(
             "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\n    print('sent')\n\
              except ProcessLookupError:\n    print('nothing to signal')\nprint('survived')\n",
@@ -328,6 +358,9 @@ try:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard * 2, hard * 2)); attempt('rlimit', True)
 except (ValueError, OSError):
     attempt('rlimit', False)
+for line in open('/proc/self/status'):
+    if line.startswith('Cap'):
+        print(line.split()[0], line.split()[1])
 "#;
         let r = run_python(source);
         let out = r.stdout_text();
@@ -336,6 +369,17 @@ except (ValueError, OSError):
             assert!(out.contains(&format!("{what} refused")), "{what}: {out}");
         }
         assert!(!out.contains("ALLOWED"), "{out}");
+        // No capability is held or can be regained; rootless, where the program's user
+        // namespace was created holding all of them, the bounding set is empty too.
+        for set in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"] {
+            assert!(
+                out.contains(&format!("{set} 0000000000000000")),
+                "{set} {out}"
+            );
+        }
+        if !support::is_root() {
+            assert!(out.contains("CapBnd: 0000000000000000"), "{out}");
+        }
         assert_nothing_left();
     });
 }
