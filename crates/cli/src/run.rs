@@ -5,8 +5,7 @@ use std::process::ExitCode;
 
 use afterburner_sandbox::{
     Language, Limits, Measurement, Mode, RepeatSummary, RunRequest, RunResult, Sandbox,
-    SandboxConfig,
-    SandboxError, Status,
+    SandboxConfig, SandboxError, Status,
 };
 use anyhow::{Context, Result, bail};
 use clap::Args;
