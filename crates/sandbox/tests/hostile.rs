@@ -1,7 +1,7 @@
 //! Hostile programs: each must be contained by the sandbox.
 //!
-//! Every test runs inside an outer PID namespace and cgroup (see `support::contained`), so a
-//! broken sandbox cannot harm the machine running the tests.
+//! Every test runs inside an outer PID namespace and cgroup (see `afterburner_testkit::contained`,
+//! re-exported by `support`), so a broken sandbox cannot harm the machine running the tests.
 
 mod support;
 

@@ -3,9 +3,17 @@
 //!
 //! `contained("name", || ...)` re-executes the current test binary for that one test under
 //! `unshare --pid --fork --kill-child --mount-proc`, inside a fresh cgroup with memory and process
-//! limits. When the re-executed test ends, its PID namespace dies with everything in it. Inside,
-//! `/proc` shows only the namespace's processes, and the sandbox's cgroups sit under the outer
-//! one ([`own_cgroup_dirs`]), so a test can count what it leaves behind.
+//! limits and under a watchdog. When the re-executed test ends, its PID namespace dies with
+//! everything in it. Inside, `/proc` shows only the namespace's processes, and the sandbox's
+//! cgroups sit under the outer one ([`own_cgroup_dirs`]), so a test can count what it leaves
+//! behind. On cgroup v2 the test goes into a leaf `test` of the outer cgroup (v2 puts processes
+//! in leaves only), so that cgroups below the outer one may get controllers. When the test ends,
+//! the outer cgroup and every cgroup left below it are emptied and removed.
+//!
+//! Rootless mode: with `AFTERBURNER_TEST_USER=<user>` ([`TEST_USER_ENV`]; run as root), the
+//! re-executed test drops to that ordinary user inside the outer PID namespace and cgroup
+//! (`setpriv`), with a clean environment and a TMPDIR the user owns, so the sandbox under test
+//! runs rootless, behind the same guard rails. `scripts/test-rootless` does this.
 
 use std::fs;
 use std::io;
@@ -16,12 +24,93 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ENV: &str = "AFTERBURNER_CONTAINED_TEST";
+/// Names the ordinary user contained tests run as (rootless mode); unset: as the caller.
+pub const TEST_USER_ENV: &str = "AFTERBURNER_TEST_USER";
+/// How outer cgroups are named: `afterburner-test-<pid>-<test name>`.
+const OUTER_PREFIX: &str = "afterburner-test-";
+
+/// Whether this process is root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The uid and gid of `user`, from `id`.
+fn user_ids(user: &str) -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, user])
+            .output()
+            .expect("run `id`");
+        assert!(
+            out.status.success(),
+            "{TEST_USER_ENV}={user}: no such user (create it: `useradd -m {user}`)"
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("numeric id")
+    };
+    (id("-u"), id("-g"))
+}
+
+/// A scratch directory the test user owns (its TMPDIR), removed on drop.
+struct UserTmp(PathBuf);
+
+impl UserTmp {
+    fn create(name: &str, uid: u32, gid: u32) -> UserTmp {
+        let d = std::env::temp_dir().join(format!(
+            "afterburner-rootless-{}-{name}",
+            std::process::id()
+        ));
+        fs::create_dir_all(&d).expect("create the test user's TMPDIR");
+        std::os::unix::fs::chown(&d, Some(uid), Some(gid)).expect("chown the test user's TMPDIR");
+        UserTmp(d)
+    }
+}
+
+impl Drop for UserTmp {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
 
 /// The outer cgroup directories (one per v1 hierarchy, or one v2 directory).
 struct Outer {
     dirs: Vec<PathBuf>,
+    /// Where the test process goes: `dirs`, or on v2 a leaf below it, so that cgroups below the
+    /// outer one may get controllers (v2 puts processes in leaves only).
+    join: Vec<PathBuf>,
 }
 
+/// Every process in the cgroup directory `dir` and below it.
+fn tree_pids(dir: &Path) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(t) = fs::read_to_string(d.join("cgroup.procs")) {
+            out.extend(t.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Removes the cgroup directory `dir` and every cgroup below it, deepest first.
+fn remove_tree(dir: &Path) {
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&e.path());
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+/// This process's cgroup path in the v1 hierarchy of `controller`, or the v2 one for `""`.
 fn own_path(controller: &str) -> Option<String> {
     let text = fs::read_to_string("/proc/self/cgroup").ok()?;
     text.lines().find_map(|l| {
@@ -40,8 +129,9 @@ fn own_path(controller: &str) -> Option<String> {
 
 impl Outer {
     fn create(name: &str) -> io::Result<Outer> {
-        let leaf = format!("afterburner-test-{}-{name}", std::process::id());
+        let leaf = format!("{OUTER_PREFIX}{}-{name}", std::process::id());
         let mut dirs = Vec::new();
+        let mut join = Vec::new();
         if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
             let own = own_path("").unwrap_or_else(|| "/".into());
             let d = Path::new("/sys/fs/cgroup")
@@ -50,6 +140,13 @@ impl Outer {
             fs::create_dir_all(&d)?;
             fs::write(d.join("memory.max"), "3221225472")?;
             fs::write(d.join("pids.max"), "1024")?;
+            let leaf = d.join("test");
+            let enabled = fs::write(d.join("cgroup.subtree_control"), "+memory +pids").is_ok();
+            join.push(if enabled && fs::create_dir(&leaf).is_ok() {
+                leaf
+            } else {
+                d.clone()
+            });
             dirs.push(d);
         } else {
             for (ctrl, file, value) in [
@@ -63,16 +160,15 @@ impl Outer {
                     .join(&leaf);
                 fs::create_dir_all(&d)?;
                 fs::write(d.join(file), value)?;
+                join.push(d.clone());
                 dirs.push(d);
             }
         }
-        Ok(Outer { dirs })
+        Ok(Outer { dirs, join })
     }
 
     fn pids(&self) -> Vec<i32> {
-        fs::read_to_string(self.dirs[0].join("cgroup.procs"))
-            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
-            .unwrap_or_default()
+        tree_pids(&self.dirs[0])
     }
 
     fn kill_all(&self) {
@@ -94,21 +190,14 @@ impl Drop for Outer {
     fn drop(&mut self) {
         self.kill_all();
         for d in &self.dirs {
-            // Children left by the sandbox (its `afterburner` parent) go first.
-            if let Ok(entries) = fs::read_dir(d) {
-                for e in entries.flatten() {
-                    if e.path().is_dir() {
-                        let _ = fs::remove_dir(e.path());
-                    }
-                }
-            }
-            let _ = fs::remove_dir(d);
+            // Cgroups left below it (the sandbox's `afterburner` parent, v2 leaves) go first.
+            remove_tree(d);
         }
     }
 }
 
 /// Runs `body` inside an outer PID namespace and cgroup (memory 3 GiB, 1024 processes), killed
-/// after 180 s.
+/// after 180 s; as the user [`TEST_USER_ENV`] names, if set.
 ///
 /// `name` must be the test function's name: the test binary is re-executed with it as filter.
 pub fn contained(name: &str, body: impl FnOnce()) {
@@ -125,7 +214,7 @@ pub fn contained_within(name: &str, limit: Duration, body: impl FnOnce()) {
         panic!("cannot create the outer cgroup that makes this hostile test safe: {e}")
     });
     let procs: Vec<fs::File> = outer
-        .dirs
+        .join
         .iter()
         .map(|d| {
             fs::OpenOptions::new()
@@ -137,8 +226,32 @@ pub fn contained_within(name: &str, limit: Duration, body: impl FnOnce()) {
     let fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
     let exe = std::env::current_exe().expect("current test executable");
     let mut cmd = Command::new("unshare");
-    cmd.args(["--pid", "--fork", "--kill-child", "--mount-proc"])
-        .arg(exe)
+    cmd.args(["--pid", "--fork", "--kill-child", "--mount-proc"]);
+    let mut _user_tmp = None;
+    if let Ok(user) = std::env::var(TEST_USER_ENV) {
+        assert!(
+            is_root(),
+            "{TEST_USER_ENV} needs the tests to start as root (they drop to {user} inside the \
+             outer PID namespace and cgroup)"
+        );
+        let (uid, gid) = user_ids(&user);
+        let tmp = UserTmp::create(name, uid, gid);
+        // A clean environment: the user's PATH finds system toolchains, not root's shims.
+        cmd.env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", &tmp.0)
+            .env("TMPDIR", &tmp.0)
+            .env(TEST_USER_ENV, &user)
+            .arg("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={gid}"))
+            .args(["--clear-groups", "--"]);
+        if let Ok(v) = std::env::var("RUST_BACKTRACE") {
+            cmd.env("RUST_BACKTRACE", v);
+        }
+        _user_tmp = Some(tmp);
+    }
+    cmd.arg(exe)
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env(ENV, name)
         .stdin(Stdio::null())
@@ -166,12 +279,9 @@ pub fn contained_within(name: &str, limit: Duration, body: impl FnOnce()) {
         while !done2.load(std::sync::atomic::Ordering::Relaxed) {
             if start.elapsed() > limit {
                 // Kill everything in the outer cgroup: the test hung.
-                let procs = watchdog_dirs[0].join("cgroup.procs");
-                for p in fs::read_to_string(procs).unwrap_or_default().lines() {
-                    if let Ok(p) = p.trim().parse::<i32>() {
-                        // SAFETY: kill takes no pointers; a PID that has gone meanwhile only makes it fail (ESRCH).
-                        unsafe { libc::kill(p, libc::SIGKILL) };
-                    }
+                for p in tree_pids(&watchdog_dirs[0]) {
+                    // SAFETY: kill takes no pointers; a PID that has gone meanwhile only makes it fail (ESRCH).
+                    unsafe { libc::kill(p, libc::SIGKILL) };
                 }
                 // SAFETY: kill takes no pointers; `pid` is our child, which `child` has not reaped yet.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -200,6 +310,14 @@ pub fn contained_within(name: &str, limit: Duration, body: impl FnOnce()) {
         "contained test `{name}` failed ({})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
         out.status
     );
+    // Lines the test marks `note: ` (e.g. why part of it cannot run here) reach the terminal
+    // even when the harness captures output: written to the descriptor, not through print!.
+    for line in stdout.lines() {
+        if let Some(at) = line.find("note: ") {
+            use std::io::Write;
+            let _ = writeln!(io::stderr(), "{name}: {}", &line[at..]);
+        }
+    }
 }
 
 /// Whether this process is the re-executed, contained run of a test.
@@ -207,12 +325,25 @@ pub fn is_contained() -> bool {
     std::env::var_os(ENV).is_some()
 }
 
-/// This process's own cgroup directories (one per v1 hierarchy of `controllers`, or the v2
-/// one); inside [`contained`] they are the outer cgroup, under which the sandbox makes its own.
+/// The outer cgroup directories (one per v1 hierarchy of `controllers`, or the v2 one) when
+/// inside [`contained`], under which the sandbox makes its own; elsewhere this process's own.
+///
+/// On v2 the contained test starts in a leaf of the outer cgroup and may move to a sibling (the
+/// cgroup v2 test does), so the nearest `afterburner-test-*` ancestor is taken.
 pub fn own_cgroup_dirs(controllers: &[&str]) -> Vec<PathBuf> {
     if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         let own = own_path("").unwrap_or_else(|| "/".into());
-        return vec![Path::new("/sys/fs/cgroup").join(own.trim_start_matches('/'))];
+        let dir = Path::new("/sys/fs/cgroup").join(own.trim_start_matches('/'));
+        let outer = is_contained()
+            .then(|| {
+                dir.ancestors().find(|a| {
+                    a.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(OUTER_PREFIX))
+                })
+            })
+            .flatten()
+            .map(Path::to_path_buf);
+        return vec![outer.unwrap_or(dir)];
     }
     controllers
         .iter()
