@@ -111,7 +111,9 @@ def grpo_step(model_dir: Path, seq: int, steps: int, r: int, threads: int, group
     times = []
     for k in range(steps + 1):
         start = time.perf_counter()
-        logits = model(input_ids=ids).logits[:, start_at - 1 : -1, :]
+        # As TRL's GRPOTrainer: logits for the completion's positions only (`logits_to_keep`).
+        keep = seq - start_at
+        logits = model(input_ids=ids, logits_to_keep=keep + 1).logits[:, :-1, :]
         targets = ids[:, start_at:]
         logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         ratio = torch.exp(logps - logps.detach())

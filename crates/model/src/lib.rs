@@ -6,6 +6,7 @@ pub mod bench;
 pub mod chat_template;
 pub mod config;
 pub mod error;
+mod fused;
 pub mod generation;
 pub mod gguf;
 pub mod hub;

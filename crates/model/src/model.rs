@@ -83,6 +83,28 @@ fn frozen_weight_training(x: &Tensor, weight: &Tensor) -> bool {
         && x.device().is_cpu()
 }
 
+/// Whether [`Linear::forward`] runs a LoRA projection as one fused node
+/// ([`crate::fused::LoraMatmul`]): training (the adapter tracks gradients) through a frozen f32
+/// weight, with f32 adapters and input, on the CPU.
+fn fused_lora(x: &Tensor, weight: &Tensor, lora: &LoraAdapter) -> bool {
+    (lora.a.track_op() || lora.b.track_op())
+        && !weight.track_op()
+        && x.device().is_cpu()
+        && [x.dtype(), weight.dtype(), lora.a.dtype(), lora.b.dtype()]
+            .iter()
+            .all(|d| *d == DType::F32)
+}
+
+/// Whether a forward pass runs the fused training kernels of [`crate::fused`]: `x` tracks
+/// gradients, and it and `other` are f32 on the CPU.
+fn fused_training(x: &Tensor, other: &Tensor) -> bool {
+    x.track_op()
+        && x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && other.dtype() == DType::F32
+        && other.device().is_cpu()
+}
+
 /// `x W^T` with a constant `W` (`[out, in]`): its backward gives `x`'s gradient only
 /// (`grad W`), never the frozen weight's, which candle's matmul would compute and discard,
 /// a third of a LoRA step's matrix products.
@@ -187,6 +209,31 @@ impl Linear {
         let features = dims[dims.len() - 1];
         let rows = x.elem_count() / features.max(1);
         let x2 = x.reshape((rows, features))?; // [n, in]
+        if let Some(lora) = &self.lora
+            && let LinearWeight::Dense(weight) = &self.weight
+            && fused_lora(&x2, weight, lora)
+        {
+            // Training on the CPU in f32: the projection and its adapter as one node.
+            let mask = match &lora.dropout {
+                Some(dropout) if dropout.p > 0.0 => Some(Arc::new(
+                    dropout.mask(&x2)?.flatten_all()?.to_vec1::<f32>()?,
+                )),
+                _ => None,
+            };
+            let op = crate::fused::LoraMatmul {
+                weight: weight.clone(),
+                scaling: lora.scaling as f32,
+                mask,
+            };
+            let mut y = x2.contiguous()?.apply_op3(&lora.a, &lora.b, op)?;
+            if let Some(bias) = &self.bias {
+                y = y.broadcast_add(bias)?;
+            }
+            let mut out_dims = dims;
+            let last = out_dims.len() - 1;
+            out_dims[last] = self.out_features()?;
+            return Ok(y.reshape(out_dims)?);
+        }
         let mut y = match &self.weight {
             LinearWeight::Quantized(q) => q.forward(&x2)?,
             LinearWeight::Dense(weight) => {
@@ -312,6 +359,12 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// `x * rsqrt(mean(x^2) + eps) * weight`, as transformers' `Qwen2RMSNorm`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if fused_training(x, &self.weight) {
+            let op = crate::fused::RmsNormOp {
+                eps: self.eps as f32,
+            };
+            return Ok(x.contiguous()?.apply_op2(&self.weight, op)?);
+        }
         let dtype = x.dtype();
         let x32 = x.to_dtype(DType::F32)?;
         let mean_square = x32.sqr()?.mean_keepdim(D::Minus1)?; // [.., 1]
@@ -325,6 +378,8 @@ impl RmsNorm {
 struct Rotary {
     cos: Tensor,
     sin: Tensor,
+    /// The f32 tables, `[b, s, d]`, for the fused training kernel.
+    values: (Arc<Vec<f32>>, Arc<Vec<f32>>),
 }
 
 impl Rotary {
@@ -355,13 +410,21 @@ impl Rotary {
                 }
             }
         }
+        let values = (Arc::new(cos.clone()), Arc::new(sin.clone()));
         let cos = Tensor::from_vec(cos, (b, 1, s, head_dim), device)?.to_dtype(dtype)?;
         let sin = Tensor::from_vec(sin, (b, 1, s, head_dim), device)?.to_dtype(dtype)?;
-        Ok(Rotary { cos, sin })
+        Ok(Rotary { cos, sin, values })
     }
 
     /// `x * cos + rotate_half(x) * sin` for `x` of shape `[b, heads, s, d]`.
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        if fused_training(x, &self.cos) {
+            let op = crate::fused::RotaryOp {
+                cos: self.values.0.clone(),
+                sin: self.values.1.clone(),
+            };
+            return Ok(x.contiguous()?.apply_op1(op)?);
+        }
         let d = x.dim(D::Minus1)?;
         let x1 = x.narrow(D::Minus1, 0, d / 2)?;
         let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
@@ -532,9 +595,15 @@ pub struct Mlp {
 impl Mlp {
     /// `down(silu(gate(x)) * up(x))`, `[b, s, e] -> [b, s, e]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.silu()?;
+        let gate = self.gate_proj.forward(x)?;
         let up = self.up_proj.forward(x)?;
-        self.down_proj.forward(&(gate * up)?)
+        let hidden = if fused_training(&gate, &up) {
+            gate.contiguous()?
+                .apply_op2(&up.contiguous()?, crate::fused::SiluMul)?
+        } else {
+            (gate.silu()? * up)?
+        };
+        self.down_proj.forward(&hidden)
     }
 }
 
@@ -986,8 +1055,35 @@ impl CausalLm {
         &self,
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
         output: LogitsOutput,
+    ) -> Result<Tensor> {
+        let x = self.hidden_states(input_ids, attention_mask, cache)?; // [b, s, e]
+        let s = x.dim(1)?;
+        let x = match output {
+            LogitsOutput::All => x,
+            LogitsOutput::Last => x.narrow(1, s - 1, 1)?, // [b, 1, e]
+        };
+        let logits = self.head(&x)?;
+        Ok(match output {
+            LogitsOutput::All => logits,              // [b, s, v]
+            LogitsOutput::Last => logits.squeeze(1)?, // [b, v]
+        })
+    }
+
+    /// The final norm and `lm_head`: hidden states `[.., e]` (from [`Self::hidden_states`]) to
+    /// logits `[.., v]`. Training applies it to the positions a loss is taken at only, as
+    /// transformers' `logits_to_keep`.
+    pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(&self.norm.forward(hidden)?)
+    }
+
+    /// The decoder's output before the final norm, `[b, s, e]`; arguments as [`Self::forward`].
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let (b, s) = input_ids.dims2().map_err(|_| {
             ModelError::Invalid(format!(
@@ -1103,16 +1199,7 @@ impl CausalLm {
         if let Some(cache) = cache {
             cache.len = t;
         }
-        let x = match output {
-            LogitsOutput::All => x,
-            LogitsOutput::Last => x.narrow(1, s - 1, 1)?, // [b, 1, e]
-        };
-        let x = self.norm.forward(&x)?;
-        let logits = self.lm_head.forward(&x)?;
-        Ok(match output {
-            LogitsOutput::All => logits,              // [b, s, v]
-            LogitsOutput::Last => logits.squeeze(1)?, // [b, v]
-        })
+        Ok(x)
     }
 }
 

@@ -8,8 +8,7 @@
 //! 1 + eps_high) A) + beta kl(t)` with `kl(t) = exp(ref(t) - logp(t)) - (ref(t) - logp(t)) - 1`,
 //! times `ratio` when `bias_correction_kl` is set (TRL's default); the batch's loss is the sum over tokens divided by the batch's completion tokens.
 
-use afterburner_model::{LanguageModel, LogitsOutput, Tensor};
-use candle_core::D;
+use afterburner_model::{LanguageModel, Tensor};
 
 use crate::TrainError;
 use crate::sft::Tokenized;
@@ -70,26 +69,7 @@ pub fn group_advantages(
 
 /// Log-probabilities of each completion token of `example` under `model` (`[completion]`).
 pub fn token_logps(model: &LanguageModel, example: &Tokenized) -> Result<Tensor, TrainError> {
-    let err = |e: candle_core::Error| TrainError::Model(e.to_string());
-    let device = model.model().device().clone();
-    let n = example.ids.len();
-    let start = example.completion_start;
-    let input = Tensor::from_vec(example.ids.clone(), (1, n), &device).map_err(err)?;
-    let logits = model
-        .model()
-        .forward(&input, None, None, LogitsOutput::All)
-        .map_err(|e| TrainError::Model(e.to_string()))?;
-    let logits = logits
-        .squeeze(0)
-        .and_then(|l| l.narrow(0, start - 1, n - start))
-        .and_then(|l| l.to_dtype(candle_core::DType::F32))
-        .map_err(err)?;
-    let targets =
-        Tensor::from_vec(example.ids[start..].to_vec(), (n - start, 1), &device).map_err(err)?;
-    candle_nn::ops::log_softmax(&logits, D::Minus1)
-        .and_then(|lp| lp.gather(&targets, 1))
-        .and_then(|lp| lp.squeeze(1))
-        .map_err(err)
+    crate::sft::completion_logps(model, example)
 }
 
 /// One sampled completion, ready for the loss.
@@ -125,8 +105,70 @@ pub fn rollout_loss(
     rollout: &Rollout,
     settings: &GrpoLoss,
 ) -> Result<(Tensor, RolloutStats), TrainError> {
-    let err = |e: candle_core::Error| TrainError::Model(e.to_string());
     let logps = token_logps(model, &rollout.tokens)?;
+    loss_of_logps(&logps, rollout, settings)
+}
+
+/// Most tokens (padding included) [`batch_loss`]'s callers put in one forward pass: batching
+/// makes the matrix products larger and the passes fewer, and the activations kept for backward
+/// grow with it.
+pub const TOKENS_PER_FORWARD: usize = 1024;
+
+/// Splits `rollouts` into consecutive micro-batches of at most [`TOKENS_PER_FORWARD`] padded
+/// tokens (a longer rollout goes alone).
+pub fn micro_batches(rollouts: &[Rollout]) -> Vec<&[Rollout]> {
+    let mut out = Vec::new();
+    let (mut start, mut width) = (0, 0);
+    for (k, r) in rollouts.iter().enumerate() {
+        let w = width.max(r.tokens.ids.len());
+        if k > start && w * (k + 1 - start) > TOKENS_PER_FORWARD {
+            out.push(&rollouts[start..k]);
+            start = k;
+            width = r.tokens.ids.len();
+        } else {
+            width = w;
+        }
+    }
+    if start < rollouts.len() {
+        out.push(&rollouts[start..]);
+    }
+    out
+}
+
+/// [`rollout_loss`] summed over `rollouts`, computed in one forward pass over them (see
+/// [`crate::sft::batch_completion_logps`]), with their statistics summed.
+pub fn batch_loss(
+    model: &LanguageModel,
+    rollouts: &[Rollout],
+    settings: &GrpoLoss,
+) -> Result<(Tensor, RolloutStats), TrainError> {
+    let err = |e: candle_core::Error| TrainError::Model(e.to_string());
+    let tokens: Vec<&Tokenized> = rollouts.iter().map(|r| &r.tokens).collect();
+    let logps = crate::sft::batch_completion_logps(model, &tokens)?;
+    let mut total: Option<Tensor> = None;
+    let mut stats = RolloutStats::default();
+    for (logps, rollout) in logps.iter().zip(rollouts) {
+        let (loss, s) = loss_of_logps(logps, rollout, settings)?;
+        total = Some(match total {
+            None => loss,
+            Some(t) => (t + loss).map_err(err)?,
+        });
+        stats.tokens += s.tokens;
+        stats.clipped += s.clipped;
+        stats.kl_sum += s.kl_sum;
+    }
+    let total = total.ok_or_else(|| TrainError::Config("a batch without rollouts".into()))?;
+    Ok((total, stats))
+}
+
+/// The summed per-token loss of `rollout` given its completion tokens' log-probabilities
+/// under the policy being trained.
+fn loss_of_logps(
+    logps: &Tensor,
+    rollout: &Rollout,
+    settings: &GrpoLoss,
+) -> Result<(Tensor, RolloutStats), TrainError> {
+    let err = |e: candle_core::Error| TrainError::Model(e.to_string());
     let n = logps.dims1().map_err(err)?;
     let device = logps.device().clone();
     let old = match &rollout.old_logps {
@@ -139,7 +181,7 @@ pub fn rollout_loss(
             )));
         }
     };
-    let ratio = (&logps - &old).and_then(|d| d.exp()).map_err(err)?;
+    let ratio = (logps - &old).and_then(|d| d.exp()).map_err(err)?;
     let clipped = ratio
         .clamp(1.0 - settings.epsilon_low, 1.0 + settings.epsilon_high)
         .map_err(err)?;
@@ -159,7 +201,7 @@ pub fn rollout_loss(
             TrainError::Config("beta > 0 needs the reference log-probabilities".into())
         })?;
         let reference = Tensor::from_vec(reference, n, &device).map_err(err)?;
-        let diff = (&reference - &logps).map_err(err)?;
+        let diff = (&reference - logps).map_err(err)?;
         let mut kl = (diff.exp().map_err(err)? - &diff)
             .and_then(|k| k - 1.0)
             .map_err(err)?;

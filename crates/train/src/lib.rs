@@ -16,6 +16,7 @@
 
 pub mod dpo;
 pub mod grpo;
+pub mod logprob;
 pub mod lora;
 pub mod optim;
 pub mod sft;
@@ -1045,8 +1046,8 @@ pub fn train_grpo(
         let vars = adapters.vars();
         let mut grads = None;
         let (mut loss_sum, mut clipped, mut kl_sum) = (0.0, 0usize, 0.0);
-        for rollout in rollouts {
-            let (loss, stats) = grpo::rollout_loss(model, rollout, &settings.loss)?;
+        for micro_batch in grpo::micro_batches(rollouts) {
+            let (loss, stats) = grpo::batch_loss(model, micro_batch, &settings.loss)?;
             loss_sum += loss.to_scalar::<f32>().map_err(err)? as f64;
             clipped += stats.clipped;
             kl_sum += stats.kl_sum;
@@ -1146,7 +1147,7 @@ pub fn time_sft_steps(
 
 /// Times `steps` LoRA GRPO-loss steps (the clipped objective over `group` rollouts of `ids`
 /// whose second half is the completion, advantages alternating in sign, one iteration per batch
-/// as TRL's default, backward, AdamW), after one warm-up step: the GRPO side of
+/// as TRL's default, forward in micro-batches as training does, backward, AdamW), after one warm-up step: the GRPO side of
 /// `afterburner bench train`. Returns each timed step's milliseconds.
 pub fn time_grpo_steps(
     model: &mut LanguageModel,
@@ -1184,8 +1185,8 @@ pub fn time_grpo_steps(
     for k in 0..=steps {
         let started = Instant::now();
         let mut grads = None;
-        for rollout in &rollouts {
-            let (loss, _) = grpo::rollout_loss(model, rollout, &settings)?;
+        for micro_batch in grpo::micro_batches(&rollouts) {
+            let (loss, _) = grpo::batch_loss(model, micro_batch, &settings)?;
             let g = (loss / tokens as f64)
                 .map_err(err)?
                 .backward()

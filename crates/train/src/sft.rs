@@ -12,8 +12,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-use afterburner_model::{ChatMessage, LanguageModel, LogitsOutput, Tensor};
-use candle_core::D;
+use afterburner_model::{ChatMessage, LanguageModel, Tensor};
 use serde_json::Value;
 
 use crate::TrainError;
@@ -217,29 +216,75 @@ pub fn tokenize(
     }))
 }
 
+/// Log-probabilities of each completion token of `example` under `model` (`[completion]`).
+pub fn completion_logps(model: &LanguageModel, example: &Tokenized) -> Result<Tensor, TrainError> {
+    let mut one = batch_completion_logps(model, &[example])?;
+    one.pop()
+        .ok_or_else(|| TrainError::Model("no log-probabilities".into()))
+}
+
+/// Log-probabilities of each completion token of each of `examples`, in one forward pass over
+/// them right-padded into a batch (causal attention: padding after a sequence never reaches
+/// it). The head runs on the positions that predict completion tokens only, and the
+/// log-softmax is fused ([`crate::logprob`]). One `[completion]` tensor per example.
+pub fn batch_completion_logps(
+    model: &LanguageModel,
+    examples: &[&Tokenized],
+) -> Result<Vec<Tensor>, TrainError> {
+    let err = |e: candle_core::Error| TrainError::Model(e.to_string());
+    let device = model.model().device().clone();
+    let width = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(examples.len() * width);
+    let (mut rows, mut targets, mut counts) = (Vec::new(), Vec::new(), Vec::new());
+    for (b, example) in examples.iter().enumerate() {
+        let (n, start) = (example.ids.len(), example.completion_start);
+        if start == 0 || start >= n {
+            return Err(TrainError::Config(format!(
+                "a completion starting at token {start} of {n}"
+            )));
+        }
+        ids.extend(&example.ids);
+        ids.extend(std::iter::repeat_n(0u32, width - n));
+        // Hidden states at positions start-1 .. n-1 predict tokens start .. n.
+        rows.extend((start - 1..n - 1).map(|p| (b * width + p) as u32));
+        targets.extend(&example.ids[start..]);
+        counts.push(n - start);
+    }
+    if examples.is_empty() {
+        return Ok(Vec::new());
+    }
+    let input = Tensor::from_vec(ids, (examples.len(), width), &device).map_err(err)?;
+    let hidden = model
+        .model()
+        .hidden_states(&input, None, None)
+        .map_err(|e| TrainError::Model(e.to_string()))?;
+    let hidden_size = hidden.dim(2).map_err(err)?;
+    let index = Tensor::from_vec(rows, targets.len(), &device).map_err(err)?;
+    let picked = hidden
+        .reshape((examples.len() * width, hidden_size))
+        .and_then(|h| h.index_select(&index, 0))
+        .map_err(err)?;
+    let logits = model
+        .model()
+        .head(&picked)
+        .map_err(|e| TrainError::Model(e.to_string()))?
+        .to_dtype(candle_core::DType::F32)
+        .map_err(err)?;
+    let logps = crate::logprob::target_log_probs(&logits, &targets).map_err(err)?;
+    let mut out = Vec::with_capacity(counts.len());
+    let mut at = 0;
+    for count in counts {
+        out.push(logps.narrow(0, at, count).map_err(err)?);
+        at += count;
+    }
+    Ok(out)
+}
+
 /// The summed negative log-likelihood of `example`'s completion tokens (a scalar tensor).
 pub fn completion_nll(model: &LanguageModel, example: &Tokenized) -> Result<Tensor, TrainError> {
     let err = |e: candle_core::Error| TrainError::Model(e.to_string());
-    let device = model.model().device().clone();
-    let n = example.ids.len();
-    let input = Tensor::from_vec(example.ids.clone(), (1, n), &device).map_err(err)?;
-    let logits = model
-        .model()
-        .forward(&input, None, None, LogitsOutput::All)
-        .map_err(|e| TrainError::Model(e.to_string()))?;
-    let start = example.completion_start;
-    // Logits at positions start-1 .. n-1 predict tokens start .. n.
-    let logits = logits
-        .squeeze(0)
-        .and_then(|l| l.narrow(0, start - 1, n - start))
-        .and_then(|l| l.to_dtype(candle_core::DType::F32))
-        .map_err(err)?;
-    let targets =
-        Tensor::from_vec(example.ids[start..].to_vec(), (n - start, 1), &device).map_err(err)?;
-    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1).map_err(err)?;
-    log_probs
-        .gather(&targets, 1)
-        .and_then(|p| p.sum_all())
+    completion_logps(model, example)?
+        .sum_all()
         .and_then(|s| s.neg())
         .map_err(err)
 }

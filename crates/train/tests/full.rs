@@ -144,7 +144,9 @@ fn full_dpo_starts_at_log_2_against_the_frozen_start_and_learns() {
     )
     .unwrap();
     assert!((summary.first_loss - std::f64::consts::LN_2).abs() < 1e-4);
-    assert!(steps[0].margin.abs() < 1e-6, "{:?}", steps[0]);
+    // Equal up to rounding: the policy's pass runs the fused training kernels, the frozen
+    // reference's candle's composite operations.
+    assert!(steps[0].margin.abs() < 1e-5, "{:?}", steps[0]);
     let last = steps.last().unwrap();
     assert_eq!(last.accuracy, 1.0, "{last:?}");
     assert!(last.margin > 0.1, "{last:?}");

@@ -51,7 +51,18 @@ fn a_fresh_adapter_changes_nothing_and_is_saved_as_peft_saves_it() {
         2 * 7,
         "7 projections in each of 2 layers"
     );
-    assert_eq!(logits(&m, &IDS), before, "B starts at zero");
+    // B starts at zero: the same logits, up to rounding (with adapters that track gradients
+    // the forward pass runs the fused training kernels, without them candle's composite ones).
+    let after = logits(&m, &IDS);
+    let worst = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst < 1e-5,
+        "B starts at zero, yet logits moved by {worst}"
+    );
     let dir = tempfile::tempdir().unwrap();
     adapters.save_peft(dir.path(), Some("tiny-qwen2")).unwrap();
     let cfg: Value = serde_json::from_str(

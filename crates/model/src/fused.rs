@@ -1,0 +1,741 @@
+//! Fused CPU kernels for training in f32: a LoRA projection, RMSNorm, rotary embedding and the
+//! SiLU gate, each one autograd node with a hand-written backward instead of the dozen
+//! elementwise nodes candle would record (each of which, in backward, allocates a zeroed
+//! gradient, adds into it and walks on). [`crate::model`] uses them when a forward pass tracks
+//! gradients on the CPU in f32; elsewhere it keeps candle's composite operations.
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+type OpResult<T> = candle_core::Result<T>;
+
+/// A row-major matrix operand: its values and how many rows and columns it has, read
+/// transposed or not.
+#[derive(Clone, Copy)]
+struct Operand<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    transposed: bool,
+}
+
+impl<'a> Operand<'a> {
+    fn plain(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Operand {
+            data,
+            rows,
+            cols,
+            transposed: false,
+        }
+    }
+
+    fn t(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Operand {
+            data,
+            rows,
+            cols,
+            transposed: true,
+        }
+    }
+
+    /// The operand's shape as read: `(rows, cols)` of `op(M)`.
+    fn shape(&self) -> (usize, usize) {
+        if self.transposed {
+            (self.cols, self.rows)
+        } else {
+            (self.rows, self.cols)
+        }
+    }
+
+    /// Column and row strides of `op(M)`.
+    fn strides(&self) -> (isize, isize) {
+        if self.transposed {
+            (self.cols as isize, 1)
+        } else {
+            (1, self.cols as isize)
+        }
+    }
+}
+
+/// `c = (accumulate ? c : 0) + scale * op(a) op(b)`, `c` row-major `[m, n]`.
+fn matmul(a: Operand<'_>, b: Operand<'_>, c: &mut [f32], scale: f32, accumulate: bool) {
+    let (m, k) = a.shape();
+    let (k2, n) = b.shape();
+    assert!(
+        k == k2
+            && a.data.len() >= a.rows * a.cols
+            && b.data.len() >= b.rows * b.cols
+            && c.len() >= m * n,
+        "fused matmul: mismatched operands"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let (a_cs, a_rs) = a.strides();
+    let (b_cs, b_rs) = b.strides();
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the assertion above bounds every index the strides reach: op(a) is m x k within
+    // a's rows * cols values, op(b) k x n within b's, c m x n row-major within c.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a_cs,
+            a_rs,
+            b.data.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// The contiguous f32 values of a CPU storage under `layout`.
+fn values<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> OpResult<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what} must be contiguous"),
+    }
+}
+
+/// Runs `f` on the contiguous f32 values of the CPU tensor `t`.
+fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> OpResult<R>) -> OpResult<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("fused kernels run on the CPU");
+    };
+    f(values(cpu, layout, "a fused kernel's operand")?)
+}
+
+fn tensor(values: Vec<f32>, shape: impl Into<Shape>) -> OpResult<Tensor> {
+    Tensor::from_vec(values, shape, &Device::Cpu)
+}
+
+/// `x * mask` (LoRA dropout) or `x` itself.
+fn masked<'a>(x: &'a [f32], mask: Option<&[f32]>, buffer: &'a mut Vec<f32>) -> &'a [f32] {
+    match mask {
+        Some(m) => {
+            *buffer = x.iter().zip(m).map(|(x, m)| x * m).collect();
+            buffer
+        }
+        None => x,
+    }
+}
+
+/// `y = x W^T + scaling ((x * mask) A^T) B^T`: a frozen projection with its LoRA adapter, as
+/// one node whose backward gives `x`'s gradient (when it tracks one) and the adapter's.
+/// Arguments: `x [n, in]`, `A [r, in]`, `B [out, r]`.
+pub(crate) struct LoraMatmul {
+    /// The frozen weight `[out, in]`, f32 on the CPU.
+    pub weight: Tensor,
+    /// `alpha / r`.
+    pub scaling: f32,
+    /// The dropout mask on the adapter's input, `[n, in]` (values 0 or `1 / (1 - p)`).
+    pub mask: Option<Arc<Vec<f32>>>,
+}
+
+impl CustomOp3 for LoraMatmul {
+    fn name(&self) -> &'static str {
+        "lora-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> OpResult<(CpuStorage, Shape)> {
+        let (n, inp) = l1.shape().dims2()?;
+        let (r, inp2) = l2.shape().dims2()?;
+        let (out, r2) = l3.shape().dims2()?;
+        let (wo, wi) = self.weight.dims2()?;
+        if inp != inp2 || r != r2 || wo != out || wi != inp {
+            candle_core::bail!(
+                "lora-matmul: x {:?}, A {:?}, B {:?}, W {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims(),
+                self.weight.dims()
+            );
+        }
+        let x = values(s1, l1, "x")?;
+        let a = values(s2, l2, "A")?;
+        let b = values(s3, l3, "B")?;
+        let mut y = vec![0f32; n * out];
+        with_values(&self.weight, |w| {
+            matmul(
+                Operand::plain(x, n, inp),
+                Operand::t(w, out, inp),
+                &mut y,
+                1.0,
+                false,
+            );
+            Ok(())
+        })?;
+        let mut buffer = Vec::new();
+        let xm = masked(x, self.mask.as_deref().map(Vec::as_slice), &mut buffer);
+        let mut h = vec![0f32; n * r];
+        matmul(
+            Operand::plain(xm, n, inp),
+            Operand::t(a, r, inp),
+            &mut h,
+            1.0,
+            false,
+        );
+        matmul(
+            Operand::plain(&h, n, r),
+            Operand::t(b, out, r),
+            &mut y,
+            self.scaling,
+            true,
+        );
+        Ok((CpuStorage::F32(y), Shape::from((n, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> OpResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, inp) = x.dims2()?;
+        let (r, _) = a.dims2()?;
+        let (out, _) = b.dims2()?;
+        let s = self.scaling;
+        let want_x = x.track_op();
+        with_values(x, |x| {
+            with_values(a, |a| {
+                with_values(b, |b| {
+                    with_values(grad, |dy| {
+                        let mut buffer = Vec::new();
+                        let mask = self.mask.as_deref().map(Vec::as_slice);
+                        let xm = masked(x, mask, &mut buffer);
+                        // h = xm A^T [n, r]; dB = s dy^T h; dh = s dy B; dA = dh^T xm.
+                        let mut h = vec![0f32; n * r];
+                        matmul(
+                            Operand::plain(xm, n, inp),
+                            Operand::t(a, r, inp),
+                            &mut h,
+                            1.0,
+                            false,
+                        );
+                        let mut db = vec![0f32; out * r];
+                        matmul(
+                            Operand::t(dy, n, out),
+                            Operand::plain(&h, n, r),
+                            &mut db,
+                            s,
+                            false,
+                        );
+                        let mut dh = vec![0f32; n * r];
+                        matmul(
+                            Operand::plain(dy, n, out),
+                            Operand::plain(b, out, r),
+                            &mut dh,
+                            s,
+                            false,
+                        );
+                        let mut da = vec![0f32; r * inp];
+                        matmul(
+                            Operand::t(&dh, n, r),
+                            Operand::plain(xm, n, inp),
+                            &mut da,
+                            1.0,
+                            false,
+                        );
+                        let dx = if want_x {
+                            // dx = dy W + (dh A) * mask.
+                            let mut dx = vec![0f32; n * inp];
+                            with_values(&self.weight, |w| {
+                                matmul(
+                                    Operand::plain(dy, n, out),
+                                    Operand::plain(w, out, inp),
+                                    &mut dx,
+                                    1.0,
+                                    false,
+                                );
+                                Ok(())
+                            })?;
+                            match mask {
+                                None => matmul(
+                                    Operand::plain(&dh, n, r),
+                                    Operand::plain(a, r, inp),
+                                    &mut dx,
+                                    1.0,
+                                    true,
+                                ),
+                                Some(m) => {
+                                    let mut dl = vec![0f32; n * inp];
+                                    matmul(
+                                        Operand::plain(&dh, n, r),
+                                        Operand::plain(a, r, inp),
+                                        &mut dl,
+                                        1.0,
+                                        false,
+                                    );
+                                    for ((dx, dl), m) in dx.iter_mut().zip(&dl).zip(m) {
+                                        *dx += dl * m;
+                                    }
+                                }
+                            }
+                            Some(tensor(dx, (n, inp))?)
+                        } else {
+                            None
+                        };
+                        Ok((dx, Some(tensor(da, (r, inp))?), Some(tensor(db, (out, r))?)))
+                    })
+                })
+            })
+        })
+    }
+}
+
+/// `x * rsqrt(mean(x^2) + eps) * weight` over the last dimension: arguments `x [.., e]` and
+/// `weight [e]`. The weight's gradient is computed only when it tracks one.
+pub(crate) struct RmsNormOp {
+    /// Added to the mean square.
+    pub eps: f32,
+}
+
+impl CustomOp2 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> OpResult<(CpuStorage, Shape)> {
+        let x = values(s1, l1, "x")?;
+        let w = values(s2, l2, "the norm's weight")?;
+        let e = w.len();
+        if e == 0 || l1.dims().last() != Some(&e) {
+            candle_core::bail!("rms-norm: x {:?}, weight {:?}", l1.dims(), l2.dims());
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(e).zip(x.par_chunks(e)).for_each(|(y, x)| {
+            let r = inv_rms(x, self.eps);
+            for ((y, x), w) in y.iter_mut().zip(x).zip(w) {
+                *y = x * r * w;
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> OpResult<(Option<Tensor>, Option<Tensor>)> {
+        let want_w = w.track_op();
+        let shape = x.shape().clone();
+        let e = w.elem_count();
+        let eps = self.eps;
+        with_values(x, |x| {
+            with_values(w, |w| {
+                with_values(grad, |dy| {
+                    // xhat = x r; dx = r (dy w - xhat mean(dy w xhat)); dw = sum_rows dy xhat.
+                    let mut dx = vec![0f32; x.len()];
+                    dx.par_chunks_mut(e)
+                        .zip(x.par_chunks(e).zip(dy.par_chunks(e)))
+                        .for_each(|(dx, (x, dy))| {
+                            let r = inv_rms(x, eps);
+                            let dot: f32 = x
+                                .iter()
+                                .zip(dy)
+                                .zip(w)
+                                .map(|((x, dy), w)| dy * w * x * r)
+                                .sum();
+                            let mean = dot / e as f32;
+                            for (((dx, x), dy), w) in dx.iter_mut().zip(x).zip(dy).zip(w) {
+                                *dx = r * (dy * w - x * r * mean);
+                            }
+                        });
+                    let dw = if want_w {
+                        let mut dw = vec![0f32; e];
+                        for (x, dy) in x.chunks(e).zip(dy.chunks(e)) {
+                            let r = inv_rms(x, eps);
+                            for ((dw, x), dy) in dw.iter_mut().zip(x).zip(dy) {
+                                *dw += dy * x * r;
+                            }
+                        }
+                        Some(tensor(dw, e)?)
+                    } else {
+                        None
+                    };
+                    Ok((Some(tensor(dx, shape.clone())?), dw))
+                })
+            })
+        })
+    }
+}
+
+/// `1 / sqrt(mean(x^2) + eps)` of one row.
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    let sum: f32 = x.iter().map(|v| v * v).sum();
+    1.0 / (sum / x.len() as f32 + eps).sqrt()
+}
+
+/// `silu(gate) * up`, elementwise: arguments `gate` and `up` of one shape.
+pub(crate) struct SiluMul;
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "silu-mul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> OpResult<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("silu-mul: gate {:?}, up {:?}", l1.dims(), l2.dims());
+        }
+        let g = values(s1, l1, "gate")?;
+        let u = values(s2, l2, "up")?;
+        let mut y = vec![0f32; g.len()];
+        y.par_chunks_mut(4096)
+            .zip(g.par_chunks(4096).zip(u.par_chunks(4096)))
+            .for_each(|(y, (g, u))| {
+                for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
+                    *y = g * sigmoid(*g) * u;
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> OpResult<(Option<Tensor>, Option<Tensor>)> {
+        let shape = gate.shape().clone();
+        with_values(gate, |g| {
+            with_values(up, |u| {
+                with_values(grad, |dy| {
+                    let mut dg = vec![0f32; g.len()];
+                    let mut du = vec![0f32; g.len()];
+                    dg.par_chunks_mut(4096)
+                        .zip(du.par_chunks_mut(4096))
+                        .zip(
+                            g.par_chunks(4096)
+                                .zip(u.par_chunks(4096))
+                                .zip(dy.par_chunks(4096)),
+                        )
+                        .for_each(|((dg, du), ((g, u), dy))| {
+                            for k in 0..g.len() {
+                                let s = sigmoid(g[k]);
+                                du[k] = dy[k] * g[k] * s;
+                                dg[k] = dy[k] * u[k] * s * (1.0 + g[k] * (1.0 - s));
+                            }
+                        });
+                    Ok((
+                        Some(tensor(dg, shape.clone())?),
+                        Some(tensor(du, shape.clone())?),
+                    ))
+                })
+            })
+        })
+    }
+}
+
+/// Rotary embedding `x cos + rotate_half(x) sin` for `x [b, h, s, d]`, with the tables
+/// `[b, s, d]` (shared by the heads).
+pub(crate) struct RotaryOp {
+    /// `cos`, `[b, s, d]`.
+    pub cos: Arc<Vec<f32>>,
+    /// `sin`, `[b, s, d]`.
+    pub sin: Arc<Vec<f32>>,
+}
+
+impl RotaryOp {
+    /// For each `[s, d]` plane of `x` (`[b, h, s, d]`), its batch row.
+    fn apply(&self, x: &[f32], dims: &[usize], backward: bool) -> OpResult<Vec<f32>> {
+        let &[b, h, s, d] = dims else {
+            candle_core::bail!("rotary: x must be [b, h, s, d], found {dims:?}");
+        };
+        if self.cos.len() != b * s * d || d % 2 != 0 {
+            candle_core::bail!("rotary: tables for another shape than {dims:?}");
+        }
+        let half = d / 2;
+        let plane = s * d;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(plane)
+            .zip(x.par_chunks(plane))
+            .enumerate()
+            .for_each(|(k, (y, x))| {
+                let row = k / h;
+                let cos = &self.cos[row * plane..(row + 1) * plane];
+                let sin = &self.sin[row * plane..(row + 1) * plane];
+                for p in 0..s {
+                    let (x, y) = (&x[p * d..(p + 1) * d], &mut y[p * d..(p + 1) * d]);
+                    let (c, sn) = (&cos[p * d..(p + 1) * d], &sin[p * d..(p + 1) * d]);
+                    for i in 0..half {
+                        if backward {
+                            // The transpose: dx = dy cos + rotate_half^T(dy sin).
+                            y[i] = x[i] * c[i] + x[i + half] * sn[i + half];
+                            y[i + half] = x[i + half] * c[i + half] - x[i] * sn[i];
+                        } else {
+                            y[i] = x[i] * c[i] - x[i + half] * sn[i];
+                            y[i + half] = x[i + half] * c[i + half] + x[i] * sn[i + half];
+                        }
+                    }
+                }
+            });
+        Ok(y)
+    }
+}
+
+impl CustomOp1 for RotaryOp {
+    fn name(&self) -> &'static str {
+        "rotary"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> OpResult<(CpuStorage, Shape)> {
+        let x = values(storage, layout, "x")?;
+        let y = self.apply(x, layout.dims(), false)?;
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> OpResult<Option<Tensor>> {
+        let dims = x.dims().to_vec();
+        with_values(grad, |dy| {
+            let dx = self.apply(dy, &dims, true)?;
+            Ok(Some(tensor(dx, dims.clone())?))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{D, Var};
+
+    fn filled(shape: &[usize], seed: usize) -> Vec<f32> {
+        let n: usize = shape.iter().product();
+        (0..n)
+            .map(|k| (((k * 7919 + seed * 104729) % 1000) as f32 / 113.0).sin())
+            .collect()
+    }
+
+    fn var(shape: &[usize], seed: usize) -> Var {
+        Var::from_vec(filled(shape, seed), shape, &Device::Cpu).unwrap()
+    }
+
+    fn close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * y.abs().max(1.0),
+                "{what}[{k}]: {x} vs {y}"
+            );
+        }
+    }
+
+    /// Checks value and gradients of `fused` against `composite` for the loss `sum(y * probe)`.
+    fn check(
+        inputs: &[&Var],
+        fused: impl Fn() -> Tensor,
+        composite: impl Fn() -> Tensor,
+        what: &str,
+    ) {
+        let (yf, yc) = (fused(), composite());
+        close(&yf, &yc, 1e-5, what);
+        let probe = tensor(filled(yc.dims(), 99), yc.dims().to_vec()).unwrap();
+        let gf = (&yf * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gc = (&yc * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (k, v) in inputs.iter().enumerate() {
+            let (a, b) = (gf.get(v.as_tensor()), gc.get(v.as_tensor()));
+            let (a, b) = (a.expect("fused gradient"), b.expect("composite gradient"));
+            close(a, b, 1e-4, &format!("{what}: gradient of input {k}"));
+            assert!(
+                a.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    > 0.0,
+                "{what}: zero gradient"
+            );
+        }
+    }
+
+    #[test]
+    fn the_lora_projection_equals_candles_composite_with_and_without_dropout() {
+        let (n, inp, out, r) = (7, 24, 20, 4);
+        let x = var(&[n, inp], 1);
+        let w = tensor(filled(&[out, inp], 2), (out, inp)).unwrap();
+        let a = var(&[r, inp], 3);
+        let b = var(&[out, r], 4);
+        for mask in [
+            None,
+            Some(Arc::new(
+                (0..n * inp)
+                    .map(|k| if k % 3 == 0 { 0.0 } else { 1.5 })
+                    .collect::<Vec<f32>>(),
+            )),
+        ] {
+            let op = || LoraMatmul {
+                weight: w.clone(),
+                scaling: 2.0,
+                mask: mask.clone(),
+            };
+            check(
+                &[&x, &a, &b],
+                || {
+                    x.as_tensor()
+                        .apply_op3(a.as_tensor(), b.as_tensor(), op())
+                        .unwrap()
+                },
+                || {
+                    let xm = match &mask {
+                        Some(m) => (x.as_tensor() * tensor(m.to_vec(), (n, inp)).unwrap()).unwrap(),
+                        None => x.as_tensor().clone(),
+                    };
+                    let base = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
+                    let lora = xm
+                        .matmul(&a.t().unwrap())
+                        .unwrap()
+                        .matmul(&b.t().unwrap())
+                        .unwrap();
+                    (base + (lora * 2.0).unwrap()).unwrap()
+                },
+                "lora-matmul",
+            );
+        }
+    }
+
+    #[test]
+    fn rms_norm_equals_candles_composite_and_grads_the_weight_when_it_tracks() {
+        let x = var(&[2, 3, 16], 5);
+        let w = var(&[16], 6);
+        check(
+            &[&x, &w],
+            || {
+                x.as_tensor()
+                    .apply_op2(w.as_tensor(), RmsNormOp { eps: 1e-5 })
+                    .unwrap()
+            },
+            || {
+                let ms = x
+                    .as_tensor()
+                    .sqr()
+                    .unwrap()
+                    .mean_keepdim(D::Minus1)
+                    .unwrap();
+                let r = (ms + 1e-5).unwrap().sqrt().unwrap().recip().unwrap();
+                x.as_tensor()
+                    .broadcast_mul(&r)
+                    .unwrap()
+                    .broadcast_mul(w.as_tensor())
+                    .unwrap()
+            },
+            "rms-norm",
+        );
+    }
+
+    #[test]
+    fn silu_gate_equals_candles_composite() {
+        let g = var(&[5, 33], 7);
+        let u = var(&[5, 33], 8);
+        check(
+            &[&g, &u],
+            || g.as_tensor().apply_op2(u.as_tensor(), SiluMul).unwrap(),
+            || (g.as_tensor().silu().unwrap() * u.as_tensor()).unwrap(),
+            "silu-mul",
+        );
+    }
+
+    #[test]
+    fn rotary_equals_candles_composite() {
+        let (b, h, s, d) = (2, 3, 5, 8);
+        let x = var(&[b, h, s, d], 9);
+        let cos = filled(&[b, s, d], 10);
+        let sin = filled(&[b, s, d], 11);
+        let (ct, st) = (
+            tensor(cos.clone(), (b, 1, s, d)).unwrap(),
+            tensor(sin.clone(), (b, 1, s, d)).unwrap(),
+        );
+        let op = RotaryOp {
+            cos: Arc::new(cos),
+            sin: Arc::new(sin),
+        };
+        check(
+            &[&x],
+            || {
+                x.as_tensor()
+                    .apply_op1(RotaryOp {
+                        cos: op.cos.clone(),
+                        sin: op.sin.clone(),
+                    })
+                    .unwrap()
+            },
+            || {
+                let x = x.as_tensor();
+                let x1 = x.narrow(D::Minus1, 0, d / 2).unwrap();
+                let x2 = x.narrow(D::Minus1, d / 2, d / 2).unwrap();
+                let rot = Tensor::cat(&[&x2.neg().unwrap(), &x1], D::Minus1).unwrap();
+                (x.broadcast_mul(&ct).unwrap() + rot.broadcast_mul(&st).unwrap()).unwrap()
+            },
+            "rotary",
+        );
+    }
+}
