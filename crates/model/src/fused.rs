@@ -137,6 +137,27 @@ fn tensor(values: Vec<f32>, shape: impl Into<Shape>) -> OpResult<Tensor> {
     Tensor::from_vec(values, shape, &Device::Cpu)
 }
 
+/// `x W^T` for `x` `[n, in]` and a CPU f32 weight `[out, in]`: `[n, out]`, written straight
+/// into the result (no transposed copies).
+pub(crate) fn x_wt(x: &[f32], n: usize, weight: &Tensor) -> OpResult<Vec<f32>> {
+    let (out, inp) = weight.dims2()?;
+    if x.len() != n * inp {
+        candle_core::bail!("x W^T: {} values for [{n}, {inp}]", x.len());
+    }
+    let mut y = vec![0f32; n * out];
+    with_values(weight, |w| {
+        matmul(
+            Operand::plain(x, n, inp),
+            Operand::t(w, out, inp),
+            &mut y,
+            1.0,
+            false,
+        );
+        Ok(())
+    })?;
+    Ok(y)
+}
+
 /// `x * mask` (LoRA dropout) or `x` itself.
 fn masked<'a>(x: &'a [f32], mask: Option<&[f32]>, buffer: &'a mut Vec<f32>) -> &'a [f32] {
     match mask {
@@ -551,6 +572,173 @@ impl CustomOp1 for RotaryOp {
     }
 }
 
+/// Causal attention without padding, `softmax(Q K^T scale + causal) V`, for the grouped
+/// layout of [`crate::model`]: `q [b, kv, r*s, d]` (the `r` query heads sharing a key/value
+/// head stacked, `s` rows each), `k` and `v` `[b, kv, s, d]`. Keeps the probabilities for
+/// backward (`b * heads * s * s` values).
+pub(crate) struct CausalAttention {
+    /// `1 / sqrt(d)`.
+    pub scale: f32,
+    /// The probabilities of the forward pass, `[b, kv, r*s, s]`.
+    pub probs: Arc<std::sync::OnceLock<Vec<f32>>>,
+}
+
+/// The shape `(blocks, r*s, s, d)` of a [`CausalAttention`] call.
+fn attention_dims(q: &[usize], k: &[usize], v: &[usize]) -> OpResult<(usize, usize, usize, usize)> {
+    let (&[b, kv, rs, d], &[b2, kv2, t, d2], true) = (q, k, k == v) else {
+        candle_core::bail!("causal attention: q {q:?}, k {k:?}, v {v:?}");
+    };
+    if b != b2 || kv != kv2 || d != d2 || t == 0 || rs % t != 0 {
+        candle_core::bail!("causal attention: q {q:?}, k {k:?}, v {v:?}");
+    }
+    Ok((b * kv, rs, t, d))
+}
+
+impl CustomOp3 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> OpResult<(CpuStorage, Shape)> {
+        let (blocks, rs, t, d) = attention_dims(l1.dims(), l2.dims(), l3.dims())?;
+        let q = values(s1, l1, "q")?;
+        let k = values(s2, l2, "k")?;
+        let v = values(s3, l3, "v")?;
+        let mut probs = vec![0f32; blocks * rs * t];
+        let mut out = vec![0f32; blocks * rs * d];
+        for block in 0..blocks {
+            let q = &q[block * rs * d..(block + 1) * rs * d];
+            let k = &k[block * t * d..(block + 1) * t * d];
+            let v = &v[block * t * d..(block + 1) * t * d];
+            let p = &mut probs[block * rs * t..(block + 1) * rs * t];
+            matmul(
+                Operand::plain(q, rs, d),
+                Operand::t(k, t, d),
+                p,
+                self.scale,
+                false,
+            );
+            // Row j*s + i is position i: it sees keys 0..=i.
+            p.par_chunks_mut(t).enumerate().for_each(|(row, p)| {
+                let i = row % t;
+                let max = p[..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for x in &mut p[..=i] {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                for x in &mut p[..=i] {
+                    *x *= inv;
+                }
+                p[i + 1..].fill(0.0);
+            });
+            matmul(
+                Operand::plain(p, rs, t),
+                Operand::plain(v, t, d),
+                &mut out[block * rs * d..(block + 1) * rs * d],
+                1.0,
+                false,
+            );
+        }
+        let _ = self.probs.set(probs);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> OpResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (blocks, rs, t, d) = attention_dims(q.dims(), k.dims(), v.dims())?;
+        let Some(probs) = self.probs.get() else {
+            candle_core::bail!("causal attention: backward before forward");
+        };
+        let mut dq = vec![0f32; blocks * rs * d];
+        let mut dk = vec![0f32; blocks * t * d];
+        let mut dv = vec![0f32; blocks * t * d];
+        with_values(q, |q| {
+            with_values(k, |k| {
+                with_values(v, |v| {
+                    with_values(res, |o| {
+                        with_values(grad, |dy| {
+                            let mut ds = vec![0f32; rs * t];
+                            for block in 0..blocks {
+                                let qs = block * rs * d..(block + 1) * rs * d;
+                                let ks = block * t * d..(block + 1) * t * d;
+                                let p = &probs[block * rs * t..(block + 1) * rs * t];
+                                let (dy, o) = (&dy[qs.clone()], &o[qs.clone()]);
+                                // dV = P^T dO; dP = dO V^T.
+                                matmul(
+                                    Operand::t(p, rs, t),
+                                    Operand::plain(dy, rs, d),
+                                    &mut dv[ks.clone()],
+                                    1.0,
+                                    false,
+                                );
+                                matmul(
+                                    Operand::plain(dy, rs, d),
+                                    Operand::t(&v[ks.clone()], t, d),
+                                    &mut ds,
+                                    1.0,
+                                    false,
+                                );
+                                // dS = P (dP - rowsum(dO o O)) scale.
+                                let scale = self.scale;
+                                ds.par_chunks_mut(t)
+                                    .zip(p.par_chunks(t))
+                                    .enumerate()
+                                    .for_each(|(row, (ds, p))| {
+                                        let (dy, o) = (
+                                            &dy[row * d..(row + 1) * d],
+                                            &o[row * d..(row + 1) * d],
+                                        );
+                                        let dot: f32 = dy.iter().zip(o).map(|(a, b)| a * b).sum();
+                                        for (ds, p) in ds.iter_mut().zip(p) {
+                                            *ds = p * (*ds - dot) * scale;
+                                        }
+                                    });
+                                // dQ = dS K; dK = dS^T Q.
+                                matmul(
+                                    Operand::plain(&ds, rs, t),
+                                    Operand::plain(&k[ks.clone()], t, d),
+                                    &mut dq[qs.clone()],
+                                    1.0,
+                                    false,
+                                );
+                                matmul(
+                                    Operand::t(&ds, rs, t),
+                                    Operand::plain(&q[qs.clone()], rs, d),
+                                    &mut dk[ks.clone()],
+                                    1.0,
+                                    false,
+                                );
+                            }
+                            Ok(())
+                        })
+                    })
+                })
+            })
+        })?;
+        Ok((
+            Some(tensor(dq, q.dims().to_vec())?),
+            Some(tensor(dk, k.dims().to_vec())?),
+            Some(tensor(dv, v.dims().to_vec())?),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -736,6 +924,49 @@ mod tests {
                 (x.broadcast_mul(&ct).unwrap() + rot.broadcast_mul(&st).unwrap()).unwrap()
             },
             "rotary",
+        );
+    }
+
+    #[test]
+    fn causal_attention_equals_candles_masked_softmax() {
+        let (b, kv, r, s, d) = (2, 2, 3, 5, 4);
+        let q = var(&[b, kv, r * s, d], 12);
+        let k = var(&[b, kv, s, d], 13);
+        let v = var(&[b, kv, s, d], 14);
+        let scale = 1.0 / (d as f32).sqrt();
+        let mask: Vec<f32> = (0..s * s)
+            .map(|n| if n % s <= n / s { 0.0 } else { f32::MIN })
+            .collect();
+        let mask = tensor(mask, (1, 1, 1, s, s)).unwrap();
+        check(
+            &[&q, &k, &v],
+            || {
+                q.as_tensor()
+                    .apply_op3(
+                        k.as_tensor(),
+                        v.as_tensor(),
+                        CausalAttention {
+                            scale,
+                            probs: Arc::default(),
+                        },
+                    )
+                    .unwrap()
+            },
+            || {
+                let scores = (q.as_tensor().matmul(&k.as_tensor().t().unwrap()).unwrap()
+                    * scale as f64)
+                    .unwrap()
+                    .reshape((b, kv, r, s, s))
+                    .unwrap()
+                    .broadcast_add(&mask)
+                    .unwrap();
+                let probs = candle_nn::ops::softmax(&scores, D::Minus1)
+                    .unwrap()
+                    .reshape((b, kv, r * s, s))
+                    .unwrap();
+                probs.matmul(v.as_tensor()).unwrap()
+            },
+            "causal-attention",
         );
     }
 }

@@ -123,20 +123,18 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let data = storage.as_slice::<f32>()?;
+        let (n, _) = layout.shape().dims2()?;
         let x = match layout.contiguous_offsets() {
-            Some((start, end)) => {
-                Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu)?
-            }
+            Some((start, end)) => &data[start..end],
             None => {
                 return Err(candle_core::Error::Msg(
                     "frozen-matmul needs a contiguous input".into(),
                 ));
             }
         };
-        let y = self.weight.matmul(&x.t()?)?.t()?.contiguous()?; // [n, out]
-        let shape = y.shape().clone();
-        let values = y.flatten_all()?.to_vec1::<f32>()?;
-        Ok((candle_core::CpuStorage::F32(values), shape))
+        let values = crate::fused::x_wt(x, n, &self.weight)?; // [n, out]
+        let out = self.weight.dim(0)?;
+        Ok((candle_core::CpuStorage::F32(values), (n, out).into()))
     }
 
     fn bwd(
@@ -526,12 +524,14 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// `x [b, s, e] -> [b, s, e]`; `mask` is additive, `[b, 1, 1, s, t]` in f32.
+    /// `x [b, s, e] -> [b, s, e]`; `mask` is additive, `[b, 1, 1, s, t]` in f32; `causal`: it
+    /// is the plain causal mask (no padding, no past positions).
     fn forward(
         &self,
         x: &Tensor,
         rotary: &Rotary,
         mask: Option<&Tensor>,
+        causal: bool,
         cache: Option<(&mut LayerCache, usize)>,
     ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
@@ -564,6 +564,19 @@ impl Attention {
         // Query heads h = g*r + j share key/value head g (transformers' repeat_kv): group them
         // instead of copying keys and values r times.
         let q = q.contiguous()?.reshape((b, kv, r * s, d))?; // [b, kv, r*s, d]
+        if causal && t == s && fused_training(&q, &k) && fused_training(&v, &k) {
+            // Training on the CPU in f32 without padding or cache: one fused node.
+            let op = crate::fused::CausalAttention {
+                scale: 1.0 / (d as f32).sqrt(),
+                probs: Arc::default(),
+            };
+            let out = q.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?; // [b, kv, r*s, d]
+            let out = out
+                .reshape((b, h, s, d))?
+                .transpose(1, 2)?
+                .reshape((b, s, h * d))?; // [b, s, h*d]
+            return self.o_proj.forward(&out);
+        }
         let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?; // [b, kv, r*s, t]
         let scores = scores.to_dtype(DType::F32)?.reshape((b, kv, r, s, t))?; // [b, kv, r, s, t]
         let scores = match mask {
@@ -1152,6 +1165,7 @@ impl CausalLm {
             )));
         }
         let padded = keep.iter().any(|row| row.contains(&0));
+        let causal = !padded && past == 0;
         // Additive mask [b, 1, 1, s, t]: 0 where query i (absolute past + i) may see key j.
         let mask = if s == 1 && !padded {
             None
@@ -1189,7 +1203,7 @@ impl CausalLm {
             let layer_cache = cache.as_deref_mut().map(|c| (&mut c.layers[i], past));
             let h = layer
                 .self_attn
-                .forward(&h, &rotary, mask.as_ref(), layer_cache)?;
+                .forward(&h, &rotary, mask.as_ref(), causal, layer_cache)?;
             let x1 = (residual + h)?;
             let h = layer
                 .mlp
