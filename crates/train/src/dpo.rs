@@ -13,7 +13,9 @@ use afterburner_model::{LanguageModel, Tensor};
 use serde_json::Value;
 
 use crate::TrainError;
-use crate::sft::{PromptCompletion, Tokenized, chat_messages, completion_nll, read_rows, tokenize};
+use crate::sft::{
+    PromptCompletion, Tokenized, batch_completion_logps, chat_messages, read_rows, tokenize,
+};
 
 /// A prompt with a preferred and a dispreferred completion.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,16 +101,28 @@ pub fn reference_logps(
     let err = |e: candle_core::Error| TrainError::Model(e.to_string());
     adapters.detach(model.model_mut());
     let result = (|| {
-        let c = completion_nll(model, &pair.chosen)?
-            .to_scalar::<f32>()
-            .map_err(err)?;
-        let r = completion_nll(model, &pair.rejected)?
-            .to_scalar::<f32>()
-            .map_err(err)?;
-        Ok((-(c as f64), -(r as f64)))
+        let (c, r) = pair_logps(model, pair)?;
+        let value = |t: Tensor| t.to_scalar::<f32>().map(f64::from).map_err(err);
+        Ok((value(c)?, value(r)?))
     })();
     adapters.reattach(model.model_mut());
     result
+}
+
+/// The summed completion log-probabilities of a pair's chosen and rejected answers (scalar
+/// tensors), from one forward pass over both.
+fn pair_logps(model: &LanguageModel, pair: &TokenizedPair) -> Result<(Tensor, Tensor), TrainError> {
+    let err = |e: candle_core::Error| TrainError::Model(e.to_string());
+    let both = batch_completion_logps(model, &[&pair.chosen, &pair.rejected])?;
+    let [chosen, rejected] = both.as_slice() else {
+        return Err(TrainError::Model(
+            "a pair without two log-probabilities".into(),
+        ));
+    };
+    Ok((
+        chosen.sum_all().map_err(err)?,
+        rejected.sum_all().map_err(err)?,
+    ))
 }
 
 /// One pair's DPO loss and what TRL logs of it.
@@ -131,8 +145,7 @@ pub fn pair_loss(
     beta: f64,
 ) -> Result<PairLoss, TrainError> {
     let err = |e: candle_core::Error| TrainError::Model(e.to_string());
-    let chosen = completion_nll(model, &pair.chosen)?.neg().map_err(err)?;
-    let rejected = completion_nll(model, &pair.rejected)?.neg().map_err(err)?;
+    let (chosen, rejected) = pair_logps(model, pair)?;
     let chosen_ratio = (&chosen - reference.0).map_err(err)?;
     let rejected_ratio = (&rejected - reference.1).map_err(err)?;
     let delta = (&chosen_ratio - &rejected_ratio).map_err(err)?;

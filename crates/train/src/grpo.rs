@@ -109,30 +109,10 @@ pub fn rollout_loss(
     loss_of_logps(&logps, rollout, settings)
 }
 
-/// Most tokens (padding included) [`batch_loss`]'s callers put in one forward pass: batching
-/// makes the matrix products larger and the passes fewer, and the activations kept for backward
-/// grow with it.
-pub const TOKENS_PER_FORWARD: usize = 1024;
-
-/// Splits `rollouts` into consecutive micro-batches of at most [`TOKENS_PER_FORWARD`] padded
-/// tokens (a longer rollout goes alone).
+/// Splits `rollouts` into consecutive micro-batches of at most
+/// [`crate::sft::TOKENS_PER_FORWARD`] padded tokens (see [`crate::sft::micro_batches`]).
 pub fn micro_batches(rollouts: &[Rollout]) -> Vec<&[Rollout]> {
-    let mut out = Vec::new();
-    let (mut start, mut width) = (0, 0);
-    for (k, r) in rollouts.iter().enumerate() {
-        let w = width.max(r.tokens.ids.len());
-        if k > start && w * (k + 1 - start) > TOKENS_PER_FORWARD {
-            out.push(&rollouts[start..k]);
-            start = k;
-            width = r.tokens.ids.len();
-        } else {
-            width = w;
-        }
-    }
-    if start < rollouts.len() {
-        out.push(&rollouts[start..]);
-    }
-    out
+    crate::sft::micro_batches(rollouts, |r| r.tokens.ids.len())
 }
 
 /// [`rollout_loss`] summed over `rollouts`, computed in one forward pass over them (see

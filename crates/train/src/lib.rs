@@ -562,8 +562,19 @@ pub fn train_sft(
         let all_tokens: usize = batch.iter().map(|t| t.ids.len()).sum();
         let mut grads = None;
         let mut loss_sum = 0.0;
-        for example in batch {
-            let nll = sft::completion_nll(model, example)?;
+        for micro_batch in sft::micro_batches(batch, |t| t.ids.len()) {
+            let mut nll: Option<afterburner_model::Tensor> = None;
+            for logps in sft::batch_completion_logps(model, micro_batch)? {
+                let sum = logps.sum_all().map_err(err)?;
+                nll = Some(match nll {
+                    None => sum,
+                    Some(total) => (total + sum).map_err(err)?,
+                });
+            }
+            let nll = nll
+                .ok_or_else(|| TrainError::Model("an empty micro-batch".into()))?
+                .neg()
+                .map_err(err)?;
             let scaled = (&nll / tokens as f64).map_err(err)?;
             loss_sum += nll.to_scalar::<f32>().map_err(err)? as f64;
             let g = scaled.backward().map_err(err)?;

@@ -223,6 +223,32 @@ pub fn completion_logps(model: &LanguageModel, example: &Tokenized) -> Result<Te
         .ok_or_else(|| TrainError::Model("no log-probabilities".into()))
 }
 
+/// Most tokens (padding included) the trainers put in one forward pass: batching makes the
+/// matrix products larger and the passes fewer, and the activations kept for backward grow
+/// with it.
+pub const TOKENS_PER_FORWARD: usize = 1024;
+
+/// Splits `items` into consecutive micro-batches of at most [`TOKENS_PER_FORWARD`] padded
+/// tokens (`len` gives an item's tokens; a longer item goes alone).
+pub fn micro_batches<T>(items: &[T], len: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let (mut start, mut width) = (0, 0);
+    for (k, item) in items.iter().enumerate() {
+        let w = width.max(len(item));
+        if k > start && w * (k + 1 - start) > TOKENS_PER_FORWARD {
+            out.push(&items[start..k]);
+            start = k;
+            width = len(item);
+        } else {
+            width = w;
+        }
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
+}
+
 /// Log-probabilities of each completion token of each of `examples`, in one forward pass over
 /// them right-padded into a batch (causal attention: padding after a sequence never reaches
 /// it). The head runs on the positions that predict completion tokens only, and the
