@@ -397,8 +397,13 @@ fn forged_verdicts_fail() {
     ];
     for (what, code) in forgeries {
         let e = run(&secret, code);
+        // Any failing status: the hunt walks every object of the interpreter and, on a machine
+        // loaded by the other tests, may reach the wall limit before it gives up.
         assert!(
-            matches!(e.status, Status::WrongAnswer | Status::RuntimeError),
+            matches!(
+                e.status,
+                Status::WrongAnswer | Status::RuntimeError | Status::TimeLimit
+            ),
             "{what}: {e:?}"
         );
         assert!(

@@ -225,11 +225,14 @@ fn a_zero_lora_adapter_leaves_logits_unchanged_and_a_nonzero_one_changes_them_an
     }
     assert_eq!(adapters.len(), 4, "q_proj and v_proj of both layers");
     assert!(adapters[0].0 == "model.layers.0.self_attn.q_proj");
-    assert_eq!(
-        logits(&model, &ids),
-        before,
-        "a zero B leaves the logits unchanged"
-    );
+    // A zero B leaves the logits unchanged, up to rounding: adapters that track gradients send
+    // the pass through the fused training kernels, the plain model through candle's composite.
+    let worst = logits(&model, &ids)
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-5, "a zero B moved the logits by {worst}");
 
     let loss_value = loss(&model, &ids);
     let grads = loss_value.backward().unwrap();
