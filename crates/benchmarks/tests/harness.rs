@@ -327,8 +327,12 @@ def scan(text):
         i = text.index(needle)
         if text[i:i + 22] != needle:
             found.append(text[i:i + 22])
+# The interpreter's own install (bound read-only from the host) holds no per-run secret and, with
+# a large site-packages, takes longer to read than the wall limit on a loaded machine.
+toolchain = os.path.realpath(sys.base_prefix)
 for top in ['/tmp', '/box', '/root', '/home', '/work', '/var/tmp', '/dev/shm', '/run']:
     for root, dirs, files in os.walk(top):
+        dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(root, d)) != toolchain]
         for name in files:
             try:
                 with open(os.path.join(root, name), 'rb') as f:
@@ -397,13 +401,8 @@ fn forged_verdicts_fail() {
     ];
     for (what, code) in forgeries {
         let e = run(&secret, code);
-        // Any failing status: the hunt walks every object of the interpreter and, on a machine
-        // loaded by the other tests, may reach the wall limit before it gives up.
         assert!(
-            matches!(
-                e.status,
-                Status::WrongAnswer | Status::RuntimeError | Status::TimeLimit
-            ),
+            matches!(e.status, Status::WrongAnswer | Status::RuntimeError),
             "{what}: {e:?}"
         );
         assert!(
