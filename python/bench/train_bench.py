@@ -9,7 +9,13 @@
         seven projections, alpha 2r) on fixed random token ids (loss on every token after the
         first), the way TRL's SFTTrainer's training step does it (its collation and logging
         excluded, so this is a lower bound of TRL's step), after one warm-up step; prints one
-        JSON line: {"step_ms": [...], "peak_rss_kb": ..., "torch": ..., "threads": ...}.
+        JSON line: {"step_ms": [...], "peak_rss_kb": ..., "torch": ..., "threads": ...};
+    python train_bench.py grpo-step ... --group 4
+        the same for a GRPO loss step (TRL's, loss_type "dapo") over 4 rollouts;
+    python train_bench.py serve-step ... | serve-grpo-step ...
+        sets the step up, prints {"ready": true}, then runs one step per line "step" on stdin and
+        prints its {"ms": ...}; at end of input, the summary. `afterburner bench train` uses these
+        to alternate the two sides step by step, so that a machine whose speed drifts moves both.
 
 Needs torch, transformers and peft (a venv outside the repository; not a CI dependency).
 """
@@ -61,7 +67,9 @@ def make_model(shape: str, out: Path) -> None:
     print(json.dumps({"shape": shape, "parameters": params, "out": str(out)}))
 
 
-def step(model_dir: Path, seq: int, steps: int, r: int, threads: int) -> None:
+def peft_model(model_dir: Path, r: int, threads: int):
+    """The model with a fresh PEFT LoRA adapter on the seven projections (alpha 2r), in training
+    mode, and AdamW over the adapter's parameters."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -72,45 +80,41 @@ def step(model_dir: Path, seq: int, steps: int, r: int, threads: int) -> None:
     model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM"))
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    vocab = model.config.vocab_size
+    return model, optimizer
+
+
+def sft_stepper(model_dir: Path, seq: int, r: int, threads: int):
+    """One SFT step (forward, backward, AdamW) on fixed random ids, loss on every token after
+    the first, as TRL's SFTTrainer's training step (collation and logging excluded)."""
+    import torch
+
+    model, optimizer = peft_model(model_dir, r, threads)
     generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, vocab, (1, seq), generator=generator)
-    times = []
-    for k in range(steps + 1):
-        start = time.perf_counter()
+    ids = torch.randint(0, model.config.vocab_size, (1, seq), generator=generator)
+
+    def one() -> float:
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        elapsed = (time.perf_counter() - start) * 1000
-        if k > 0:
-            times.append(elapsed)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"step_ms": times, "peak_rss_kb": peak, "torch": torch.__version__, "threads": threads, "loss": loss.item()}))
+        return loss.item()
+
+    return one
 
 
-def grpo_step(model_dir: Path, seq: int, steps: int, r: int, threads: int, group: int) -> None:
+def grpo_stepper(model_dir: Path, seq: int, r: int, threads: int, group: int):
     """A GRPO loss step as TRL computes it (loss_type "dapo", one iteration per batch, so the
     ratio's denominator is the detached current log-probabilities; epsilon 0.2, beta 0) on
     `group` sequences of `seq` tokens whose second half is the completion."""
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
-    model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM"))
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    vocab = model.config.vocab_size
+    model, optimizer = peft_model(model_dir, r, threads)
     generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, vocab, (group, seq), generator=generator)
+    ids = torch.randint(0, model.config.vocab_size, (group, seq), generator=generator)
     start_at = seq // 2
     advantages = torch.tensor([(-1.0) ** k * (1.0 + k / group) for k in range(group)])
-    times = []
-    for k in range(steps + 1):
-        start = time.perf_counter()
+
+    def one() -> float:
         # As TRL's GRPOTrainer: logits for the completion's positions only (`logits_to_keep`).
         keep = seq - start_at
         logits = model(input_ids=ids, logits_to_keep=keep + 1).logits[:, :-1, :]
@@ -124,11 +128,41 @@ def grpo_step(model_dir: Path, seq: int, steps: int, r: int, threads: int, group
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        elapsed = (time.perf_counter() - start) * 1000
-        if k > 0:
-            times.append(elapsed)
+        return loss.item()
+
+    return one
+
+
+def timed(one) -> float:
+    start = time.perf_counter()
+    one()
+    return (time.perf_counter() - start) * 1000
+
+
+def summary(threads: int) -> dict:
+    import torch
+
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"step_ms": times, "peak_rss_kb": peak, "torch": torch.__version__, "threads": threads, "loss": loss.item()}))
+    return {"peak_rss_kb": peak, "torch": torch.__version__, "threads": threads}
+
+
+def run_steps(one, steps: int, threads: int) -> None:
+    """Times `steps` steps after one warm-up; prints one JSON line."""
+    one()
+    times = [timed(one) for _ in range(steps)]
+    print(json.dumps({"step_ms": times, **summary(threads)}))
+
+
+def serve(one, threads: int) -> None:
+    """Steps on demand, for a benchmark that alternates with another side: prints {"ready": true},
+    then for each line "step" on stdin one step's {"ms": ...}; at end of input the summary."""
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "step":
+            print(json.dumps({"ms": timed(one)}), flush=True)
+        elif line.strip():
+            print(json.dumps({"error": f"unknown request {line.strip()!r}"}), flush=True)
+    print(json.dumps(summary(threads)), flush=True)
 
 
 def main() -> None:
@@ -137,26 +171,26 @@ def main() -> None:
     m = sub.add_parser("make-model")
     m.add_argument("--shape", choices=sorted(SHAPES), required=True)
     m.add_argument("--out", type=Path, required=True)
-    s = sub.add_parser("step")
-    s.add_argument("--model", type=Path, required=True)
-    s.add_argument("--seq", type=int, default=256)
-    s.add_argument("--steps", type=int, default=3)
-    s.add_argument("--lora-r", type=int, default=16)
-    s.add_argument("--threads", type=int, default=2)
-    g = sub.add_parser("grpo-step")
-    g.add_argument("--model", type=Path, required=True)
-    g.add_argument("--seq", type=int, default=256)
-    g.add_argument("--steps", type=int, default=3)
-    g.add_argument("--lora-r", type=int, default=16)
-    g.add_argument("--threads", type=int, default=2)
-    g.add_argument("--group", type=int, default=4)
+    for name in ("step", "grpo-step", "serve-step", "serve-grpo-step"):
+        s = sub.add_parser(name)
+        s.add_argument("--model", type=Path, required=True)
+        s.add_argument("--seq", type=int, default=256)
+        s.add_argument("--steps", type=int, default=3)
+        s.add_argument("--lora-r", type=int, default=16)
+        s.add_argument("--threads", type=int, default=2)
+        s.add_argument("--group", type=int, default=4)
     args = parser.parse_args()
     if args.command == "make-model":
         make_model(args.shape, args.out)
-    elif args.command == "grpo-step":
-        grpo_step(args.model, args.seq, args.steps, args.lora_r, args.threads, args.group)
+        return
+    if args.command.endswith("grpo-step"):
+        one = grpo_stepper(args.model, args.seq, args.lora_r, args.threads, args.group)
     else:
-        step(args.model, args.seq, args.steps, args.lora_r, args.threads)
+        one = sft_stepper(args.model, args.seq, args.lora_r, args.threads)
+    if args.command.startswith("serve-"):
+        serve(one, args.threads)
+    else:
+        run_steps(one, args.steps, args.threads)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use afterburner_benchmarks::calibration::read_records;
 use afterburner_benchmarks::harness::PROBE_FILE;
 use afterburner_benchmarks::stability::{StabilityReport, compare};
+use afterburner_train::BenchStep;
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 
@@ -31,8 +32,9 @@ pub enum BenchCommand {
     Stability(StabilityArgs),
     /// Compare two calibration caches of the same references, made earlier.
     Compare(CompareArgs),
-    /// Time LoRA SFT steps of the embedded trainer against transformers + PEFT (PyTorch) on the
-    /// same model folder, in one run; prints both and their ratio.
+    /// Time LoRA SFT and GRPO-loss steps of the embedded trainer against transformers + PEFT
+    /// (PyTorch) on the same model folder, the two sides alternating step by step; prints both
+    /// and their ratio.
     Train(TrainBenchArgs),
 }
 
@@ -49,8 +51,9 @@ pub struct TrainBenchArgs {
     /// Tokens per sequence.
     #[arg(long, default_value_t = 256)]
     pub seq: usize,
-    /// Timed steps (after one warm-up step each side).
-    #[arg(long, default_value_t = 3)]
+    /// Timed steps of each side, alternating step by step with PyTorch's (after one warm-up
+    /// step each).
+    #[arg(long, default_value_t = 5)]
     pub steps: usize,
     /// LoRA rank (alpha 2r, the seven projections).
     #[arg(long, default_value_t = 16)]
@@ -206,111 +209,222 @@ fn peak_rss_kb() -> Option<u64> {
         .ok()
 }
 
-/// Runs one side of `python/bench/train_bench.py` (`step` or `grpo-step`) and returns its step
-/// times and its JSON line.
-fn python_train_side(
-    args: &TrainBenchArgs,
-    command: &str,
-    extra: &[String],
-) -> Result<(Vec<f64>, serde_json::Value)> {
-    use anyhow::Context as _;
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../python/bench/train_bench.py");
-    eprintln!(
-        "PyTorch side: {} {} {command} ...",
-        args.python.display(),
-        script.display()
-    );
-    let out = std::process::Command::new(&args.python)
-        .arg(&script)
-        .args([command, "--model"])
-        .arg(&args.model)
-        .args([
-            "--seq",
-            &args.seq.to_string(),
-            "--steps",
-            &args.steps.to_string(),
-            "--lora-r",
-            &args.lora_r.to_string(),
-            "--threads",
-            &args.threads.to_string(),
-        ])
-        .args(extra)
-        .output()
-        .with_context(|| format!("cannot run {}", args.python.display()))?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "the PyTorch side failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+/// Resets this process's peak resident memory to its current size (Linux 4.0+); whether it
+/// could.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// The PyTorch side of `afterburner bench train`: `python/bench/train_bench.py serve-step` (or
+/// `serve-grpo-step`) in a process of its own, stepping when asked.
+struct PythonSide {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl PythonSide {
+    /// Starts the script's `command` and waits until its model is loaded.
+    fn start(args: &TrainBenchArgs, command: &str) -> Result<Self> {
+        use std::process::{Command, Stdio};
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../python/bench/train_bench.py");
+        eprintln!(
+            "PyTorch side: {} {} {command} ...",
+            args.python.display(),
+            script.display()
         );
+        let mut child = Command::new(&args.python)
+            .arg(&script)
+            .args([command, "--model"])
+            .arg(&args.model)
+            .args([
+                "--seq",
+                &args.seq.to_string(),
+                "--lora-r",
+                &args.lora_r.to_string(),
+                "--threads",
+                &args.threads.to_string(),
+                "--group",
+                &args.group.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run {}", args.python.display()))?;
+        let (Some(stdin), Some(stdout), Some(mut stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            bail!("the PyTorch side's standard streams are missing");
+        };
+        // Drained as it comes, so that a chatty library cannot fill the pipe and stall it.
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
+        let mut side = PythonSide {
+            child,
+            stdin: Some(stdin),
+            stdout: std::io::BufReader::new(stdout),
+            stderr: Some(stderr),
+        };
+        let ready = side.reply()?;
+        if ready["ready"] != serde_json::Value::Bool(true) {
+            bail!("the PyTorch side did not start: {ready}");
+        }
+        Ok(side)
     }
-    let theirs: serde_json::Value = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .context("the PyTorch side printed no JSON line")?;
-    let ms = theirs["step_ms"]
-        .as_array()
-        .context("no step_ms")?
-        .iter()
-        .filter_map(serde_json::Value::as_f64)
-        .collect();
-    Ok((ms, theirs))
+
+    /// Reads one JSON line; a failure carries the end of what the script wrote on stderr.
+    fn reply(&mut self) -> Result<serde_json::Value> {
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut self.stdout, &mut line);
+        match read {
+            Ok(n) if n > 0 => serde_json::from_str(&line)
+                .with_context(|| format!("the PyTorch side printed {line:?}, not JSON")),
+            _ => {
+                drop(self.stdin.take());
+                let status = self.child.wait().ok();
+                let stderr = self
+                    .stderr
+                    .take()
+                    .and_then(|h| h.join().ok())
+                    .unwrap_or_default();
+                let tail: String = stderr
+                    .lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                bail!(
+                    "the PyTorch side ended ({}) without an answer; its last output:\n{tail}",
+                    status.map_or("status unknown".into(), |s| s.to_string())
+                )
+            }
+        }
+    }
+
+    /// Runs one step; its milliseconds.
+    fn step(&mut self) -> Result<f64> {
+        let stdin = self.stdin.as_mut().context("the PyTorch side is closed")?;
+        std::io::Write::write_all(stdin, b"step\n")
+            .and_then(|()| std::io::Write::flush(stdin))
+            .context("cannot ask the PyTorch side for a step")?;
+        let reply = self.reply()?;
+        reply["ms"]
+            .as_f64()
+            .with_context(|| format!("the PyTorch side answered {reply}"))
+    }
+
+    /// Ends the script; its summary (peak RSS, torch version, threads).
+    fn finish(mut self) -> Result<serde_json::Value> {
+        drop(self.stdin.take());
+        let summary = self.reply()?;
+        let _ = self.child.wait();
+        Ok(summary)
+    }
+}
+
+/// Both sides' step times, taken in adjacent pairs.
+struct Paired {
+    ours: Vec<f64>,
+    theirs: Vec<f64>,
+}
+
+impl Paired {
+    /// One warm-up step each, then `steps` pairs, the order swapped every pair (theirs first,
+    /// then ours first, ...) so that neither always follows the other.
+    fn run(ours: &mut BenchStep<'_>, theirs: &mut PythonSide, steps: usize) -> Result<Self> {
+        theirs.step()?;
+        ours.step()?;
+        let mut paired = Paired {
+            ours: Vec::with_capacity(steps),
+            theirs: Vec::with_capacity(steps),
+        };
+        for k in 0..steps {
+            if k % 2 == 0 {
+                paired.theirs.push(theirs.step()?);
+                paired.ours.push(ours.step()?);
+            } else {
+                paired.ours.push(ours.step()?);
+                paired.theirs.push(theirs.step()?);
+            }
+            eprintln!(
+                "  pair {}/{steps}: ours {:.0} ms, PyTorch {:.0} ms",
+                k + 1,
+                paired.ours[k],
+                paired.theirs[k]
+            );
+        }
+        Ok(paired)
+    }
+
+    /// PyTorch's time over ours, pair by pair.
+    fn ratios(&self) -> Vec<f64> {
+        self.theirs
+            .iter()
+            .zip(&self.ours)
+            .map(|(t, o)| t / o)
+            .collect()
+    }
 }
 
 /// Prints one side-by-side table of `afterburner bench train`.
 fn print_train_table(
     title: &str,
-    ours: &[f64],
+    paired: &Paired,
     our_rss_kb: Option<u64>,
-    theirs: &[f64],
     info: &serde_json::Value,
 ) {
-    let ours_med = afterburner_sandbox::median(ours);
-    let theirs_med = afterburner_sandbox::median(theirs);
     let fmt = |v: &[f64]| {
         v.iter()
             .map(|x| format!("{x:.0}"))
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let ratios = paired.ratios();
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
+            (lo.min(*r), hi.max(*r))
+        });
     println!("{title}");
     println!("| side | step ms (median) | steps ms | peak RSS MiB |");
     println!("|---|---:|---|---:|");
     println!(
-        "| afterburner (candle) | {ours_med:.0} | {} | {:.0} |",
-        fmt(ours),
+        "| afterburner (candle) | {:.0} | {} | {:.0} |",
+        afterburner_sandbox::median(&paired.ours),
+        fmt(&paired.ours),
         our_rss_kb.map_or(f64::NAN, |k| k as f64 / 1024.0)
     );
     println!(
-        "| transformers + PEFT (torch {}, {} threads) | {theirs_med:.0} | {} | {:.0} |",
+        "| transformers + PEFT (torch {}, {} threads) | {:.0} | {} | {:.0} |",
         info["torch"].as_str().unwrap_or("?"),
         info["threads"],
-        fmt(theirs),
+        afterburner_sandbox::median(&paired.theirs),
+        fmt(&paired.theirs),
         info["peak_rss_kb"].as_f64().unwrap_or(f64::NAN) / 1024.0
     );
     println!(
-        "speed ratio (PyTorch step / ours): {:.2}x\n",
-        theirs_med / ours_med
+        "speed ratio (PyTorch step / ours, median of {} adjacent pairs): {:.2}x (pairs {lo:.2}-{hi:.2})\n",
+        ratios.len(),
+        afterburner_sandbox::median(&ratios),
     );
 }
 
 fn train_bench(args: TrainBenchArgs) -> Result<ExitCode> {
     if args.steps == 0 || args.seq < 4 || args.group == 0 {
-        anyhow::bail!("--steps and --group must be at least 1 and --seq at least 4");
+        bail!("--steps and --group must be at least 1 and --seq at least 4");
     }
-    // The PyTorch sides first, each in its own process, so neither side's memory counts for the
-    // other.
-    let (their_sft, sft_info) = python_train_side(&args, "step", &[])?;
-    let (their_grpo, grpo_info) = python_train_side(
-        &args,
-        "grpo-step",
-        &["--group".into(), args.group.to_string()],
-    )?;
-    eprintln!("Rust side: loading {}", args.model.display());
     let device = afterburner_model::Device::Cpu;
     let load = || {
+        eprintln!("Rust side: loading {}", args.model.display());
         afterburner_model::LanguageModel::from_folder(
             &args.model,
             afterburner_model::DType::F32,
@@ -332,29 +446,45 @@ fn train_bench(args: TrainBenchArgs) -> Result<ExitCode> {
         alpha: 2.0 * args.lora_r as f64,
         ..afterburner_train::LoraConfig::default()
     };
-    let our_sft = afterburner_train::time_sft_steps(&mut model, &ids, &lora, args.steps)?;
+
+    let reset = reset_peak_rss();
+    let mut theirs = PythonSide::start(&args, "serve-step")?;
+    let mut ours = BenchStep::sft(&mut model, &ids, &lora)?;
+    let sft = Paired::run(&mut ours, &mut theirs, args.steps)?;
+    let sft_info = theirs.finish()?;
     let sft_rss = peak_rss_kb();
+    drop(ours);
+    drop(model);
+
+    let reset = reset && reset_peak_rss();
     let mut model = load()?;
-    let our_grpo = afterburner_train::time_grpo_steps(&mut model, &group, &lora, args.steps)?;
+    let mut theirs = PythonSide::start(&args, "serve-grpo-step")?;
+    let mut ours = BenchStep::grpo(&mut model, &group, &lora)?;
+    let grpo = Paired::run(&mut ours, &mut theirs, args.steps)?;
+    let grpo_info = theirs.finish()?;
     let grpo_rss = peak_rss_kb();
+
+    let peak_note = if reset {
+        "peak RSS: each side's process, for this step alone"
+    } else {
+        "peak RSS: each side's process; ours is the process's so far (the kernel could not reset it)"
+    };
     print_train_table(
         &format!(
-            "LoRA SFT step (forward + backward + AdamW), {} tokens, r {}, float32 CPU; median of {} after a warm-up",
+            "LoRA SFT step (forward + backward + AdamW), {} tokens, r {}, float32 CPU; {} steps each, alternating with PyTorch's, after a warm-up; {peak_note}",
             args.seq, args.lora_r, args.steps
         ),
-        &our_sft,
+        &sft,
         sft_rss,
-        &their_sft,
         &sft_info,
     );
     print_train_table(
         &format!(
-            "LoRA GRPO-loss step (clipped ratio, DAPO normalisation, {} rollouts of {} tokens, completion = second half; forward + backward + AdamW), r {}; median of {} after a warm-up (our peak RSS is the process's so far)",
+            "LoRA GRPO-loss step (clipped ratio, DAPO normalisation, {} rollouts of {} tokens, completion = second half; forward + backward + AdamW), r {}; {} steps each, alternating, after a warm-up; {peak_note}",
             args.group, args.seq, args.lora_r, args.steps
         ),
-        &our_grpo,
+        &grpo,
         grpo_rss,
-        &their_grpo,
         &grpo_info,
     );
     Ok(ExitCode::SUCCESS)

@@ -450,3 +450,110 @@ fn grpo_runs_end_to_end_on_afterburner_data_grpo_output_checkpoints_resumes_and_
         "{stderr}"
     );
 }
+
+/// A stand-in for the PyTorch side of `bench train` (torch cannot be installed in CI): a shell
+/// script that speaks `train_bench.py`'s serve protocol, so the pairing and the table are real.
+fn scripted_python(dir: &std::path::Path, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("python");
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn bench_train_alternates_both_sides_and_prints_their_ratio() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("requests");
+    let python = scripted_python(
+        tmp.path(),
+        &format!(
+            "echo \"$2\" >> {log}\necho '{{\"ready\": true}}'\nwhile read -r line; do echo \"$line\" >> {log}; echo '{{\"ms\": 1000000}}'; done\necho '{{\"peak_rss_kb\": 2048, \"torch\": \"scripted\", \"threads\": 2}}'",
+            log = log.display()
+        ),
+    );
+    let result = afterburner(&[
+        "bench",
+        "train",
+        "--model",
+        fixture().to_str().unwrap(),
+        "--python",
+        python.to_str().unwrap(),
+        "--seq",
+        "8",
+        "--steps",
+        "3",
+        "--lora-r",
+        "2",
+        "--group",
+        "2",
+    ]);
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        result.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    // Each side: its command, one warm-up step and three timed ones.
+    let requests = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        requests.lines().collect::<Vec<_>>(),
+        [
+            "serve-step",
+            "step",
+            "step",
+            "step",
+            "step",
+            "serve-grpo-step",
+            "step",
+            "step",
+            "step",
+            "step"
+        ]
+    );
+    assert!(stdout.contains("LoRA SFT step"), "{stdout}");
+    assert!(stdout.contains("LoRA GRPO-loss step"), "{stdout}");
+    assert!(stdout.contains("torch scripted, 2 threads"), "{stdout}");
+    assert!(
+        stdout.contains("| 1000000 | 1000000, 1000000, 1000000 | 2 |"),
+        "{stdout}"
+    );
+    // A scripted step of 1000 s against a real one of the tiny fixture: a large ratio, twice.
+    let ratios: Vec<f64> = stdout
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("speed ratio (PyTorch step / ours, median of 3 adjacent pairs): ")
+        })
+        .map(|rest| rest.split('x').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ratios.len(), 2, "{stdout}");
+    assert!(ratios.iter().all(|r| *r > 100.0), "{ratios:?}");
+}
+
+#[test]
+fn bench_train_says_why_the_pytorch_side_failed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let python = scripted_python(
+        tmp.path(),
+        "echo \"ModuleNotFoundError: No module named 'torch'\" >&2\nexit 1",
+    );
+    let result = afterburner(&[
+        "bench",
+        "train",
+        "--model",
+        fixture().to_str().unwrap(),
+        "--python",
+        python.to_str().unwrap(),
+        "--seq",
+        "8",
+        "--steps",
+        "1",
+    ]);
+    assert!(!result.status.success());
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        stderr.contains("the PyTorch side ended (exit status: 1) without an answer")
+            && stderr.contains("No module named 'torch'"),
+        "{stderr}"
+    );
+}

@@ -1121,94 +1121,144 @@ pub fn train_grpo(
     Ok(end.summary(prompts.len(), 0))
 }
 
-/// Times `steps` LoRA SFT steps (forward, backward, AdamW) on `ids` (the loss on every token
-/// after the first), after one warm-up step: the Rust side of `afterburner bench train`.
-/// Returns each timed step's milliseconds.
+/// One benchmark training step, repeatable on demand: the Rust side of `afterburner bench
+/// train`, which alternates it with PyTorch's step so that both see the same machine.
+pub struct BenchStep<'a> {
+    model: &'a LanguageModel,
+    trainer: optim::Trainer,
+    vars: Vec<candle_core::Var>,
+    work: BenchWork,
+}
+
+/// What a [`BenchStep`] computes.
+enum BenchWork {
+    /// The SFT loss on every token after the first.
+    Sft(Tokenized),
+    /// The GRPO loss over rollouts, in micro-batches; `tokens` completion tokens in all.
+    Grpo {
+        rollouts: Vec<grpo::Rollout>,
+        tokens: usize,
+    },
+}
+
+impl<'a> BenchStep<'a> {
+    /// A LoRA SFT step (forward, backward, AdamW) on `ids`, the loss on every token after the
+    /// first; attaches a fresh adapter to `model`.
+    pub fn sft(
+        model: &'a mut LanguageModel,
+        ids: &[u32],
+        lora: &LoraConfig,
+    ) -> Result<Self, TrainError> {
+        if ids.len() < 2 {
+            return Err(TrainError::Config("a step needs at least 2 tokens".into()));
+        }
+        let example = Tokenized {
+            ids: ids.to_vec(),
+            completion_start: 1,
+        };
+        Self::new(model, lora, BenchWork::Sft(example))
+    }
+
+    /// A LoRA GRPO-loss step over `group` rollouts whose second half is the completion
+    /// (advantages alternating in sign, one iteration per batch as TRL's default, forward in
+    /// micro-batches as training does, backward, AdamW); attaches a fresh adapter to `model`.
+    pub fn grpo(
+        model: &'a mut LanguageModel,
+        group: &[Vec<u32>],
+        lora: &LoraConfig,
+    ) -> Result<Self, TrainError> {
+        let n = group.len();
+        if n == 0 || group.iter().any(|s| s.len() < 4) {
+            return Err(TrainError::Config(
+                "a GRPO step needs sequences of at least 4 tokens".into(),
+            ));
+        }
+        let rollouts: Vec<grpo::Rollout> = group
+            .iter()
+            .enumerate()
+            .map(|(k, s)| grpo::Rollout {
+                tokens: Tokenized {
+                    ids: s.clone(),
+                    completion_start: s.len() / 2,
+                },
+                advantage: (-1f64).powi(k as i32) * (1.0 + k as f64 / n as f64),
+                old_logps: None,
+                ref_logps: None,
+            })
+            .collect();
+        let tokens = rollouts.iter().map(|r| r.tokens.completion_tokens()).sum();
+        Self::new(model, lora, BenchWork::Grpo { rollouts, tokens })
+    }
+
+    fn new(
+        model: &'a mut LanguageModel,
+        lora: &LoraConfig,
+        work: BenchWork,
+    ) -> Result<Self, TrainError> {
+        let device = model.model().device().clone();
+        let adapters = Adapters::attach(model.model_mut(), lora, 0, &device)?;
+        let vars = adapters.vars();
+        // The schedule's length only sets learning rates, which do not change a step's work.
+        let trainer = optim::Trainer::new(vars.clone(), OptimConfig::default(), 1 << 20)?;
+        Ok(BenchStep {
+            model,
+            trainer,
+            vars,
+            work,
+        })
+    }
+
+    /// Runs one step; returns its milliseconds.
+    pub fn step(&mut self) -> Result<f64, TrainError> {
+        let err = |e: candle_core::Error| TrainError::Model(e.to_string());
+        let started = Instant::now();
+        let mut grads = match &self.work {
+            BenchWork::Sft(example) => {
+                let nll = sft::completion_nll(self.model, example)?;
+                (nll / example.completion_tokens() as f64)
+                    .and_then(|loss| loss.backward())
+                    .map_err(err)?
+            }
+            BenchWork::Grpo { rollouts, tokens } => {
+                let settings = grpo::GrpoLoss::default();
+                let mut grads = None;
+                for micro_batch in grpo::micro_batches(rollouts) {
+                    let (loss, _) = grpo::batch_loss(self.model, micro_batch, &settings)?;
+                    let g = (loss / *tokens as f64)
+                        .and_then(|loss| loss.backward())
+                        .map_err(err)?;
+                    optim::accumulate(&mut grads, g, &self.vars, 1.0)?;
+                }
+                grads.ok_or_else(|| TrainError::Model("no gradient".into()))?
+            }
+        };
+        self.trainer.step(&mut grads)?;
+        Ok(started.elapsed().as_secs_f64() * 1000.0)
+    }
+}
+
+/// Times `steps` LoRA SFT steps ([`BenchStep::sft`]) after one warm-up step; returns each
+/// timed step's milliseconds.
 pub fn time_sft_steps(
     model: &mut LanguageModel,
     ids: &[u32],
     lora: &LoraConfig,
     steps: usize,
 ) -> Result<Vec<f64>, TrainError> {
-    if ids.len() < 2 {
-        return Err(TrainError::Config("a step needs at least 2 tokens".into()));
-    }
-    let device = model.model().device().clone();
-    let adapters = Adapters::attach(model.model_mut(), lora, 0, &device)?;
-    let vars = adapters.vars();
-    let mut trainer = optim::Trainer::new(vars.clone(), OptimConfig::default(), steps + 1)?;
-    let example = Tokenized {
-        ids: ids.to_vec(),
-        completion_start: 1,
-    };
-    let err = |e: candle_core::Error| TrainError::Model(e.to_string());
-    let mut times = Vec::with_capacity(steps);
-    for k in 0..=steps {
-        let started = Instant::now();
-        let nll = sft::completion_nll(model, &example)?;
-        let loss = (nll / example.completion_tokens() as f64).map_err(err)?;
-        let mut grads = loss.backward().map_err(err)?;
-        trainer.step(&mut grads)?;
-        if k > 0 {
-            times.push(started.elapsed().as_secs_f64() * 1000.0);
-        }
-    }
-    Ok(times)
+    let mut step = BenchStep::sft(model, ids, lora)?;
+    step.step()?;
+    (0..steps).map(|_| step.step()).collect()
 }
 
-/// Times `steps` LoRA GRPO-loss steps (the clipped objective over `group` rollouts of `ids`
-/// whose second half is the completion, advantages alternating in sign, one iteration per batch
-/// as TRL's default, forward in micro-batches as training does, backward, AdamW), after one warm-up step: the GRPO side of
-/// `afterburner bench train`. Returns each timed step's milliseconds.
+/// Times `steps` LoRA GRPO-loss steps ([`BenchStep::grpo`]) after one warm-up step; returns
+/// each timed step's milliseconds.
 pub fn time_grpo_steps(
     model: &mut LanguageModel,
-    ids: &[Vec<u32>],
+    group: &[Vec<u32>],
     lora: &LoraConfig,
     steps: usize,
 ) -> Result<Vec<f64>, TrainError> {
-    let group = ids.len();
-    if group == 0 || ids.iter().any(|s| s.len() < 4) {
-        return Err(TrainError::Config(
-            "a GRPO step needs sequences of at least 4 tokens".into(),
-        ));
-    }
-    let device = model.model().device().clone();
-    let adapters = Adapters::attach(model.model_mut(), lora, 0, &device)?;
-    let vars = adapters.vars();
-    let mut trainer = optim::Trainer::new(vars.clone(), OptimConfig::default(), steps + 1)?;
-    let rollouts: Vec<grpo::Rollout> = ids
-        .iter()
-        .enumerate()
-        .map(|(k, s)| grpo::Rollout {
-            tokens: Tokenized {
-                ids: s.clone(),
-                completion_start: s.len() / 2,
-            },
-            advantage: (-1f64).powi(k as i32) * (1.0 + k as f64 / group as f64),
-            old_logps: None,
-            ref_logps: None,
-        })
-        .collect();
-    let tokens: usize = rollouts.iter().map(|r| r.tokens.completion_tokens()).sum();
-    let settings = grpo::GrpoLoss::default();
-    let err = |e: candle_core::Error| TrainError::Model(e.to_string());
-    let mut times = Vec::with_capacity(steps);
-    for k in 0..=steps {
-        let started = Instant::now();
-        let mut grads = None;
-        for micro_batch in grpo::micro_batches(&rollouts) {
-            let (loss, _) = grpo::batch_loss(model, micro_batch, &settings)?;
-            let g = (loss / tokens as f64)
-                .map_err(err)?
-                .backward()
-                .map_err(err)?;
-            optim::accumulate(&mut grads, g, &vars, 1.0)?;
-        }
-        let mut grads = grads.ok_or_else(|| TrainError::Model("no gradient".into()))?;
-        trainer.step(&mut grads)?;
-        if k > 0 {
-            times.push(started.elapsed().as_secs_f64() * 1000.0);
-        }
-    }
-    Ok(times)
+    let mut step = BenchStep::grpo(model, group, lora)?;
+    step.step()?;
+    (0..steps).map(|_| step.step()).collect()
 }
