@@ -137,18 +137,20 @@ fn tensor(values: Vec<f32>, shape: impl Into<Shape>) -> OpResult<Tensor> {
     Tensor::from_vec(values, shape, &Device::Cpu)
 }
 
-/// `x W^T` for `x` `[n, in]` and a CPU f32 weight `[out, in]`: `[n, out]`, written straight
-/// into the result (no transposed copies).
-pub(crate) fn x_wt(x: &[f32], n: usize, weight: &Tensor) -> OpResult<Vec<f32>> {
-    let (out, inp) = weight.dims2()?;
+/// `x W^T` for `x` `[n, in]`, given `W^T` (`[in, out]`, f32 on the CPU): `[n, out]`, written
+/// straight into the result. `gemm` reads a row-major `[in, out]` operand without repacking it;
+/// `W` itself (`[out, in]`, read transposed) it repacks on every call, which made the forward
+/// pass a third slower.
+pub(crate) fn x_wt(x: &[f32], n: usize, weight_t: &Tensor) -> OpResult<Vec<f32>> {
+    let (inp, out) = weight_t.dims2()?;
     if x.len() != n * inp {
         candle_core::bail!("x W^T: {} values for [{n}, {inp}]", x.len());
     }
     let mut y = vec![0f32; n * out];
-    with_values(weight, |w| {
+    with_values(weight_t, |wt| {
         matmul(
             Operand::plain(x, n, inp),
-            Operand::t(w, out, inp),
+            Operand::plain(wt, inp, out),
             &mut y,
             1.0,
             false,
@@ -156,6 +158,23 @@ pub(crate) fn x_wt(x: &[f32], n: usize, weight: &Tensor) -> OpResult<Vec<f32>> {
         Ok(())
     })?;
     Ok(y)
+}
+
+/// `(rows, features)` of an input `[.., features]`: all leading dimensions taken as rows.
+pub(crate) fn rows_features(dims: &[usize]) -> OpResult<(usize, usize)> {
+    match dims.split_last() {
+        Some((&features, lead)) if !lead.is_empty() => Ok((lead.iter().product(), features)),
+        _ => candle_core::bail!("a projection's input must be [.., features], found {dims:?}"),
+    }
+}
+
+/// `dims` with the last one replaced by `last`.
+pub(crate) fn with_last(dims: &[usize], last: usize) -> Shape {
+    let mut dims = dims.to_vec();
+    if let Some(d) = dims.last_mut() {
+        *d = last;
+    }
+    Shape::from(dims)
 }
 
 /// `x * mask` (LoRA dropout) or `x` itself.
@@ -171,10 +190,13 @@ fn masked<'a>(x: &'a [f32], mask: Option<&[f32]>, buffer: &'a mut Vec<f32>) -> &
 
 /// `y = x W^T + scaling ((x * mask) A^T) B^T`: a frozen projection with its LoRA adapter, as
 /// one node whose backward gives `x`'s gradient (when it tracks one) and the adapter's.
-/// Arguments: `x [n, in]`, `A [r, in]`, `B [out, r]`.
+/// Arguments: `x [.., in]` (its leading dimensions are rows: no reshape nodes around it, each
+/// of which costs backward a zeroed gradient and an add), `A [r, in]`, `B [out, r]`.
 pub(crate) struct LoraMatmul {
     /// The frozen weight `[out, in]`, f32 on the CPU.
     pub weight: Tensor,
+    /// The same transposed, `[in, out]` (the forward product's operand; see [`x_wt`]).
+    pub weight_t: Tensor,
     /// `alpha / r`.
     pub scaling: f32,
     /// The dropout mask on the adapter's input, `[n, in]` (values 0 or `1 / (1 - p)`).
@@ -195,7 +217,7 @@ impl CustomOp3 for LoraMatmul {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> OpResult<(CpuStorage, Shape)> {
-        let (n, inp) = l1.shape().dims2()?;
+        let (n, inp) = rows_features(l1.dims())?;
         let (r, inp2) = l2.shape().dims2()?;
         let (out, r2) = l3.shape().dims2()?;
         let (wo, wi) = self.weight.dims2()?;
@@ -208,20 +230,17 @@ impl CustomOp3 for LoraMatmul {
                 self.weight.dims()
             );
         }
+        if self.weight_t.dims() != [inp, out] {
+            candle_core::bail!(
+                "lora-matmul: W^T {:?} for W {:?}",
+                self.weight_t.dims(),
+                self.weight.dims()
+            );
+        }
         let x = values(s1, l1, "x")?;
         let a = values(s2, l2, "A")?;
         let b = values(s3, l3, "B")?;
-        let mut y = vec![0f32; n * out];
-        with_values(&self.weight, |w| {
-            matmul(
-                Operand::plain(x, n, inp),
-                Operand::t(w, out, inp),
-                &mut y,
-                1.0,
-                false,
-            );
-            Ok(())
-        })?;
+        let mut y = x_wt(x, n, &self.weight_t)?;
         let mut buffer = Vec::new();
         let xm = masked(x, self.mask.as_deref().map(Vec::as_slice), &mut buffer);
         let mut h = vec![0f32; n * r];
@@ -239,7 +258,7 @@ impl CustomOp3 for LoraMatmul {
             self.scaling,
             true,
         );
-        Ok((CpuStorage::F32(y), Shape::from((n, out))))
+        Ok((CpuStorage::F32(y), with_last(l1.dims(), out)))
     }
 
     fn bwd(
@@ -250,7 +269,8 @@ impl CustomOp3 for LoraMatmul {
         _res: &Tensor,
         grad: &Tensor,
     ) -> OpResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, inp) = x.dims2()?;
+        let x_dims = x.dims().to_vec();
+        let (n, inp) = rows_features(&x_dims)?;
         let (r, _) = a.dims2()?;
         let (out, _) = b.dims2()?;
         let s = self.scaling;
@@ -330,7 +350,7 @@ impl CustomOp3 for LoraMatmul {
                                     }
                                 }
                             }
-                            Some(tensor(dx, (n, inp))?)
+                            Some(tensor(dx, x_dims.clone())?)
                         } else {
                             None
                         };
@@ -823,6 +843,7 @@ mod tests {
         ] {
             let op = || LoraMatmul {
                 weight: w.clone(),
+                weight_t: w.t().unwrap().contiguous().unwrap(),
                 scaling: 2.0,
                 mask: mask.clone(),
             };
@@ -849,6 +870,46 @@ mod tests {
                 "lora-matmul",
             );
         }
+        // Leading dimensions are rows: `[2, 3, in]` as `[6, in]`, the result and `dx` shaped
+        // as the input.
+        let x3 = var(&[2, 3, inp], 5);
+        let op = LoraMatmul {
+            weight: w.clone(),
+            weight_t: w.t().unwrap().contiguous().unwrap(),
+            scaling: 2.0,
+            mask: None,
+        };
+        let fused = x3.as_tensor().apply_op3(a.as_tensor(), b.as_tensor(), op);
+        let y = fused.unwrap();
+        assert_eq!(y.dims(), [2, 3, out]);
+        check(
+            &[&x3, &a, &b],
+            || {
+                let op = LoraMatmul {
+                    weight: w.clone(),
+                    weight_t: w.t().unwrap().contiguous().unwrap(),
+                    scaling: 2.0,
+                    mask: None,
+                };
+                x3.as_tensor()
+                    .apply_op3(a.as_tensor(), b.as_tensor(), op)
+                    .unwrap()
+            },
+            || {
+                let x2 = x3.as_tensor().reshape((6, inp)).unwrap();
+                let base = x2.matmul(&w.t().unwrap()).unwrap();
+                let lora = x2
+                    .matmul(&a.t().unwrap())
+                    .unwrap()
+                    .matmul(&b.t().unwrap())
+                    .unwrap();
+                (base + (lora * 2.0).unwrap())
+                    .unwrap()
+                    .reshape((2, 3, out))
+                    .unwrap()
+            },
+            "lora-matmul on [2, 3, in]",
+        );
     }
 
     #[test]

@@ -41,16 +41,15 @@ pub struct LoraDropout {
 }
 
 impl LoraDropout {
-    /// A `[rows, features]` mask of `0` and `1 / (1 - p)` for `x`.
+    /// A mask of `0` and `1 / (1 - p)` of `x`'s shape, drawn in row-major order.
     fn mask(&self, x: &Tensor) -> Result<Tensor> {
-        let (rows, features) = x.dims2()?;
         let keep = 1.0 / (1.0 - self.p);
         let threshold = (self.p * (1u64 << 53) as f64) as u64;
         let mut rng = self
             .rng
             .lock()
             .map_err(|_| ModelError::Invalid("a LoRA dropout generator was poisoned".into()))?;
-        let values: Vec<f32> = (0..rows * features)
+        let values: Vec<f32> = (0..x.elem_count())
             .map(|_| {
                 if rng.next_u64() >> 11 < threshold {
                     0.0
@@ -60,7 +59,7 @@ impl LoraDropout {
             })
             .collect();
         drop(rng);
-        Ok(Tensor::from_vec(values, (rows, features), x.device())?.to_dtype(x.dtype())?)
+        Ok(Tensor::from_vec(values, x.shape(), x.device())?.to_dtype(x.dtype())?)
     }
 }
 
@@ -110,6 +109,8 @@ fn fused_training(x: &Tensor, other: &Tensor) -> bool {
 /// a third of a LoRA step's matrix products.
 struct FrozenMatmul {
     weight: Tensor,
+    /// `W^T`, `[in, out]` (the forward product's operand; see [`crate::fused::x_wt`]).
+    weight_t: Tensor,
 }
 
 impl candle_core::CustomOp1 for FrozenMatmul {
@@ -123,7 +124,7 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let data = storage.as_slice::<f32>()?;
-        let (n, _) = layout.shape().dims2()?;
+        let (n, _) = crate::fused::rows_features(layout.dims())?;
         let x = match layout.contiguous_offsets() {
             Some((start, end)) => &data[start..end],
             None => {
@@ -132,9 +133,12 @@ impl candle_core::CustomOp1 for FrozenMatmul {
                 ));
             }
         };
-        let values = crate::fused::x_wt(x, n, &self.weight)?; // [n, out]
+        let values = crate::fused::x_wt(x, n, &self.weight_t)?; // [n, out]
         let out = self.weight.dim(0)?;
-        Ok((candle_core::CpuStorage::F32(values), (n, out).into()))
+        Ok((
+            candle_core::CpuStorage::F32(values),
+            crate::fused::with_last(layout.dims(), out),
+        ))
     }
 
     fn bwd(
@@ -144,7 +148,7 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
         // y = x W^T, so dx = dy W.
-        Ok(Some(grad_res.matmul(&self.weight)?))
+        Ok(Some(grad_res.broadcast_matmul(&self.weight)?))
     }
 }
 
@@ -157,6 +161,11 @@ pub struct Linear {
     pub bias: Option<Tensor>,
     /// The adapter slot the trainer fills.
     pub lora: Option<LoraAdapter>,
+    /// `W^T` (`[in, out]`, contiguous) with the id of the weight it was made from: made on the
+    /// first training forward through a frozen f32 weight on the CPU, for
+    /// [`crate::fused::x_wt`], and made again if the weight is replaced. Costs a second copy of
+    /// the frozen weights while the model lives; the forward pass runs a third faster.
+    transposed: Arc<std::sync::Mutex<Option<(candle_core::TensorId, Tensor)>>>,
 }
 
 impl Linear {
@@ -166,7 +175,23 @@ impl Linear {
             weight: LinearWeight::Dense(weight),
             bias,
             lora: None,
+            transposed: Arc::default(),
         }
+    }
+
+    /// `weight^T`, contiguous, made once per weight (see the `transposed` field).
+    fn transposed(&self, weight: &Tensor) -> Result<Tensor> {
+        let mut cached = self.transposed.lock().map_err(|_| {
+            ModelError::Invalid("a projection's transposed weight: poisoned".into())
+        })?;
+        if let Some((id, t)) = cached.as_ref()
+            && *id == weight.id()
+        {
+            return Ok(t.clone());
+        }
+        let t = weight.t()?.contiguous()?;
+        *cached = Some((weight.id(), t.clone()));
+        Ok(t)
     }
 
     /// `(out, in)` features.
@@ -206,32 +231,32 @@ impl Linear {
         let dims = x.dims().to_vec();
         let features = dims[dims.len() - 1];
         let rows = x.elem_count() / features.max(1);
-        let x2 = x.reshape((rows, features))?; // [n, in]
         if let Some(lora) = &self.lora
             && let LinearWeight::Dense(weight) = &self.weight
-            && fused_lora(&x2, weight, lora)
+            && fused_lora(x, weight, lora)
         {
-            // Training on the CPU in f32: the projection and its adapter as one node.
+            // Training on the CPU in f32: the projection and its adapter as one node, on `x`
+            // as it is (the node takes its leading dimensions as rows; reshapes would be nodes
+            // of their own in backward).
             let mask = match &lora.dropout {
-                Some(dropout) if dropout.p > 0.0 => Some(Arc::new(
-                    dropout.mask(&x2)?.flatten_all()?.to_vec1::<f32>()?,
-                )),
+                Some(dropout) if dropout.p > 0.0 => {
+                    Some(Arc::new(dropout.mask(x)?.flatten_all()?.to_vec1::<f32>()?))
+                }
                 _ => None,
             };
             let op = crate::fused::LoraMatmul {
                 weight: weight.clone(),
+                weight_t: self.transposed(weight)?,
                 scaling: lora.scaling as f32,
                 mask,
             };
-            let mut y = x2.contiguous()?.apply_op3(&lora.a, &lora.b, op)?;
+            let mut y = x.contiguous()?.apply_op3(&lora.a, &lora.b, op)?;
             if let Some(bias) = &self.bias {
                 y = y.broadcast_add(bias)?;
             }
-            let mut out_dims = dims;
-            let last = out_dims.len() - 1;
-            out_dims[last] = self.out_features()?;
-            return Ok(y.reshape(out_dims)?);
+            return Ok(y);
         }
+        let x2 = x.reshape((rows, features))?; // [n, in]
         let mut y = match &self.weight {
             LinearWeight::Quantized(q) => q.forward(&x2)?,
             LinearWeight::Dense(weight) => {
@@ -246,6 +271,7 @@ impl Linear {
                     // never used, and candle's matmul backward would compute it anyway.
                     None if frozen_weight_training(&x2, weight) => x2.apply_op1(FrozenMatmul {
                         weight: weight.clone(),
+                        weight_t: self.transposed(weight)?,
                     })?,
                     // (W x^T)^T rather than x W^T: candle's CPU gemm is several times faster
                     // this way for small n and no slower for long prefills.
@@ -1249,6 +1275,29 @@ mod tests {
         // The mean is preserved in expectation.
         let mean = values.iter().map(|v| *v as f64).sum::<f64>() / values.len() as f64;
         assert!((mean - 1.0).abs() < 0.03, "{mean}");
+    }
+
+    #[test]
+    fn the_transposed_weight_is_made_once_and_again_for_a_replaced_weight() {
+        let dev = Device::Cpu;
+        let w1 = Tensor::randn(0f32, 1.0, (5, 3), &dev).unwrap();
+        let mut linear = Linear::new(w1.clone(), None);
+        let t1 = linear.transposed(&w1).unwrap();
+        assert_eq!(t1.dims(), [3, 5]);
+        assert!(t1.is_contiguous());
+        assert_eq!(
+            t1.to_vec2::<f32>().unwrap(),
+            w1.t().unwrap().to_vec2::<f32>().unwrap()
+        );
+        let again = linear.transposed(&w1).unwrap();
+        assert_eq!(again.id(), t1.id(), "kept, not made again");
+        let w2 = Tensor::randn(0f32, 1.0, (5, 3), &dev).unwrap();
+        linear.weight = LinearWeight::Dense(w2.clone());
+        let t2 = linear.transposed(&w2).unwrap();
+        assert_eq!(
+            t2.to_vec2::<f32>().unwrap(),
+            w2.t().unwrap().to_vec2::<f32>().unwrap()
+        );
     }
 
     #[test]
