@@ -525,6 +525,21 @@ impl CustomOp2 for SiluMul {
     }
 }
 
+/// One head's rotary embedding `y = x cos + rotate_half(x) sin` at one position, or its
+/// transpose (`backward`: `dx = dy cos + rotate_half^T(dy sin)`).
+fn rotate(x: &[f32], y: &mut [f32], cos: &[f32], sin: &[f32], backward: bool) {
+    let half = x.len() / 2;
+    for i in 0..half {
+        if backward {
+            y[i] = x[i] * cos[i] + x[i + half] * sin[i + half];
+            y[i + half] = x[i + half] * cos[i + half] - x[i] * sin[i];
+        } else {
+            y[i] = x[i] * cos[i] - x[i + half] * sin[i];
+            y[i + half] = x[i + half] * cos[i + half] + x[i] * sin[i + half];
+        }
+    }
+}
+
 /// Rotary embedding `x cos + rotate_half(x) sin` for `x [b, h, s, d]`, with the tables
 /// `[b, s, d]` (shared by the heads).
 pub(crate) struct RotaryOp {
@@ -543,7 +558,6 @@ impl RotaryOp {
         if self.cos.len() != b * s * d || d % 2 != 0 {
             candle_core::bail!("rotary: tables for another shape than {dims:?}");
         }
-        let half = d / 2;
         let plane = s * d;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(plane)
@@ -556,16 +570,7 @@ impl RotaryOp {
                 for p in 0..s {
                     let (x, y) = (&x[p * d..(p + 1) * d], &mut y[p * d..(p + 1) * d]);
                     let (c, sn) = (&cos[p * d..(p + 1) * d], &sin[p * d..(p + 1) * d]);
-                    for i in 0..half {
-                        if backward {
-                            // The transpose: dx = dy cos + rotate_half^T(dy sin).
-                            y[i] = x[i] * c[i] + x[i + half] * sn[i + half];
-                            y[i + half] = x[i + half] * c[i + half] - x[i] * sn[i];
-                        } else {
-                            y[i] = x[i] * c[i] - x[i + half] * sn[i];
-                            y[i + half] = x[i + half] * c[i + half] + x[i] * sn[i + half];
-                        }
-                    }
+                    rotate(x, y, c, sn, backward);
                 }
             });
         Ok(y)
@@ -614,6 +619,122 @@ fn attention_dims(q: &[usize], k: &[usize], v: &[usize]) -> OpResult<(usize, usi
     Ok((b * kv, rs, t, d))
 }
 
+/// Causal attention on the grouped layout: `q [blocks, r*s, d]`, `k`, `v` `[blocks, s, d]`;
+/// returns the output `[blocks, r*s, d]` and the probabilities `[blocks, r*s, s]`.
+fn attention_forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (blocks, rs, t, d): (usize, usize, usize, usize),
+    scale: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut probs = vec![0f32; blocks * rs * t];
+    let mut out = vec![0f32; blocks * rs * d];
+    for block in 0..blocks {
+        let q = &q[block * rs * d..(block + 1) * rs * d];
+        let k = &k[block * t * d..(block + 1) * t * d];
+        let v = &v[block * t * d..(block + 1) * t * d];
+        let p = &mut probs[block * rs * t..(block + 1) * rs * t];
+        matmul(
+            Operand::plain(q, rs, d),
+            Operand::t(k, t, d),
+            p,
+            scale,
+            false,
+        );
+        // Row j*s + i is position i: it sees keys 0..=i.
+        p.par_chunks_mut(t).enumerate().for_each(|(row, p)| {
+            let i = row % t;
+            let max = p[..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for x in &mut p[..=i] {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            for x in &mut p[..=i] {
+                *x *= inv;
+            }
+            p[i + 1..].fill(0.0);
+        });
+        matmul(
+            Operand::plain(p, rs, t),
+            Operand::plain(v, t, d),
+            &mut out[block * rs * d..(block + 1) * rs * d],
+            1.0,
+            false,
+        );
+    }
+    (out, probs)
+}
+
+/// The gradients `(dq, dk, dv)` of [`attention_forward`] for the output's gradient `dy`, from
+/// its inputs, output `o` and probabilities.
+#[allow(clippy::too_many_arguments)]
+fn attention_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &[f32],
+    dy: &[f32],
+    probs: &[f32],
+    (blocks, rs, t, d): (usize, usize, usize, usize),
+    scale: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut dq = vec![0f32; blocks * rs * d];
+    let mut dk = vec![0f32; blocks * t * d];
+    let mut dv = vec![0f32; blocks * t * d];
+    let mut ds = vec![0f32; rs * t];
+    for block in 0..blocks {
+        let qs = block * rs * d..(block + 1) * rs * d;
+        let ks = block * t * d..(block + 1) * t * d;
+        let p = &probs[block * rs * t..(block + 1) * rs * t];
+        let (dy, o) = (&dy[qs.clone()], &o[qs.clone()]);
+        // dV = P^T dO; dP = dO V^T.
+        matmul(
+            Operand::t(p, rs, t),
+            Operand::plain(dy, rs, d),
+            &mut dv[ks.clone()],
+            1.0,
+            false,
+        );
+        matmul(
+            Operand::plain(dy, rs, d),
+            Operand::t(&v[ks.clone()], t, d),
+            &mut ds,
+            1.0,
+            false,
+        );
+        // dS = P (dP - rowsum(dO o O)) scale.
+        ds.par_chunks_mut(t)
+            .zip(p.par_chunks(t))
+            .enumerate()
+            .for_each(|(row, (ds, p))| {
+                let (dy, o) = (&dy[row * d..(row + 1) * d], &o[row * d..(row + 1) * d]);
+                let dot: f32 = dy.iter().zip(o).map(|(a, b)| a * b).sum();
+                for (ds, p) in ds.iter_mut().zip(p) {
+                    *ds = p * (*ds - dot) * scale;
+                }
+            });
+        // dQ = dS K; dK = dS^T Q.
+        matmul(
+            Operand::plain(&ds, rs, t),
+            Operand::plain(&k[ks.clone()], t, d),
+            &mut dq[qs.clone()],
+            1.0,
+            false,
+        );
+        matmul(
+            Operand::t(&ds, rs, t),
+            Operand::plain(&q[qs.clone()], rs, d),
+            &mut dk[ks.clone()],
+            1.0,
+            false,
+        );
+    }
+    (dq, dk, dv)
+}
+
 impl CustomOp3 for CausalAttention {
     fn name(&self) -> &'static str {
         "causal-attention"
@@ -628,47 +749,11 @@ impl CustomOp3 for CausalAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> OpResult<(CpuStorage, Shape)> {
-        let (blocks, rs, t, d) = attention_dims(l1.dims(), l2.dims(), l3.dims())?;
+        let dims = attention_dims(l1.dims(), l2.dims(), l3.dims())?;
         let q = values(s1, l1, "q")?;
         let k = values(s2, l2, "k")?;
         let v = values(s3, l3, "v")?;
-        let mut probs = vec![0f32; blocks * rs * t];
-        let mut out = vec![0f32; blocks * rs * d];
-        for block in 0..blocks {
-            let q = &q[block * rs * d..(block + 1) * rs * d];
-            let k = &k[block * t * d..(block + 1) * t * d];
-            let v = &v[block * t * d..(block + 1) * t * d];
-            let p = &mut probs[block * rs * t..(block + 1) * rs * t];
-            matmul(
-                Operand::plain(q, rs, d),
-                Operand::t(k, t, d),
-                p,
-                self.scale,
-                false,
-            );
-            // Row j*s + i is position i: it sees keys 0..=i.
-            p.par_chunks_mut(t).enumerate().for_each(|(row, p)| {
-                let i = row % t;
-                let max = p[..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for x in &mut p[..=i] {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                for x in &mut p[..=i] {
-                    *x *= inv;
-                }
-                p[i + 1..].fill(0.0);
-            });
-            matmul(
-                Operand::plain(p, rs, t),
-                Operand::plain(v, t, d),
-                &mut out[block * rs * d..(block + 1) * rs * d],
-                1.0,
-                false,
-            );
-        }
+        let (out, probs) = attention_forward(q, k, v, dims, self.scale);
         let _ = self.probs.set(probs);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -685,67 +770,21 @@ impl CustomOp3 for CausalAttention {
         let Some(probs) = self.probs.get() else {
             candle_core::bail!("causal attention: backward before forward");
         };
-        let mut dq = vec![0f32; blocks * rs * d];
-        let mut dk = vec![0f32; blocks * t * d];
-        let mut dv = vec![0f32; blocks * t * d];
-        with_values(q, |q| {
+        let (dq, dk, dv) = with_values(q, |q| {
             with_values(k, |k| {
                 with_values(v, |v| {
                     with_values(res, |o| {
                         with_values(grad, |dy| {
-                            let mut ds = vec![0f32; rs * t];
-                            for block in 0..blocks {
-                                let qs = block * rs * d..(block + 1) * rs * d;
-                                let ks = block * t * d..(block + 1) * t * d;
-                                let p = &probs[block * rs * t..(block + 1) * rs * t];
-                                let (dy, o) = (&dy[qs.clone()], &o[qs.clone()]);
-                                // dV = P^T dO; dP = dO V^T.
-                                matmul(
-                                    Operand::t(p, rs, t),
-                                    Operand::plain(dy, rs, d),
-                                    &mut dv[ks.clone()],
-                                    1.0,
-                                    false,
-                                );
-                                matmul(
-                                    Operand::plain(dy, rs, d),
-                                    Operand::t(&v[ks.clone()], t, d),
-                                    &mut ds,
-                                    1.0,
-                                    false,
-                                );
-                                // dS = P (dP - rowsum(dO o O)) scale.
-                                let scale = self.scale;
-                                ds.par_chunks_mut(t)
-                                    .zip(p.par_chunks(t))
-                                    .enumerate()
-                                    .for_each(|(row, (ds, p))| {
-                                        let (dy, o) = (
-                                            &dy[row * d..(row + 1) * d],
-                                            &o[row * d..(row + 1) * d],
-                                        );
-                                        let dot: f32 = dy.iter().zip(o).map(|(a, b)| a * b).sum();
-                                        for (ds, p) in ds.iter_mut().zip(p) {
-                                            *ds = p * (*ds - dot) * scale;
-                                        }
-                                    });
-                                // dQ = dS K; dK = dS^T Q.
-                                matmul(
-                                    Operand::plain(&ds, rs, t),
-                                    Operand::plain(&k[ks.clone()], t, d),
-                                    &mut dq[qs.clone()],
-                                    1.0,
-                                    false,
-                                );
-                                matmul(
-                                    Operand::t(&ds, rs, t),
-                                    Operand::plain(&q[qs.clone()], rs, d),
-                                    &mut dk[ks.clone()],
-                                    1.0,
-                                    false,
-                                );
-                            }
-                            Ok(())
+                            Ok(attention_backward(
+                                q,
+                                k,
+                                v,
+                                o,
+                                dy,
+                                probs,
+                                (blocks, rs, t, d),
+                                self.scale,
+                            ))
                         })
                     })
                 })
@@ -755,6 +794,210 @@ impl CustomOp3 for CausalAttention {
             Some(tensor(dq, q.dims().to_vec())?),
             Some(tensor(dk, k.dims().to_vec())?),
             Some(tensor(dv, v.dims().to_vec())?),
+        ))
+    }
+}
+
+/// The rotary tables of an [`AttentionBlock`] and whether to apply them forward or transposed.
+type Rotation<'a> = Option<(&'a [f32], &'a [f32], bool)>;
+
+/// The shape of an [`AttentionBlock`] call: batch, positions, query heads, key/value heads,
+/// head size.
+#[derive(Clone, Copy)]
+struct BlockDims {
+    b: usize,
+    s: usize,
+    h: usize,
+    kv: usize,
+    d: usize,
+}
+
+impl BlockDims {
+    /// `x [b, s, heads * d]` (heads = groups * r, head `g * r + j`) to the grouped layout
+    /// `[b, groups, r * s, d]` (row `j * s + p`), rotating each head vector when asked.
+    fn to_grouped(&self, x: &[f32], groups: usize, r: usize, rotation: Rotation<'_>) -> Vec<f32> {
+        let BlockDims { s, d, .. } = *self;
+        let heads = groups * r;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d).enumerate().for_each(|(row, y)| {
+            let (block, within) = (row / (r * s), row % (r * s));
+            let (bi, g) = (block / groups, block % groups);
+            let (j, p) = (within / s, within % s);
+            let at = ((bi * s + p) * heads + g * r + j) * d;
+            let x = &x[at..at + d];
+            match rotation {
+                Some((cos, sin, backward)) => {
+                    let t = (bi * s + p) * d;
+                    rotate(x, y, &cos[t..t + d], &sin[t..t + d], backward);
+                }
+                None => y.copy_from_slice(x),
+            }
+        });
+        y
+    }
+
+    /// The inverse of [`Self::to_grouped`] (with the rotation applied after the move).
+    fn from_grouped(&self, x: &[f32], groups: usize, r: usize, rotation: Rotation<'_>) -> Vec<f32> {
+        let BlockDims { s, d, .. } = *self;
+        let heads = groups * r;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d).enumerate().for_each(|(at, y)| {
+            let (bi, p, head) = (at / (s * heads), (at / heads) % s, at % heads);
+            let (g, j) = (head / r, head % r);
+            let row = ((bi * groups + g) * r + j) * s + p;
+            let x = &x[row * d..(row + 1) * d];
+            match rotation {
+                Some((cos, sin, backward)) => {
+                    let t = (bi * s + p) * d;
+                    rotate(x, y, &cos[t..t + d], &sin[t..t + d], backward);
+                }
+                None => y.copy_from_slice(x),
+            }
+        });
+        y
+    }
+}
+
+/// What an [`AttentionBlock`]'s forward pass keeps for backward, in the grouped layout.
+struct BlockSaved {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    out: Vec<f32>,
+    probs: Vec<f32>,
+}
+
+/// A decoder layer's causal self-attention between its projections, as one node: `q`
+/// `[b, s, h*d]`, `k` and `v` `[b, s, kv*d]` as the projections give them, rotary embedding,
+/// grouped causal attention ([`attention_forward`]) and the heads merged back, `[b, s, h*d]`.
+/// Instead of the dozen reshape, transpose, copy and rotary nodes around [`CausalAttention`],
+/// each of which costs backward a zeroed gradient and an add.
+pub(crate) struct AttentionBlock {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// `1 / sqrt(d)`.
+    pub scale: f32,
+    /// Rotary `cos`, `[b, s, d]`.
+    pub cos: Arc<Vec<f32>>,
+    /// Rotary `sin`, `[b, s, d]`.
+    pub sin: Arc<Vec<f32>>,
+    /// The forward pass's grouped values, for backward.
+    saved: Arc<std::sync::OnceLock<BlockSaved>>,
+}
+
+impl AttentionBlock {
+    /// A block over `heads` query and `kv_heads` key/value heads with these rotary tables.
+    pub fn new(
+        heads: usize,
+        kv_heads: usize,
+        scale: f32,
+        cos: Arc<Vec<f32>>,
+        sin: Arc<Vec<f32>>,
+    ) -> Self {
+        AttentionBlock {
+            heads,
+            kv_heads,
+            scale,
+            cos,
+            sin,
+            saved: Arc::default(),
+        }
+    }
+
+    fn dims(&self, q: &[usize], k: &[usize], v: &[usize]) -> OpResult<BlockDims> {
+        let (h, kv) = (self.heads, self.kv_heads);
+        let (&[b, s, hd], true) = (q, k == v) else {
+            candle_core::bail!("attention block: q {q:?}, k {k:?}, v {v:?}");
+        };
+        if kv == 0 || h % kv != 0 || hd % h != 0 {
+            candle_core::bail!("attention block: {h} heads over {kv} key/value heads, q {q:?}");
+        }
+        let d = hd / h;
+        if k != [b, s, kv * d]
+            || d % 2 != 0
+            || self.cos.len() != b * s * d
+            || self.sin.len() != b * s * d
+        {
+            candle_core::bail!("attention block: q {q:?}, k {k:?}, v {v:?}, head size {d}");
+        }
+        Ok(BlockDims { b, s, h, kv, d })
+    }
+}
+
+impl CustomOp3 for AttentionBlock {
+    fn name(&self) -> &'static str {
+        "attention-block"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> OpResult<(CpuStorage, Shape)> {
+        let dims = self.dims(l1.dims(), l2.dims(), l3.dims())?;
+        let BlockDims { b, s, h, kv, d } = dims;
+        let r = h / kv;
+        let rotation = Some((self.cos.as_slice(), self.sin.as_slice(), false));
+        let q = dims.to_grouped(values(s1, l1, "q")?, kv, r, rotation);
+        let k = dims.to_grouped(values(s2, l2, "k")?, kv, 1, rotation);
+        let v = dims.to_grouped(values(s3, l3, "v")?, kv, 1, None);
+        let (out, probs) = attention_forward(&q, &k, &v, (b * kv, r * s, s, d), self.scale);
+        let merged = dims.from_grouped(&out, kv, r, None);
+        let _ = self.saved.set(BlockSaved {
+            q,
+            k,
+            v,
+            out,
+            probs,
+        });
+        Ok((CpuStorage::F32(merged), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> OpResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dims = self.dims(q.dims(), k.dims(), v.dims())?;
+        let BlockDims { b, s, h, kv, d } = dims;
+        let r = h / kv;
+        let Some(saved) = self.saved.get() else {
+            candle_core::bail!("attention block: backward before forward");
+        };
+        let dy = with_values(grad, |dy| Ok(dims.to_grouped(dy, kv, r, None)))?;
+        let (dq, dk, dv) = attention_backward(
+            &saved.q,
+            &saved.k,
+            &saved.v,
+            &saved.out,
+            &dy,
+            &saved.probs,
+            (b * kv, r * s, s, d),
+            self.scale,
+        );
+        let rotation = Some((self.cos.as_slice(), self.sin.as_slice(), true));
+        Ok((
+            Some(tensor(
+                dims.from_grouped(&dq, kv, r, rotation),
+                q.dims().to_vec(),
+            )?),
+            Some(tensor(
+                dims.from_grouped(&dk, kv, 1, rotation),
+                k.dims().to_vec(),
+            )?),
+            Some(tensor(
+                dims.from_grouped(&dv, kv, 1, None),
+                v.dims().to_vec(),
+            )?),
         ))
     }
 }
@@ -1029,5 +1272,70 @@ mod tests {
             },
             "causal-attention",
         );
+    }
+
+    #[test]
+    fn the_attention_block_equals_rotary_and_causal_attention_around_reshapes() {
+        let (b, s, h, kv, d) = (2, 5, 6, 2, 4);
+        let r = h / kv;
+        let q = var(&[b, s, h * d], 21);
+        let k = var(&[b, s, kv * d], 22);
+        let v = var(&[b, s, kv * d], 23);
+        let cos = Arc::new(filled(&[b, s, d], 24));
+        let sin = Arc::new(filled(&[b, s, d], 25));
+        let scale = 1.0 / (d as f32).sqrt();
+        let rotary = || RotaryOp {
+            cos: cos.clone(),
+            sin: sin.clone(),
+        };
+        let heads = |x: &Var, n: usize| {
+            x.as_tensor()
+                .reshape((b, s, n, d))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        check(
+            &[&q, &k, &v],
+            || {
+                q.as_tensor()
+                    .apply_op3(
+                        k.as_tensor(),
+                        v.as_tensor(),
+                        AttentionBlock::new(h, kv, scale, cos.clone(), sin.clone()),
+                    )
+                    .unwrap()
+            },
+            || {
+                let qh = heads(&q, h)
+                    .apply_op1(rotary())
+                    .unwrap()
+                    .reshape((b, kv, r * s, d))
+                    .unwrap();
+                let kh = heads(&k, kv).apply_op1(rotary()).unwrap();
+                let vh = heads(&v, kv);
+                let op = CausalAttention {
+                    scale,
+                    probs: Arc::default(),
+                };
+                qh.apply_op3(&kh, &vh, op)
+                    .unwrap()
+                    .reshape((b, h, s, d))
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .reshape((b, s, h * d))
+                    .unwrap()
+            },
+            "attention-block",
+        );
+        let wrong = q.as_tensor().apply_op3(
+            q.as_tensor(),
+            v.as_tensor(),
+            AttentionBlock::new(h, kv, scale, cos.clone(), sin.clone()),
+        );
+        assert!(wrong.is_err(), "keys shaped as queries are refused");
     }
 }

@@ -563,9 +563,34 @@ impl Attention {
         let (b, s, _) = x.dims3()?;
         let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let r = h / kv;
-        let q = self.q_proj.forward(x)?.reshape((b, s, h, d))?; // [b, s, h, d]
-        let k = self.k_proj.forward(x)?.reshape((b, s, kv, d))?; // [b, s, kv, d]
-        let v = self.v_proj.forward(x)?.reshape((b, s, kv, d))?; // [b, s, kv, d]
+        let q = self.q_proj.forward(x)?; // [b, s, h*d]
+        let k = self.k_proj.forward(x)?; // [b, s, kv*d]
+        let v = self.v_proj.forward(x)?; // [b, s, kv*d]
+        let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        if causal
+            && cache.is_none()
+            && self.q_norm.is_none()
+            && self.k_norm.is_none()
+            && (q.track_op() || k.track_op() || v.track_op())
+            && [&q, &k, &v].into_iter().all(cpu_f32)
+        {
+            // Training on the CPU in f32 without padding, cache or head norms: rotary, causal
+            // attention and the heads' merge as one node on the projections as they are.
+            let op = crate::fused::AttentionBlock::new(
+                h,
+                kv,
+                1.0 / (d as f32).sqrt(),
+                rotary.values.0.clone(),
+                rotary.values.1.clone(),
+            );
+            let out = q
+                .contiguous()?
+                .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?; // [b, s, h*d]
+            return self.o_proj.forward(&out);
+        }
+        let q = q.reshape((b, s, h, d))?; // [b, s, h, d]
+        let k = k.reshape((b, s, kv, d))?; // [b, s, kv, d]
+        let v = v.reshape((b, s, kv, d))?; // [b, s, kv, d]
         let q = match &self.q_norm {
             Some(norm) => norm.forward(&q)?,
             None => q,
