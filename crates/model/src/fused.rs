@@ -815,7 +815,7 @@ struct BlockDims {
 impl BlockDims {
     /// `x [b, s, heads * d]` (heads = groups * r, head `g * r + j`) to the grouped layout
     /// `[b, groups, r * s, d]` (row `j * s + p`), rotating each head vector when asked.
-    fn to_grouped(&self, x: &[f32], groups: usize, r: usize, rotation: Rotation<'_>) -> Vec<f32> {
+    fn group(&self, x: &[f32], groups: usize, r: usize, rotation: Rotation<'_>) -> Vec<f32> {
         let BlockDims { s, d, .. } = *self;
         let heads = groups * r;
         let mut y = vec![0f32; x.len()];
@@ -836,8 +836,8 @@ impl BlockDims {
         y
     }
 
-    /// The inverse of [`Self::to_grouped`] (with the rotation applied after the move).
-    fn from_grouped(&self, x: &[f32], groups: usize, r: usize, rotation: Rotation<'_>) -> Vec<f32> {
+    /// The inverse of [`Self::group`] (with the rotation applied after the move).
+    fn ungroup(&self, x: &[f32], groups: usize, r: usize, rotation: Rotation<'_>) -> Vec<f32> {
         let BlockDims { s, d, .. } = *self;
         let heads = groups * r;
         let mut y = vec![0f32; x.len()];
@@ -944,11 +944,11 @@ impl CustomOp3 for AttentionBlock {
         let BlockDims { b, s, h, kv, d } = dims;
         let r = h / kv;
         let rotation = Some((self.cos.as_slice(), self.sin.as_slice(), false));
-        let q = dims.to_grouped(values(s1, l1, "q")?, kv, r, rotation);
-        let k = dims.to_grouped(values(s2, l2, "k")?, kv, 1, rotation);
-        let v = dims.to_grouped(values(s3, l3, "v")?, kv, 1, None);
+        let q = dims.group(values(s1, l1, "q")?, kv, r, rotation);
+        let k = dims.group(values(s2, l2, "k")?, kv, 1, rotation);
+        let v = dims.group(values(s3, l3, "v")?, kv, 1, None);
         let (out, probs) = attention_forward(&q, &k, &v, (b * kv, r * s, s, d), self.scale);
-        let merged = dims.from_grouped(&out, kv, r, None);
+        let merged = dims.ungroup(&out, kv, r, None);
         let _ = self.saved.set(BlockSaved {
             q,
             k,
@@ -973,7 +973,7 @@ impl CustomOp3 for AttentionBlock {
         let Some(saved) = self.saved.get() else {
             candle_core::bail!("attention block: backward before forward");
         };
-        let dy = with_values(grad, |dy| Ok(dims.to_grouped(dy, kv, r, None)))?;
+        let dy = with_values(grad, |dy| Ok(dims.group(dy, kv, r, None)))?;
         let (dq, dk, dv) = attention_backward(
             &saved.q,
             &saved.k,
@@ -987,17 +987,14 @@ impl CustomOp3 for AttentionBlock {
         let rotation = Some((self.cos.as_slice(), self.sin.as_slice(), true));
         Ok((
             Some(tensor(
-                dims.from_grouped(&dq, kv, r, rotation),
+                dims.ungroup(&dq, kv, r, rotation),
                 q.dims().to_vec(),
             )?),
             Some(tensor(
-                dims.from_grouped(&dk, kv, 1, rotation),
+                dims.ungroup(&dk, kv, 1, rotation),
                 k.dims().to_vec(),
             )?),
-            Some(tensor(
-                dims.from_grouped(&dv, kv, 1, None),
-                v.dims().to_vec(),
-            )?),
+            Some(tensor(dims.ungroup(&dv, kv, 1, None), v.dims().to_vec())?),
         ))
     }
 }
