@@ -59,8 +59,21 @@ impl<'a> Operand<'a> {
     }
 }
 
-/// `c = (accumulate ? c : 0) + scale * op(a) op(b)`, `c` row-major `[m, n]`.
+/// `c = (accumulate ? c : 0) + scale * op(a) op(b)`, `c` row-major `[m, n]`, on every core.
 fn matmul(a: Operand<'_>, b: Operand<'_>, c: &mut [f32], scale: f32, accumulate: bool) {
+    matmul_on(a, b, c, scale, accumulate, false);
+}
+
+/// [`matmul`] on this thread alone (`serial`: the caller runs several in parallel) or on every
+/// core.
+fn matmul_on(
+    a: Operand<'_>,
+    b: Operand<'_>,
+    c: &mut [f32],
+    scale: f32,
+    accumulate: bool,
+    serial: bool,
+) {
     let (m, k) = a.shape();
     let (k2, n) = b.shape();
     assert!(
@@ -82,7 +95,7 @@ fn matmul(a: Operand<'_>, b: Operand<'_>, c: &mut [f32], scale: f32, accumulate:
     let (a_cs, a_rs) = a.strides();
     let (b_cs, b_rs) = b.strides();
     let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 {
+    let parallelism = if threads > 1 && !serial {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
@@ -619,6 +632,13 @@ fn attention_dims(q: &[usize], k: &[usize], v: &[usize]) -> OpResult<(usize, usi
     Ok((b * kv, rs, t, d))
 }
 
+/// Whether attention runs its `blocks` (batch x key/value heads) in parallel, each block's
+/// products on one thread, rather than one after another with every core in each product:
+/// when there are enough of them to share out evenly (a batch of sequences).
+fn blocks_in_parallel(blocks: usize) -> bool {
+    blocks >= 2 * candle_core::utils::get_num_threads()
+}
+
 /// Causal attention on the grouped layout: `q [blocks, r*s, d]`, `k`, `v` `[blocks, s, d]`;
 /// returns the output `[blocks, r*s, d]` and the probabilities `[blocks, r*s, s]`.
 fn attention_forward(
@@ -630,20 +650,21 @@ fn attention_forward(
 ) -> (Vec<f32>, Vec<f32>) {
     let mut probs = vec![0f32; blocks * rs * t];
     let mut out = vec![0f32; blocks * rs * d];
-    for block in 0..blocks {
+    let serial = blocks_in_parallel(blocks);
+    let one = |block: usize, (p, out): (&mut [f32], &mut [f32])| {
         let q = &q[block * rs * d..(block + 1) * rs * d];
         let k = &k[block * t * d..(block + 1) * t * d];
         let v = &v[block * t * d..(block + 1) * t * d];
-        let p = &mut probs[block * rs * t..(block + 1) * rs * t];
-        matmul(
+        matmul_on(
             Operand::plain(q, rs, d),
             Operand::t(k, t, d),
             p,
             scale,
             false,
+            serial,
         );
         // Row j*s + i is position i: it sees keys 0..=i.
-        p.par_chunks_mut(t).enumerate().for_each(|(row, p)| {
+        let softmax = |(row, p): (usize, &mut [f32])| {
             let i = row % t;
             let max = p[..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
@@ -656,14 +677,32 @@ fn attention_forward(
                 *x *= inv;
             }
             p[i + 1..].fill(0.0);
-        });
-        matmul(
+        };
+        if serial {
+            p.chunks_mut(t).enumerate().for_each(softmax);
+        } else {
+            p.par_chunks_mut(t).enumerate().for_each(softmax);
+        }
+        matmul_on(
             Operand::plain(p, rs, t),
             Operand::plain(v, t, d),
-            &mut out[block * rs * d..(block + 1) * rs * d],
+            out,
             1.0,
             false,
+            serial,
         );
+    };
+    let per_block = probs.chunks_mut(rs * t).zip(out.chunks_mut(rs * d));
+    if serial {
+        let per_block: Vec<_> = per_block.collect();
+        per_block
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(block, bufs)| one(block, bufs));
+    } else {
+        per_block
+            .enumerate()
+            .for_each(|(block, bufs)| one(block, bufs));
     }
     (out, probs)
 }
@@ -684,53 +723,79 @@ fn attention_backward(
     let mut dq = vec![0f32; blocks * rs * d];
     let mut dk = vec![0f32; blocks * t * d];
     let mut dv = vec![0f32; blocks * t * d];
-    let mut ds = vec![0f32; rs * t];
-    for block in 0..blocks {
+    let serial = blocks_in_parallel(blocks);
+    let one = |block: usize, (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32])| {
         let qs = block * rs * d..(block + 1) * rs * d;
         let ks = block * t * d..(block + 1) * t * d;
         let p = &probs[block * rs * t..(block + 1) * rs * t];
         let (dy, o) = (&dy[qs.clone()], &o[qs.clone()]);
+        let mut ds = vec![0f32; rs * t];
         // dV = P^T dO; dP = dO V^T.
-        matmul(
+        matmul_on(
             Operand::t(p, rs, t),
             Operand::plain(dy, rs, d),
-            &mut dv[ks.clone()],
+            dv,
             1.0,
             false,
+            serial,
         );
-        matmul(
+        matmul_on(
             Operand::plain(dy, rs, d),
             Operand::t(&v[ks.clone()], t, d),
             &mut ds,
             1.0,
             false,
+            serial,
         );
         // dS = P (dP - rowsum(dO o O)) scale.
-        ds.par_chunks_mut(t)
-            .zip(p.par_chunks(t))
-            .enumerate()
-            .for_each(|(row, (ds, p))| {
-                let (dy, o) = (&dy[row * d..(row + 1) * d], &o[row * d..(row + 1) * d]);
-                let dot: f32 = dy.iter().zip(o).map(|(a, b)| a * b).sum();
-                for (ds, p) in ds.iter_mut().zip(p) {
-                    *ds = p * (*ds - dot) * scale;
-                }
-            });
+        let rows = |(row, (ds, p)): (usize, (&mut [f32], &[f32]))| {
+            let (dy, o) = (&dy[row * d..(row + 1) * d], &o[row * d..(row + 1) * d]);
+            let dot: f32 = dy.iter().zip(o).map(|(a, b)| a * b).sum();
+            for (ds, p) in ds.iter_mut().zip(p) {
+                *ds = p * (*ds - dot) * scale;
+            }
+        };
+        if serial {
+            ds.chunks_mut(t).zip(p.chunks(t)).enumerate().for_each(rows);
+        } else {
+            ds.par_chunks_mut(t)
+                .zip(p.par_chunks(t))
+                .enumerate()
+                .for_each(rows);
+        }
         // dQ = dS K; dK = dS^T Q.
-        matmul(
+        matmul_on(
             Operand::plain(&ds, rs, t),
             Operand::plain(&k[ks.clone()], t, d),
-            &mut dq[qs.clone()],
+            dq,
             1.0,
             false,
+            serial,
         );
-        matmul(
+        matmul_on(
             Operand::t(&ds, rs, t),
-            Operand::plain(&q[qs.clone()], rs, d),
-            &mut dk[ks.clone()],
+            Operand::plain(&q[qs], rs, d),
+            dk,
             1.0,
             false,
+            serial,
         );
+    };
+    let per_block = dq
+        .chunks_mut(rs * d)
+        .zip(dk.chunks_mut(t * d))
+        .zip(dv.chunks_mut(t * d))
+        .map(|((dq, dk), dv)| (dq, dk, dv));
+    if serial {
+        let per_block: Vec<_> = per_block.collect();
+        per_block
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(block, bufs)| one(block, bufs));
+    } else {
+        per_block
+            .enumerate()
+            .for_each(|(block, bufs)| one(block, bufs));
     }
     (dq, dk, dv)
 }
