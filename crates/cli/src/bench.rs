@@ -293,15 +293,8 @@ impl PythonSide {
                     .take()
                     .and_then(|h| h.join().ok())
                     .unwrap_or_default();
-                let tail: String = stderr
-                    .lines()
-                    .rev()
-                    .take(20)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<Vec<_>>()
-                    .join("\n");
+                let lines: Vec<&str> = stderr.lines().collect();
+                let tail = lines[lines.len().saturating_sub(20)..].join("\n");
                 bail!(
                     "the PyTorch side ended ({}) without an answer; its last output:\n{tail}",
                     status.map_or("status unknown".into(), |s| s.to_string())

@@ -1236,29 +1236,3 @@ impl<'a> BenchStep<'a> {
         Ok(started.elapsed().as_secs_f64() * 1000.0)
     }
 }
-
-/// Times `steps` LoRA SFT steps ([`BenchStep::sft`]) after one warm-up step; returns each
-/// timed step's milliseconds.
-pub fn time_sft_steps(
-    model: &mut LanguageModel,
-    ids: &[u32],
-    lora: &LoraConfig,
-    steps: usize,
-) -> Result<Vec<f64>, TrainError> {
-    let mut step = BenchStep::sft(model, ids, lora)?;
-    step.step()?;
-    (0..steps).map(|_| step.step()).collect()
-}
-
-/// Times `steps` LoRA GRPO-loss steps ([`BenchStep::grpo`]) after one warm-up step; returns
-/// each timed step's milliseconds.
-pub fn time_grpo_steps(
-    model: &mut LanguageModel,
-    group: &[Vec<u32>],
-    lora: &LoraConfig,
-    steps: usize,
-) -> Result<Vec<f64>, TrainError> {
-    let mut step = BenchStep::grpo(model, group, lora)?;
-    step.step()?;
-    (0..steps).map(|_| step.step()).collect()
-}

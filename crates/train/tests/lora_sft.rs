@@ -802,7 +802,7 @@ fn grpo_reuses_each_sampled_batch_for_num_iterations_steps_and_resumes_inside_a_
 #[test]
 fn the_bench_step_timer_runs_full_steps_on_raw_ids() {
     let mut m = model();
-    let times = afterburner_train::time_sft_steps(
+    let mut step = afterburner_train::BenchStep::sft(
         &mut m,
         &IDS,
         &LoraConfig {
@@ -810,14 +810,13 @@ fn the_bench_step_timer_runs_full_steps_on_raw_ids() {
             alpha: 8.0,
             ..LoraConfig::default()
         },
-        2,
     )
     .unwrap();
+    let times: Vec<f64> = (0..2).map(|_| step.step().unwrap()).collect();
     assert_eq!(times.len(), 2);
     assert!(times.iter().all(|t| *t > 0.0 && t.is_finite()));
     assert!(
-        afterburner_train::time_sft_steps(&mut model(), &IDS[..1], &LoraConfig::default(), 1)
-            .is_err()
+        afterburner_train::BenchStep::sft(&mut model(), &IDS[..1], &LoraConfig::default()).is_err()
     );
 }
 
