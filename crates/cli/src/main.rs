@@ -58,6 +58,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // Candle reads /proc/cpuinfo for its thread count on every parallel operation unless
+        // this is set (thousands of reads a training step); rayon's pool then agrees with it.
+        let threads = afterburner_model::threads().to_string();
+        // SAFETY: first thing in main, before any thread exists that could read the environment.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads) };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("AFTERBURNER_LOG")

@@ -1,5 +1,5 @@
-//! Fused CPU kernels for training in f32: a LoRA projection, RMSNorm, rotary embedding and the
-//! SiLU gate, each one autograd node with a hand-written backward instead of the dozen
+//! Fused CPU kernels for training in f32: a LoRA projection, RMSNorm, rotary embedding, the
+//! SiLU gate, causal attention and the head's target log-probabilities, each one autograd node with a hand-written backward instead of the dozen
 //! elementwise nodes candle would record (each of which, in backward, allocates a zeroed
 //! gradient, adds into it and walks on). [`crate::model`] uses them when a forward pass tracks
 //! gradients on the CPU in f32; elsewhere it keeps candle's composite operations.
@@ -9,15 +9,19 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::vector;
+
 type OpResult<T> = candle_core::Result<T>;
 
-/// A row-major matrix operand: its values and how many rows and columns it has, read
-/// transposed or not.
+/// A row-major matrix operand: its values, how many rows and columns it has and how far apart
+/// its rows lie (`stride`, the columns of a larger matrix it is cut from), read transposed or
+/// not.
 #[derive(Clone, Copy)]
 struct Operand<'a> {
     data: &'a [f32],
     rows: usize,
     cols: usize,
+    stride: usize,
     transposed: bool,
 }
 
@@ -27,17 +31,21 @@ impl<'a> Operand<'a> {
             data,
             rows,
             cols,
+            stride: cols,
             transposed: false,
         }
     }
 
     fn t(data: &'a [f32], rows: usize, cols: usize) -> Self {
         Operand {
-            data,
-            rows,
-            cols,
             transposed: true,
+            ..Self::plain(data, rows, cols)
         }
+    }
+
+    /// The same operand with rows `stride` values apart.
+    fn strided(self, stride: usize) -> Self {
+        Operand { stride, ..self }
     }
 
     /// The operand's shape as read: `(rows, cols)` of `op(M)`.
@@ -52,24 +60,34 @@ impl<'a> Operand<'a> {
     /// Column and row strides of `op(M)`.
     fn strides(&self) -> (isize, isize) {
         if self.transposed {
-            (self.cols as isize, 1)
+            (self.stride as isize, 1)
         } else {
-            (1, self.cols as isize)
+            (1, self.stride as isize)
         }
+    }
+
+    /// Whether every value the operand reads lies within `data`.
+    fn in_bounds(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.stride >= self.cols
+                && self.data.len() >= (self.rows - 1) * self.stride + self.cols)
     }
 }
 
 /// `c = (accumulate ? c : 0) + scale * op(a) op(b)`, `c` row-major `[m, n]`, on every core.
 fn matmul(a: Operand<'_>, b: Operand<'_>, c: &mut [f32], scale: f32, accumulate: bool) {
-    matmul_on(a, b, c, scale, accumulate, false);
+    let n = b.shape().1;
+    matmul_on(a, b, (c, n), scale, accumulate, false);
 }
 
-/// [`matmul`] on this thread alone (`serial`: the caller runs several in parallel) or on every
-/// core.
+/// [`matmul`] into `c` with rows `ldc` values apart (`c.0` cut from a wider matrix `c.1`
+/// columns wide), on this thread alone (`serial`: the caller runs several in parallel) or on
+/// every core.
 fn matmul_on(
     a: Operand<'_>,
     b: Operand<'_>,
-    c: &mut [f32],
+    (c, ldc): (&mut [f32], usize),
     scale: f32,
     accumulate: bool,
     serial: bool,
@@ -78,9 +96,9 @@ fn matmul_on(
     let (k2, n) = b.shape();
     assert!(
         k == k2
-            && a.data.len() >= a.rows * a.cols
-            && b.data.len() >= b.rows * b.cols
-            && c.len() >= m * n,
+            && a.in_bounds()
+            && b.in_bounds()
+            && (m == 0 || n == 0 || (ldc >= n && c.len() >= (m - 1) * ldc + n)),
         "fused matmul: mismatched operands"
     );
     if m == 0 || n == 0 {
@@ -88,20 +106,23 @@ fn matmul_on(
     }
     if k == 0 {
         if !accumulate {
-            c[..m * n].fill(0.0);
+            for row in c.chunks_mut(ldc).take(m) {
+                row[..n].fill(0.0);
+            }
         }
         return;
     }
     let (a_cs, a_rs) = a.strides();
     let (b_cs, b_rs) = b.strides();
-    let threads = candle_core::utils::get_num_threads();
+    let threads = crate::threads();
     let parallelism = if threads > 1 && !serial {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
     // SAFETY: the assertion above bounds every index the strides reach: op(a) is m x k within
-    // a's rows * cols values, op(b) k x n within b's, c m x n row-major within c.
+    // a's (rows - 1) * stride + cols values, op(b) k x n within b's, c m x n with rows ldc
+    // apart within c.
     unsafe {
         gemm::gemm(
             m,
@@ -109,7 +130,7 @@ fn matmul_on(
             k,
             c.as_mut_ptr(),
             1,
-            n as isize,
+            ldc as isize,
             accumulate,
             a.data.as_ptr(),
             a_cs,
@@ -171,6 +192,129 @@ pub(crate) fn x_wt(x: &[f32], n: usize, weight_t: &Tensor) -> OpResult<Vec<f32>>
         Ok(())
     })?;
     Ok(y)
+}
+
+/// `ln(sum(exp(row)))`, stably (shifted by the row's maximum), summed in f64.
+fn log_sum_exp(row: &[f32]) -> f32 {
+    vector::vectorized(|| {
+        let max = vector::max(row);
+        if max == f32::NEG_INFINITY {
+            return max;
+        }
+        max + vector::sum_exp(row, max).ln() as f32
+    })
+}
+
+/// What a [`HeadLogProb`] keeps from forward to backward: the logits `[n, v]` (turned into
+/// their gradient in place) and each row's log-sum-exp.
+type HeadSaved = (Vec<f32>, Vec<f32>);
+
+/// `log_softmax(x W^T)[i, targets[i]]` through a frozen head `W` (`[v, e]`) for `x` `[n, e]`:
+/// `[n]`, one node whose backward gives `x`'s gradient. The logits (`n * v` values, 50 MB for
+/// 256 rows of a 49k vocabulary) are one buffer kept from forward to backward and turned into
+/// their own gradient there, instead of a logits tensor, its gradient, and the zeroed
+/// gradients and sums that candle's backward makes of each node in between.
+pub(crate) struct HeadLogProb {
+    /// The frozen head `[v, e]`.
+    pub weight: Tensor,
+    /// `W^T`, `[e, v]` (the forward product's operand; see [`x_wt`]).
+    pub weight_t: Tensor,
+    /// The target token of each row.
+    pub targets: Arc<Vec<u32>>,
+    saved: Arc<std::sync::Mutex<Option<HeadSaved>>>,
+}
+
+impl HeadLogProb {
+    /// The op for these targets through this head and its transpose.
+    pub fn new(weight: Tensor, weight_t: Tensor, targets: Vec<u32>) -> Self {
+        HeadLogProb {
+            weight,
+            weight_t,
+            targets: Arc::new(targets),
+            saved: Arc::default(),
+        }
+    }
+
+    /// The logits of `x` (`[n, e]` values) and each row's log-sum-exp.
+    fn logits(&self, x: &[f32], n: usize) -> OpResult<HeadSaved> {
+        let (v, e) = self.weight.dims2()?;
+        if x.len() != n * e || self.targets.len() != n {
+            candle_core::bail!(
+                "head log-probs: {} values and {} targets for [{n}, {e}]",
+                x.len(),
+                self.targets.len()
+            );
+        }
+        if let Some(&t) = self.targets.iter().find(|&&t| t as usize >= v) {
+            candle_core::bail!("target token {t} is outside the vocabulary of {v}");
+        }
+        let logits = x_wt(x, n, &self.weight_t)?;
+        let lse = logits.par_chunks(v.max(1)).map(log_sum_exp).collect();
+        Ok((logits, lse))
+    }
+}
+
+impl CustomOp1 for HeadLogProb {
+    fn name(&self) -> &'static str {
+        "head-log-prob"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> OpResult<(CpuStorage, Shape)> {
+        let (n, _) = rows_features(layout.dims())?;
+        let v = self.weight.dim(0)?;
+        let (logits, lse) = self.logits(values(storage, layout, "x")?, n)?;
+        let out = (0..n)
+            .map(|i| logits[i * v + self.targets[i] as usize] - lse[i])
+            .collect();
+        if let Ok(mut saved) = self.saved.lock() {
+            *saved = Some((logits, lse));
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> OpResult<Option<Tensor>> {
+        let dims = x.dims().to_vec();
+        let (n, e) = rows_features(&dims)?;
+        let v = self.weight.dim(0)?;
+        // Backward a second time (retained graph) finds the buffer spent: recompute it.
+        let saved = self.saved.lock().ok().and_then(|mut saved| saved.take());
+        let (mut logits, lse) = match saved {
+            Some(saved) => saved,
+            None => with_values(x, |x| self.logits(x, n))?,
+        };
+        let grad = grad.to_dtype(candle_core::DType::F32)?;
+        with_values(&grad, |g| {
+            if g.len() != n {
+                candle_core::bail!("head log-probs: a gradient of {} for {n} rows", g.len());
+            }
+            // d/dlogit_ij of (logit_it - lse_i) = [j == t] - softmax_ij, times g_i.
+            logits
+                .par_chunks_mut(v.max(1))
+                .enumerate()
+                .for_each(|(i, row)| {
+                    let (g, m) = (g[i], lse[i]);
+                    vector::vectorized(|| {
+                        for o in row.iter_mut() {
+                            *o = -g * vector::exp(*o - m);
+                        }
+                    });
+                    row[self.targets[i] as usize] += g;
+                });
+            Ok(())
+        })?;
+        let mut dx = vec![0f32; n * e];
+        with_values(&self.weight, |w| {
+            matmul(
+                Operand::plain(&logits, n, v),
+                Operand::plain(w, v, e),
+                &mut dx,
+                1.0,
+                false,
+            );
+            Ok(())
+        })?;
+        Ok(Some(tensor(dx, dims)?))
+    }
 }
 
 /// `(rows, features)` of an input `[.., features]`: all leading dimensions taken as rows.
@@ -469,8 +613,10 @@ fn inv_rms(x: &[f32], eps: f32) -> f32 {
 /// `silu(gate) * up`, elementwise: arguments `gate` and `up` of one shape.
 pub(crate) struct SiluMul;
 
+/// `1 / (1 + exp(-x))`, inlined into the vectorized loops.
+#[inline(always)]
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + vector::exp(-x))
 }
 
 impl CustomOp2 for SiluMul {
@@ -494,9 +640,11 @@ impl CustomOp2 for SiluMul {
         y.par_chunks_mut(4096)
             .zip(g.par_chunks(4096).zip(u.par_chunks(4096)))
             .for_each(|(y, (g, u))| {
-                for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
-                    *y = g * sigmoid(*g) * u;
-                }
+                vector::vectorized(|| {
+                    for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
+                        *y = g * sigmoid(*g) * u;
+                    }
+                });
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -522,11 +670,13 @@ impl CustomOp2 for SiluMul {
                                 .zip(dy.par_chunks(4096)),
                         )
                         .for_each(|((dg, du), ((g, u), dy))| {
-                            for k in 0..g.len() {
-                                let s = sigmoid(g[k]);
-                                du[k] = dy[k] * g[k] * s;
-                                dg[k] = dy[k] * u[k] * s * (1.0 + g[k] * (1.0 - s));
-                            }
+                            vector::vectorized(|| {
+                                for k in 0..g.len() {
+                                    let s = sigmoid(g[k]);
+                                    du[k] = dy[k] * g[k] * s;
+                                    dg[k] = dy[k] * u[k] * s * (1.0 + g[k] * (1.0 - s));
+                                }
+                            });
                         });
                     Ok((
                         Some(tensor(dg, shape.clone())?),
@@ -617,98 +767,179 @@ impl CustomOp1 for RotaryOp {
 pub(crate) struct CausalAttention {
     /// `1 / sqrt(d)`.
     pub scale: f32,
+    /// Query positions per tile ([`ATTENTION_TILE`]; smaller in tests).
+    pub tile: usize,
     /// The probabilities of the forward pass, `[b, kv, r*s, s]`.
     pub probs: Arc<std::sync::OnceLock<Vec<f32>>>,
 }
 
-/// The shape `(blocks, r*s, s, d)` of a [`CausalAttention`] call.
-fn attention_dims(q: &[usize], k: &[usize], v: &[usize]) -> OpResult<(usize, usize, usize, usize)> {
-    let (&[b, kv, rs, d], &[b2, kv2, t, d2], true) = (q, k, k == v) else {
+/// Query positions per tile in causal attention: a tile reads only the keys up to its last
+/// position, so the masked upper triangle is computed only within the diagonal tiles (about
+/// 56% of the full square's work at 256 positions).
+pub(crate) const ATTENTION_TILE: usize = 32;
+
+/// How a block's `r * s` query rows are ordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RowOrder {
+    /// Row `j * s + i` holds head `j` at position `i` (candle's reshapes: [`CausalAttention`]).
+    HeadMajor,
+    /// Row `i * r + j` (an [`AttentionBlock`]'s own grouping): a run of positions is one run of
+    /// rows, whichever head.
+    PositionMajor,
+}
+
+/// The shape of a causal attention call on the grouped layout: `q [blocks, r*s, d]` in `order`,
+/// `k` and `v` `[blocks, s, d]`, worked through in tiles of `tile` query positions.
+#[derive(Clone, Copy, Debug)]
+struct Grouped {
+    blocks: usize,
+    r: usize,
+    s: usize,
+    d: usize,
+    order: RowOrder,
+    tile: usize,
+}
+
+/// One tile of query rows: its block, its run of consecutive positions (a head's rows when
+/// head-major; the whole block when position-major) and its index within the run.
+#[derive(Clone, Copy)]
+struct Tile {
+    block: usize,
+    run: usize,
+    index: usize,
+}
+
+impl Grouped {
+    /// `(runs per block, rows per position)`.
+    fn runs(&self) -> (usize, usize) {
+        match self.order {
+            RowOrder::HeadMajor => (self.r, 1),
+            RowOrder::PositionMajor => (1, self.r),
+        }
+    }
+
+    /// The first row (within all blocks) at position `p` of `run` in `block`.
+    fn row(&self, block: usize, run: usize, p: usize) -> usize {
+        let per = self.runs().1;
+        block * self.r * self.s + run * self.s * per + p * per
+    }
+
+    /// The positions `first..last` of query tile `index`.
+    fn positions(&self, index: usize) -> (usize, usize) {
+        let first = index * self.tile;
+        (first, (first + self.tile).min(self.s))
+    }
+
+    /// `buffer` (`[blocks, r*s, width]`) cut into the rows of each query tile, in order.
+    fn tiles<'a>(&self, buffer: &'a mut [f32], width: usize) -> Vec<(Tile, &'a mut [f32])> {
+        let (runs, per) = self.runs();
+        let (rs, s, tile) = (self.r * self.s, self.s, self.tile.max(1));
+        let mut out = Vec::new();
+        for (block, rows) in buffer.chunks_mut(rs * width).enumerate() {
+            for (run, rows) in rows.chunks_mut(s * per * width).take(runs).enumerate() {
+                for (index, rows) in rows.chunks_mut(tile * per * width).enumerate() {
+                    out.push((Tile { block, run, index }, rows));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The shape of a [`CausalAttention`] call, head-major.
+fn attention_dims(q: &[usize], k: &[usize], v: &[usize], tile: usize) -> OpResult<Grouped> {
+    let (&[b, kv, rs, d], &[b2, kv2, s, d2], true) = (q, k, k == v) else {
         candle_core::bail!("causal attention: q {q:?}, k {k:?}, v {v:?}");
     };
-    if b != b2 || kv != kv2 || d != d2 || t == 0 || rs % t != 0 {
-        candle_core::bail!("causal attention: q {q:?}, k {k:?}, v {v:?}");
+    if b != b2 || kv != kv2 || d != d2 || s == 0 || rs % s != 0 || tile == 0 {
+        candle_core::bail!("causal attention: q {q:?}, k {k:?}, v {v:?}, tile {tile}");
     }
-    Ok((b * kv, rs, t, d))
+    Ok(Grouped {
+        blocks: b * kv,
+        r: rs / s,
+        s,
+        d,
+        order: RowOrder::HeadMajor,
+        tile,
+    })
 }
 
-/// Whether attention runs its `blocks` (batch x key/value heads) in parallel, each block's
-/// products on one thread, rather than one after another with every core in each product:
-/// when there are enough of them to share out evenly (a batch of sequences).
-fn blocks_in_parallel(blocks: usize) -> bool {
-    blocks >= 2 * candle_core::utils::get_num_threads()
+/// Runs `one` on every item, in parallel with each item's products on one thread when there
+/// are enough items to share out evenly, else one after another with every core in each
+/// product (`one`'s second argument: whether its products run serially).
+fn for_each_item<T: Send>(items: Vec<T>, one: impl Fn(T, bool) + Sync) {
+    if items.len() >= 2 * crate::threads() {
+        items.into_par_iter().for_each(|item| one(item, true));
+    } else {
+        items.into_iter().for_each(|item| one(item, false));
+    }
 }
 
-/// Causal attention on the grouped layout: `q [blocks, r*s, d]`, `k`, `v` `[blocks, s, d]`;
-/// returns the output `[blocks, r*s, d]` and the probabilities `[blocks, r*s, s]`.
+/// Causal attention on the grouped layout ([`Grouped`]); returns the output `[blocks, r*s, d]`
+/// and the probabilities `[blocks, r*s, s]` (zero above the diagonal). Each tile of query
+/// positions `first..last` computes scores against keys `0..last` only.
 fn attention_forward(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    (blocks, rs, t, d): (usize, usize, usize, usize),
+    g: Grouped,
     scale: f32,
 ) -> (Vec<f32>, Vec<f32>) {
-    let mut probs = vec![0f32; blocks * rs * t];
-    let mut out = vec![0f32; blocks * rs * d];
-    let serial = blocks_in_parallel(blocks);
-    let one = |block: usize, (p, out): (&mut [f32], &mut [f32])| {
-        let q = &q[block * rs * d..(block + 1) * rs * d];
-        let k = &k[block * t * d..(block + 1) * t * d];
-        let v = &v[block * t * d..(block + 1) * t * d];
+    let Grouped {
+        blocks, r, s, d, ..
+    } = g;
+    let per = g.runs().1;
+    let mut probs = vec![0f32; blocks * r * s * s];
+    let mut out = vec![0f32; blocks * r * s * d];
+    let items: Vec<_> = g
+        .tiles(&mut probs, s)
+        .into_iter()
+        .zip(g.tiles(&mut out, d))
+        .map(|((tile, p), (_, o))| (tile, p, o))
+        .collect();
+    for_each_item(items, |(tile, p, o), serial| {
+        let (first, keys) = g.positions(tile.index);
+        let rows = (keys - first) * per;
+        let row = g.row(tile.block, tile.run, first);
+        let q = &q[row * d..(row + rows) * d];
+        let kv = tile.block * s * d..(tile.block * s + keys) * d;
         matmul_on(
-            Operand::plain(q, rs, d),
-            Operand::t(k, t, d),
-            p,
+            Operand::plain(q, rows, d),
+            Operand::t(&k[kv.clone()], keys, d),
+            (p, s),
             scale,
             false,
             serial,
         );
-        // Row j*s + i is position i: it sees keys 0..=i.
-        let softmax = |(row, p): (usize, &mut [f32])| {
-            let i = row % t;
-            let max = p[..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for x in &mut p[..=i] {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
-            for x in &mut p[..=i] {
-                *x *= inv;
-            }
-            p[i + 1..].fill(0.0);
-        };
-        if serial {
-            p.chunks_mut(t).enumerate().for_each(softmax);
-        } else {
-            p.par_chunks_mut(t).enumerate().for_each(softmax);
+        for (local, p) in p.chunks_mut(s).enumerate() {
+            // This row sees keys 0..=i.
+            let i = first + local / per;
+            vector::vectorized(|| {
+                let seen = &mut p[..=i];
+                let sum = vector::exp_in_place(seen, vector::max(seen));
+                let inv = 1.0 / sum;
+                for x in seen {
+                    *x *= inv;
+                }
+            });
+            p[i + 1..keys].fill(0.0);
         }
         matmul_on(
-            Operand::plain(p, rs, t),
-            Operand::plain(v, t, d),
-            out,
+            Operand::plain(p, rows, keys).strided(s),
+            Operand::plain(&v[kv], keys, d),
+            (o, d),
             1.0,
             false,
             serial,
         );
-    };
-    let per_block = probs.chunks_mut(rs * t).zip(out.chunks_mut(rs * d));
-    if serial {
-        let per_block: Vec<_> = per_block.collect();
-        per_block
-            .into_par_iter()
-            .enumerate()
-            .for_each(|(block, bufs)| one(block, bufs));
-    } else {
-        per_block
-            .enumerate()
-            .for_each(|(block, bufs)| one(block, bufs));
-    }
+    });
     (out, probs)
 }
 
 /// The gradients `(dq, dk, dv)` of [`attention_forward`] for the output's gradient `dy`, from
-/// its inputs, output `o` and probabilities.
+/// its inputs, output `o` and probabilities. Two passes, each over independent tiles: query
+/// tiles give `dS` and `dq`, then key tiles gather `dk` and `dv` from the query rows that see
+/// them.
 #[allow(clippy::too_many_arguments)]
 fn attention_backward(
     q: &[f32],
@@ -717,86 +948,107 @@ fn attention_backward(
     o: &[f32],
     dy: &[f32],
     probs: &[f32],
-    (blocks, rs, t, d): (usize, usize, usize, usize),
+    g: Grouped,
     scale: f32,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let mut dq = vec![0f32; blocks * rs * d];
-    let mut dk = vec![0f32; blocks * t * d];
-    let mut dv = vec![0f32; blocks * t * d];
-    let serial = blocks_in_parallel(blocks);
-    let one = |block: usize, (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32])| {
-        let qs = block * rs * d..(block + 1) * rs * d;
-        let ks = block * t * d..(block + 1) * t * d;
-        let p = &probs[block * rs * t..(block + 1) * rs * t];
-        let (dy, o) = (&dy[qs.clone()], &o[qs.clone()]);
-        let mut ds = vec![0f32; rs * t];
-        // dV = P^T dO; dP = dO V^T.
-        matmul_on(
-            Operand::t(p, rs, t),
-            Operand::plain(dy, rs, d),
-            dv,
-            1.0,
-            false,
-            serial,
+    let Grouped {
+        blocks, r, s, d, ..
+    } = g;
+    let (runs, per) = g.runs();
+    let mut ds = vec![0f32; blocks * r * s * s];
+    let mut dq = vec![0f32; blocks * r * s * d];
+    let items: Vec<_> = g
+        .tiles(&mut ds, s)
+        .into_iter()
+        .zip(g.tiles(&mut dq, d))
+        .map(|((tile, ds), (_, dq))| (tile, ds, dq))
+        .collect();
+    for_each_item(items, |(tile, ds, dq), serial| {
+        let (first, keys) = g.positions(tile.index);
+        let rows = (keys - first) * per;
+        let row = g.row(tile.block, tile.run, first);
+        let kv = tile.block * s * d..(tile.block * s + keys) * d;
+        let (dy, o) = (
+            &dy[row * d..(row + rows) * d],
+            &o[row * d..(row + rows) * d],
         );
+        // dP = dO V^T.
         matmul_on(
-            Operand::plain(dy, rs, d),
-            Operand::t(&v[ks.clone()], t, d),
-            &mut ds,
+            Operand::plain(dy, rows, d),
+            Operand::t(&v[kv.clone()], keys, d),
+            (ds, s),
             1.0,
             false,
             serial,
         );
         // dS = P (dP - rowsum(dO o O)) scale.
-        let rows = |(row, (ds, p)): (usize, (&mut [f32], &[f32]))| {
-            let (dy, o) = (&dy[row * d..(row + 1) * d], &o[row * d..(row + 1) * d]);
+        let p = &probs[row * s..(row + rows) * s];
+        for (local, (ds, p)) in ds.chunks_mut(s).zip(p.chunks(s)).enumerate() {
+            let (dy, o) = (
+                &dy[local * d..(local + 1) * d],
+                &o[local * d..(local + 1) * d],
+            );
             let dot: f32 = dy.iter().zip(o).map(|(a, b)| a * b).sum();
-            for (ds, p) in ds.iter_mut().zip(p) {
+            for (ds, p) in ds[..keys].iter_mut().zip(&p[..keys]) {
                 *ds = p * (*ds - dot) * scale;
             }
-        };
-        if serial {
-            ds.chunks_mut(t).zip(p.chunks(t)).enumerate().for_each(rows);
-        } else {
-            ds.par_chunks_mut(t)
-                .zip(p.par_chunks(t))
-                .enumerate()
-                .for_each(rows);
         }
-        // dQ = dS K; dK = dS^T Q.
+        // dQ = dS K.
         matmul_on(
-            Operand::plain(&ds, rs, t),
-            Operand::plain(&k[ks.clone()], t, d),
-            dq,
+            Operand::plain(ds, rows, keys).strided(s),
+            Operand::plain(&k[kv], keys, d),
+            (dq, d),
             1.0,
             false,
             serial,
         );
-        matmul_on(
-            Operand::t(&ds, rs, t),
-            Operand::plain(&q[qs], rs, d),
-            dk,
-            1.0,
-            false,
-            serial,
-        );
-    };
-    let per_block = dq
-        .chunks_mut(rs * d)
-        .zip(dk.chunks_mut(t * d))
-        .zip(dv.chunks_mut(t * d))
-        .map(|((dq, dk), dv)| (dq, dk, dv));
-    if serial {
-        let per_block: Vec<_> = per_block.collect();
-        per_block
-            .into_par_iter()
-            .enumerate()
-            .for_each(|(block, bufs)| one(block, bufs));
-    } else {
-        per_block
-            .enumerate()
-            .for_each(|(block, bufs)| one(block, bufs));
-    }
+    });
+    let mut dk = vec![0f32; blocks * s * d];
+    let mut dv = vec![0f32; blocks * s * d];
+    let tile = g.tile.max(1);
+    let items: Vec<_> = dk
+        .chunks_mut(s * d)
+        .zip(dv.chunks_mut(s * d))
+        .enumerate()
+        .flat_map(|(block, (dk, dv))| {
+            dk.chunks_mut(tile * d)
+                .zip(dv.chunks_mut(tile * d))
+                .enumerate()
+                .map(move |(index, (dk, dv))| (block, index, dk, dv))
+        })
+        .collect();
+    let ds = &ds;
+    for_each_item(items, |(block, index, dk, dv), serial| {
+        let (first, last) = g.positions(index);
+        let cols = last - first;
+        // Keys first..last are seen by the query rows at positions first..s of each run:
+        // dV = P^T dO and dK = dS^T Q over those rows.
+        for run in 0..runs {
+            let row = g.row(block, run, first);
+            let rows = (s - first) * per;
+            let (at, accumulate) = (row * s + first, run > 0);
+            let (dy, q) = (
+                &dy[row * d..(row + rows) * d],
+                &q[row * d..(row + rows) * d],
+            );
+            matmul_on(
+                Operand::t(&probs[at..], rows, cols).strided(s),
+                Operand::plain(dy, rows, d),
+                (dv, d),
+                1.0,
+                accumulate,
+                serial,
+            );
+            matmul_on(
+                Operand::t(&ds[at..], rows, cols).strided(s),
+                Operand::plain(q, rows, d),
+                (dk, d),
+                1.0,
+                accumulate,
+                serial,
+            );
+        }
+    });
     (dq, dk, dv)
 }
 
@@ -814,7 +1066,7 @@ impl CustomOp3 for CausalAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> OpResult<(CpuStorage, Shape)> {
-        let dims = attention_dims(l1.dims(), l2.dims(), l3.dims())?;
+        let dims = attention_dims(l1.dims(), l2.dims(), l3.dims(), self.tile)?;
         let q = values(s1, l1, "q")?;
         let k = values(s2, l2, "k")?;
         let v = values(s3, l3, "v")?;
@@ -831,7 +1083,7 @@ impl CustomOp3 for CausalAttention {
         res: &Tensor,
         grad: &Tensor,
     ) -> OpResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (blocks, rs, t, d) = attention_dims(q.dims(), k.dims(), v.dims())?;
+        let dims = attention_dims(q.dims(), k.dims(), v.dims(), self.tile)?;
         let Some(probs) = self.probs.get() else {
             candle_core::bail!("causal attention: backward before forward");
         };
@@ -840,16 +1092,7 @@ impl CustomOp3 for CausalAttention {
                 with_values(v, |v| {
                     with_values(res, |o| {
                         with_values(grad, |dy| {
-                            Ok(attention_backward(
-                                q,
-                                k,
-                                v,
-                                o,
-                                dy,
-                                probs,
-                                (blocks, rs, t, d),
-                                self.scale,
-                            ))
+                            Ok(attention_backward(q, k, v, o, dy, probs, dims, self.scale))
                         })
                     })
                 })
@@ -879,7 +1122,8 @@ struct BlockDims {
 
 impl BlockDims {
     /// `x [b, s, heads * d]` (heads = groups * r, head `g * r + j`) to the grouped layout
-    /// `[b, groups, r * s, d]` (row `j * s + p`), rotating each head vector when asked.
+    /// `[b, groups, s * r, d]`, position-major (row `p * r + j`: [`RowOrder::PositionMajor`]),
+    /// rotating each head vector when asked.
     fn group(&self, x: &[f32], groups: usize, r: usize, rotation: Rotation<'_>) -> Vec<f32> {
         let BlockDims { s, d, .. } = *self;
         let heads = groups * r;
@@ -887,7 +1131,7 @@ impl BlockDims {
         y.par_chunks_mut(d).enumerate().for_each(|(row, y)| {
             let (block, within) = (row / (r * s), row % (r * s));
             let (bi, g) = (block / groups, block % groups);
-            let (j, p) = (within / s, within % s);
+            let (p, j) = (within / r, within % r);
             let at = ((bi * s + p) * heads + g * r + j) * d;
             let x = &x[at..at + d];
             match rotation {
@@ -909,7 +1153,7 @@ impl BlockDims {
         y.par_chunks_mut(d).enumerate().for_each(|(at, y)| {
             let (bi, p, head) = (at / (s * heads), (at / heads) % s, at % heads);
             let (g, j) = (head / r, head % r);
-            let row = ((bi * groups + g) * r + j) * s + p;
+            let row = ((bi * groups + g) * s + p) * r + j;
             let x = &x[row * d..(row + 1) * d];
             match rotation {
                 Some((cos, sin, backward)) => {
@@ -948,6 +1192,8 @@ pub(crate) struct AttentionBlock {
     pub cos: Arc<Vec<f32>>,
     /// Rotary `sin`, `[b, s, d]`.
     pub sin: Arc<Vec<f32>>,
+    /// Query positions per tile ([`ATTENTION_TILE`]; smaller in tests).
+    pub tile: usize,
     /// The forward pass's grouped values, for backward.
     saved: Arc<std::sync::OnceLock<BlockSaved>>,
 }
@@ -967,6 +1213,7 @@ impl AttentionBlock {
             scale,
             cos,
             sin,
+            tile: ATTENTION_TILE,
             saved: Arc::default(),
         }
     }
@@ -989,6 +1236,19 @@ impl AttentionBlock {
         }
         Ok(BlockDims { b, s, h, kv, d })
     }
+
+    /// The grouped attention this block runs, position-major.
+    fn grouped(&self, dims: BlockDims) -> Grouped {
+        let BlockDims { b, s, h, kv, d } = dims;
+        Grouped {
+            blocks: b * kv,
+            r: h / kv,
+            s,
+            d,
+            order: RowOrder::PositionMajor,
+            tile: self.tile.max(1),
+        }
+    }
 }
 
 impl CustomOp3 for AttentionBlock {
@@ -1006,13 +1266,13 @@ impl CustomOp3 for AttentionBlock {
         l3: &Layout,
     ) -> OpResult<(CpuStorage, Shape)> {
         let dims = self.dims(l1.dims(), l2.dims(), l3.dims())?;
-        let BlockDims { b, s, h, kv, d } = dims;
+        let BlockDims { h, kv, .. } = dims;
         let r = h / kv;
         let rotation = Some((self.cos.as_slice(), self.sin.as_slice(), false));
         let q = dims.group(values(s1, l1, "q")?, kv, r, rotation);
         let k = dims.group(values(s2, l2, "k")?, kv, 1, rotation);
         let v = dims.group(values(s3, l3, "v")?, kv, 1, None);
-        let (out, probs) = attention_forward(&q, &k, &v, (b * kv, r * s, s, d), self.scale);
+        let (out, probs) = attention_forward(&q, &k, &v, self.grouped(dims), self.scale);
         let merged = dims.ungroup(&out, kv, r, None);
         let _ = self.saved.set(BlockSaved {
             q,
@@ -1033,7 +1293,7 @@ impl CustomOp3 for AttentionBlock {
         grad: &Tensor,
     ) -> OpResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dims = self.dims(q.dims(), k.dims(), v.dims())?;
-        let BlockDims { b, s, h, kv, d } = dims;
+        let BlockDims { h, kv, .. } = dims;
         let r = h / kv;
         let Some(saved) = self.saved.get() else {
             candle_core::bail!("attention block: backward before forward");
@@ -1046,7 +1306,7 @@ impl CustomOp3 for AttentionBlock {
             &saved.out,
             &dy,
             &saved.probs,
-            (b * kv, r * s, s, d),
+            self.grouped(dims),
             self.scale,
         );
         let rotation = Some((self.cos.as_slice(), self.sin.as_slice(), true));
@@ -1304,36 +1564,106 @@ mod tests {
             .map(|n| if n % s <= n / s { 0.0 } else { f32::MIN })
             .collect();
         let mask = tensor(mask, (1, 1, 1, s, s)).unwrap();
+        // Tiles of one position, of two (the last one short) and all positions in one.
+        for tile in [1, 2, ATTENTION_TILE] {
+            check(
+                &[&q, &k, &v],
+                || {
+                    q.as_tensor()
+                        .apply_op3(
+                            k.as_tensor(),
+                            v.as_tensor(),
+                            CausalAttention {
+                                scale,
+                                tile,
+                                probs: Arc::default(),
+                            },
+                        )
+                        .unwrap()
+                },
+                || {
+                    let scores = (q.as_tensor().matmul(&k.as_tensor().t().unwrap()).unwrap()
+                        * scale as f64)
+                        .unwrap()
+                        .reshape((b, kv, r, s, s))
+                        .unwrap()
+                        .broadcast_add(&mask)
+                        .unwrap();
+                    let probs = candle_nn::ops::softmax(&scores, D::Minus1)
+                        .unwrap()
+                        .reshape((b, kv, r * s, s))
+                        .unwrap();
+                    probs.matmul(v.as_tensor()).unwrap()
+                },
+                &format!("causal-attention in tiles of {tile}"),
+            );
+        }
+    }
+
+    #[test]
+    fn head_log_probs_equal_log_softmax_and_gather_of_the_logits() {
+        let (n, e, v) = (5, 12, 1037);
+        let x = var(&[n, e], 31);
+        let w = tensor(filled(&[v, e], 32), (v, e)).unwrap();
+        let w_t = w.t().unwrap().contiguous().unwrap();
+        let targets = vec![3u32, 1036, 0, 500, 3];
+        let fused = || {
+            x.as_tensor()
+                .apply_op1(HeadLogProb::new(w.clone(), w_t.clone(), targets.clone()))
+                .unwrap()
+        };
         check(
-            &[&q, &k, &v],
+            &[&x],
+            fused,
             || {
-                q.as_tensor()
-                    .apply_op3(
-                        k.as_tensor(),
-                        v.as_tensor(),
-                        CausalAttention {
-                            scale,
-                            probs: Arc::default(),
-                        },
-                    )
+                let logits = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
+                let index = Tensor::from_vec(targets.clone(), (n, 1), &Device::Cpu).unwrap();
+                candle_nn::ops::log_softmax(&logits, D::Minus1)
+                    .unwrap()
+                    .gather(&index, 1)
+                    .unwrap()
+                    .squeeze(1)
                     .unwrap()
             },
-            || {
-                let scores = (q.as_tensor().matmul(&k.as_tensor().t().unwrap()).unwrap()
-                    * scale as f64)
-                    .unwrap()
-                    .reshape((b, kv, r, s, s))
-                    .unwrap()
-                    .broadcast_add(&mask)
-                    .unwrap();
-                let probs = candle_nn::ops::softmax(&scores, D::Minus1)
-                    .unwrap()
-                    .reshape((b, kv, r * s, s))
-                    .unwrap();
-                probs.matmul(v.as_tensor()).unwrap()
-            },
-            "causal-attention",
+            "head-log-prob",
         );
+        // A second backward through the same graph recomputes the spent logits.
+        let loss = fused().sum_all().unwrap();
+        let first = loss.backward().unwrap();
+        let second = loss.backward().unwrap();
+        close(
+            first.get(x.as_tensor()).unwrap(),
+            second.get(x.as_tensor()).unwrap(),
+            0.0,
+            "a second backward",
+        );
+    }
+
+    #[test]
+    fn bad_head_targets_are_refused_with_what_is_wrong() {
+        let x = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let head = crate::model::Linear::new(
+            Tensor::zeros((4, 3), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            None,
+        );
+        let e = head.target_log_probs(&x, &[1]).unwrap_err().to_string();
+        assert!(e.contains("1 targets for 2 rows"), "{e}");
+        let e = head.target_log_probs(&x, &[1, 4]).unwrap_err().to_string();
+        assert!(
+            e.contains("target token 4 is outside the vocabulary of 4"),
+            "{e}"
+        );
+        let x = Var::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let e = x
+            .as_tensor()
+            .apply_op1(HeadLogProb::new(
+                Tensor::zeros((4, 3), candle_core::DType::F32, &Device::Cpu).unwrap(),
+                Tensor::zeros((3, 4), candle_core::DType::F32, &Device::Cpu).unwrap(),
+                vec![0, 9],
+            ))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outside the vocabulary"), "{e}");
     }
 
     #[test]
@@ -1359,40 +1689,41 @@ mod tests {
                 .contiguous()
                 .unwrap()
         };
-        check(
-            &[&q, &k, &v],
-            || {
-                q.as_tensor()
-                    .apply_op3(
-                        k.as_tensor(),
-                        v.as_tensor(),
-                        AttentionBlock::new(h, kv, scale, cos.clone(), sin.clone()),
-                    )
-                    .unwrap()
-            },
-            || {
-                let qh = heads(&q, h)
-                    .apply_op1(rotary())
-                    .unwrap()
-                    .reshape((b, kv, r * s, d))
-                    .unwrap();
-                let kh = heads(&k, kv).apply_op1(rotary()).unwrap();
-                let vh = heads(&v, kv);
-                let op = CausalAttention {
-                    scale,
-                    probs: Arc::default(),
-                };
-                qh.apply_op3(&kh, &vh, op)
-                    .unwrap()
-                    .reshape((b, h, s, d))
-                    .unwrap()
-                    .transpose(1, 2)
-                    .unwrap()
-                    .reshape((b, s, h * d))
-                    .unwrap()
-            },
-            "attention-block",
-        );
+        for tile in [1, 2, ATTENTION_TILE] {
+            check(
+                &[&q, &k, &v],
+                || {
+                    let mut block = AttentionBlock::new(h, kv, scale, cos.clone(), sin.clone());
+                    block.tile = tile;
+                    q.as_tensor()
+                        .apply_op3(k.as_tensor(), v.as_tensor(), block)
+                        .unwrap()
+                },
+                || {
+                    let qh = heads(&q, h)
+                        .apply_op1(rotary())
+                        .unwrap()
+                        .reshape((b, kv, r * s, d))
+                        .unwrap();
+                    let kh = heads(&k, kv).apply_op1(rotary()).unwrap();
+                    let vh = heads(&v, kv);
+                    let op = CausalAttention {
+                        scale,
+                        tile: s,
+                        probs: Arc::default(),
+                    };
+                    qh.apply_op3(&kh, &vh, op)
+                        .unwrap()
+                        .reshape((b, h, s, d))
+                        .unwrap()
+                        .transpose(1, 2)
+                        .unwrap()
+                        .reshape((b, s, h * d))
+                        .unwrap()
+                },
+                &format!("attention-block in tiles of {tile}"),
+            );
+        }
         let wrong = q.as_tensor().apply_op3(
             q.as_tensor(),
             v.as_tensor(),

@@ -15,6 +15,7 @@ pub mod model;
 pub mod quantized;
 pub mod sampling;
 pub mod tokenizer;
+mod vector;
 pub mod weights;
 
 pub use candle_core::{DType, Device, Tensor};
@@ -32,3 +33,12 @@ pub use model::{
 pub use sampling::{SamplingParams, SplitMix64};
 pub use tokenizer::TextTokenizer;
 pub use weights::Weights;
+
+/// The threads the CPU kernels use: candle's count (`RAYON_NUM_THREADS`, else the physical
+/// cores), asked once. Candle asks again on every parallel operation, and without
+/// `RAYON_NUM_THREADS` each asking reads and parses `/proc/cpuinfo` (thousands of times a
+/// training step); a program can set that variable to this value first thing, as the CLI does.
+pub fn threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(candle_core::utils::get_num_threads)
+}

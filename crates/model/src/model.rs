@@ -194,6 +194,43 @@ impl Linear {
         Ok(t)
     }
 
+    /// `log_softmax(self.forward(x))[i, targets[i]]` for `x` `[n, in]`: the log-probability of
+    /// each row's target, `[n]` in f32. Training through a frozen f32 head on the CPU runs it
+    /// as one node ([`crate::fused::HeadLogProb`]) that never makes the `[n, out]` logits a
+    /// tensor; otherwise the logits, candle's log-softmax and a gather.
+    pub fn target_log_probs(&self, x: &Tensor, targets: &[u32]) -> Result<Tensor> {
+        let (n, _) = x.dims2()?;
+        let out = self.out_features()?;
+        if targets.len() != n {
+            return Err(ModelError::Invalid(format!(
+                "{} targets for {n} rows",
+                targets.len()
+            )));
+        }
+        if let Some(&t) = targets.iter().find(|&&t| t as usize >= out) {
+            return Err(ModelError::Invalid(format!(
+                "target token {t} is outside the vocabulary of {out}"
+            )));
+        }
+        if self.lora.is_none()
+            && self.bias.is_none()
+            && let LinearWeight::Dense(weight) = &self.weight
+            && frozen_weight_training(x, weight)
+        {
+            let op = crate::fused::HeadLogProb::new(
+                weight.clone(),
+                self.transposed(weight)?,
+                targets.to_vec(),
+            );
+            return Ok(x.contiguous()?.apply_op1(op)?);
+        }
+        let logits = self.forward(x)?.to_dtype(DType::F32)?;
+        let index = Tensor::from_vec(targets.to_vec(), (n, 1), x.device())?;
+        Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?
+            .gather(&index, 1)?
+            .squeeze(1)?)
+    }
+
     /// `(out, in)` features.
     pub fn dims(&self) -> Result<(usize, usize)> {
         match &self.weight {
@@ -619,6 +656,7 @@ impl Attention {
             // Training on the CPU in f32 without padding or cache: one fused node.
             let op = crate::fused::CausalAttention {
                 scale: 1.0 / (d as f32).sqrt(),
+                tile: crate::fused::ATTENTION_TILE,
                 probs: Arc::default(),
             };
             let out = q.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?; // [b, kv, r*s, d]
@@ -1140,6 +1178,14 @@ impl CausalLm {
     /// transformers' `logits_to_keep`.
     pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
         self.lm_head.forward(&self.norm.forward(hidden)?)
+    }
+
+    /// The log-probability of each row's target token under [`Self::head`]: hidden states
+    /// `[n, e]` to `[n]` in f32, without a logits tensor when training on the CPU
+    /// ([`Linear::target_log_probs`]).
+    pub fn head_log_probs(&self, hidden: &Tensor, targets: &[u32]) -> Result<Tensor> {
+        self.lm_head
+            .target_log_probs(&self.norm.forward(hidden)?, targets)
     }
 
     /// The decoder's output before the final norm, `[b, s, e]`; arguments as [`Self::forward`].

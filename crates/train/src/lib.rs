@@ -16,7 +16,6 @@
 
 pub mod dpo;
 pub mod grpo;
-pub mod logprob;
 pub mod lora;
 pub mod optim;
 pub mod sft;

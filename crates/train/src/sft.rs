@@ -251,8 +251,8 @@ pub fn micro_batches<T>(items: &[T], len: impl Fn(&T) -> usize) -> Vec<&[T]> {
 
 /// Log-probabilities of each completion token of each of `examples`, in one forward pass over
 /// them right-padded into a batch (causal attention: padding after a sequence never reaches
-/// it). The head runs on the positions that predict completion tokens only, and the
-/// log-softmax is fused ([`crate::logprob`]). One `[completion]` tensor per example.
+/// it). The head runs on the positions that predict completion tokens only, its log-softmax
+/// fused ([`afterburner_model::CausalLm::head_log_probs`]). One `[completion]` tensor per example.
 pub fn batch_completion_logps(
     model: &LanguageModel,
     examples: &[&Tokenized],
@@ -290,13 +290,10 @@ pub fn batch_completion_logps(
         .reshape((examples.len() * width, hidden_size))
         .and_then(|h| h.index_select(&index, 0))
         .map_err(err)?;
-    let logits = model
+    let logps = model
         .model()
-        .head(&picked)
-        .map_err(|e| TrainError::Model(e.to_string()))?
-        .to_dtype(candle_core::DType::F32)
-        .map_err(err)?;
-    let logps = crate::logprob::target_log_probs(&logits, &targets).map_err(err)?;
+        .head_log_probs(&picked, &targets)
+        .map_err(|e| TrainError::Model(e.to_string()))?;
     let mut out = Vec::with_capacity(counts.len());
     let mut at = 0;
     for count in counts {

@@ -54,14 +54,17 @@ fn a_fresh_adapter_changes_nothing_and_is_saved_as_peft_saves_it() {
     // B starts at zero: the same logits, up to rounding (with adapters that track gradients
     // the forward pass runs the fused training kernels, without them candle's composite ones).
     let after = logits(&m, &IDS);
+    // Relative to the logit's size (at least 1). The two paths sum their products in other
+    // orders and the fused kernels' exponential is within 2 ulp, not libm's half: on this
+    // fixture they differ by 1e-5 (8.5e-6 with libm's exponential).
     let worst = after
         .iter()
         .zip(&before)
-        .map(|(a, b)| (a - b).abs())
+        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
         .fold(0f32, f32::max);
     assert!(
-        worst < 1e-5,
-        "B starts at zero, yet logits moved by {worst}"
+        worst < 3e-5,
+        "B starts at zero, yet logits moved by {worst} of their size"
     );
     let dir = tempfile::tempdir().unwrap();
     adapters.save_peft(dir.path(), Some("tiny-qwen2")).unwrap();
