@@ -1627,6 +1627,15 @@ mod tests {
             },
             "head-log-prob",
         );
+        // Without gradients: the same values.
+        let plain = Tensor::from_vec(filled(&[n, e], 31), (n, e), &Device::Cpu).unwrap();
+        let head = crate::model::Linear::new(w.clone(), None);
+        close(
+            &head.target_log_probs(&plain, &targets).unwrap(),
+            &fused(),
+            0.0,
+            "without gradients",
+        );
         // A second backward through the same graph recomputes the spent logits.
         let loss = fused().sum_all().unwrap();
         let first = loss.backward().unwrap();

@@ -195,9 +195,9 @@ impl Linear {
     }
 
     /// `log_softmax(self.forward(x))[i, targets[i]]` for `x` `[n, in]`: the log-probability of
-    /// each row's target, `[n]` in f32. Training through a frozen f32 head on the CPU runs it
-    /// as one node ([`crate::fused::HeadLogProb`]) that never makes the `[n, out]` logits a
-    /// tensor; otherwise the logits, candle's log-softmax and a gather.
+    /// each row's target, `[n]` in f32. Through a frozen f32 head on the CPU it is one node
+    /// ([`crate::fused::HeadLogProb`]) that never makes the `[n, out]` logits a tensor;
+    /// otherwise the logits, candle's log-softmax and a gather.
     pub fn target_log_probs(&self, x: &Tensor, targets: &[u32]) -> Result<Tensor> {
         let (n, _) = x.dims2()?;
         let out = self.out_features()?;
@@ -212,10 +212,14 @@ impl Linear {
                 "target token {t} is outside the vocabulary of {out}"
             )));
         }
+        // Also without gradients (a reference model's log-probabilities): one pass, no logits
+        // tensor, and nothing kept, as candle drops an op whose result tracks nothing.
         if self.lora.is_none()
             && self.bias.is_none()
             && let LinearWeight::Dense(weight) = &self.weight
-            && frozen_weight_training(x, weight)
+            && !weight.track_op()
+            && [x.dtype(), weight.dtype()].iter().all(|d| *d == DType::F32)
+            && x.device().is_cpu()
         {
             let op = crate::fused::HeadLogProb::new(
                 weight.clone(),

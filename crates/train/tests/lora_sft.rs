@@ -572,8 +572,9 @@ fn dpo_learns_to_prefer_the_chosen_programs() {
     .unwrap();
     let first = steps[0].preference.unwrap();
     let last = steps.last().unwrap().preference.unwrap();
-    // Fresh adapters are the reference: no margin, loss log 2.
-    assert!(first.margin.abs() < 1e-6, "{first:?}");
+    // Fresh adapters are the reference: no margin (up to rounding: the policy's pass runs the
+    // fused training kernels, the reference's candle's own), loss log 2.
+    assert!(first.margin.abs() < 1e-5, "{first:?}");
     assert!((summary.first_loss - std::f64::consts::LN_2).abs() < 1e-4);
     assert_eq!(last.accuracy, 1.0, "{last:?}");
     assert!(last.margin > 1.0, "{last:?}");
