@@ -57,35 +57,12 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-/// Sets, where the user has not, the environment candle's CPU kernels read, before any thread
-/// starts. `RAYON_NUM_THREADS`: candle reads /proc/cpuinfo for its thread count on every parallel
-/// operation unless it is set (thousands of reads a training step), and rayon's pool then agrees
-/// with candle's count. For training, `CANDLE_BARRIER_POOL_SPIN_LIMIT=0`: candle's elementwise
-/// pool otherwise spins for a while after each of backward's many gradient sums, on a core the
-/// matrix products need (a training step is about 6% faster without; decoding keeps the spin).
-fn settle_cpu_threads(command: &Command) {
-    let mut settings = Vec::new();
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        settings.push((
-            "RAYON_NUM_THREADS",
-            afterburner_model::threads().to_string(),
-        ));
-    }
-    let training = matches!(command, Command::Train(_))
-        || matches!(command, Command::Bench(b) if matches!(b.command, bench::BenchCommand::Train(_)));
-    if training && std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        settings.push(("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0".to_string()));
-    }
-    for (name, value) in settings {
-        // SAFETY: called from main before any other thread exists (argument parsing starts
-        // none), so nothing reads the environment concurrently.
-        unsafe { std::env::set_var(name, value) };
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    settle_cpu_threads(&cli.command);
+    let training = matches!(&cli.command, Command::Train(_))
+        || matches!(&cli.command, Command::Bench(b) if matches!(b.command, bench::BenchCommand::Train(_)));
+    // SAFETY: argument parsing starts no thread; nothing else has run yet.
+    unsafe { afterburner_model::set_thread_environment(training) };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("AFTERBURNER_LOG")

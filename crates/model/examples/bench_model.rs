@@ -10,6 +10,8 @@ use afterburner_model::bench::{measure, random_model, save_hf_folder};
 use afterburner_model::{CausalLm, DType, Device, LanguageModel, ModelConfig, Weights};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // SAFETY: first thing in main, before any thread exists.
+    unsafe { afterburner_model::set_thread_environment(false) };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let value = |flag: &str| {
         args.iter()
