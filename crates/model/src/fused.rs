@@ -789,7 +789,7 @@ enum RowOrder {
 }
 
 /// The shape of a causal attention call on the grouped layout: `q [blocks, r*s, d]` in `order`,
-/// `k` and `v` `[blocks, s, d]`, worked through in tiles of `tile` query positions.
+/// `k` and `v` `[blocks, s, d]`, worked through in tiles of `tile` (at least 1) query positions.
 #[derive(Clone, Copy, Debug)]
 struct Grouped {
     blocks: usize,
@@ -830,10 +830,23 @@ impl Grouped {
         (first, (first + self.tile).min(self.s))
     }
 
+    /// Where query tile `tile` lies.
+    fn span(&self, tile: Tile) -> TileSpan {
+        let (first, keys) = self.positions(tile.index);
+        let keys_from = tile.block * self.s * self.d;
+        TileSpan {
+            first,
+            keys,
+            rows: (keys - first) * self.runs().1,
+            row: self.row(tile.block, tile.run, first),
+            kv: keys_from..keys_from + keys * self.d,
+        }
+    }
+
     /// `buffer` (`[blocks, r*s, width]`) cut into the rows of each query tile, in order.
     fn tiles<'a>(&self, buffer: &'a mut [f32], width: usize) -> Vec<(Tile, &'a mut [f32])> {
         let (runs, per) = self.runs();
-        let (rs, s, tile) = (self.r * self.s, self.s, self.tile.max(1));
+        let (rs, s, tile) = (self.r * self.s, self.s, self.tile);
         let mut out = Vec::new();
         for (block, rows) in buffer.chunks_mut(rs * width).enumerate() {
             for (run, rows) in rows.chunks_mut(s * per * width).take(runs).enumerate() {
@@ -844,6 +857,30 @@ impl Grouped {
         }
         out
     }
+
+    /// Two buffers (`[blocks, r*s, a_width]` and `[blocks, r*s, b_width]`) cut side by side
+    /// into the rows of each query tile: a work item per tile.
+    fn tile_pairs<'a>(
+        &self,
+        (a, a_width): (&'a mut [f32], usize),
+        (b, b_width): (&'a mut [f32], usize),
+    ) -> Vec<(TileSpan, &'a mut [f32], &'a mut [f32])> {
+        self.tiles(a, a_width)
+            .into_iter()
+            .zip(self.tiles(b, b_width))
+            .map(|((tile, a), (_, b))| (self.span(tile), a, b))
+            .collect()
+    }
+}
+
+/// A query tile's place: positions `first..keys` (so it sees keys `0..keys`, at `kv` in the
+/// block's keys and values), `rows` query rows from row `row` on.
+struct TileSpan {
+    first: usize,
+    keys: usize,
+    rows: usize,
+    row: usize,
+    kv: std::ops::Range<usize>,
 }
 
 /// The shape of a [`CausalAttention`] call, head-major.
@@ -891,18 +928,16 @@ fn attention_forward(
     let per = g.runs().1;
     let mut probs = vec![0f32; blocks * r * s * s];
     let mut out = vec![0f32; blocks * r * s * d];
-    let items: Vec<_> = g
-        .tiles(&mut probs, s)
-        .into_iter()
-        .zip(g.tiles(&mut out, d))
-        .map(|((tile, p), (_, o))| (tile, p, o))
-        .collect();
-    for_each_item(items, |(tile, p, o), serial| {
-        let (first, keys) = g.positions(tile.index);
-        let rows = (keys - first) * per;
-        let row = g.row(tile.block, tile.run, first);
+    let items = g.tile_pairs((&mut probs, s), (&mut out, d));
+    for_each_item(items, |(span, p, o), serial| {
+        let TileSpan {
+            first,
+            keys,
+            rows,
+            row,
+            kv,
+        } = span;
         let q = &q[row * d..(row + rows) * d];
-        let kv = tile.block * s * d..(tile.block * s + keys) * d;
         matmul_on(
             Operand::plain(q, rows, d),
             Operand::t(&k[kv.clone()], keys, d),
@@ -957,17 +992,15 @@ fn attention_backward(
     let (runs, per) = g.runs();
     let mut ds = vec![0f32; blocks * r * s * s];
     let mut dq = vec![0f32; blocks * r * s * d];
-    let items: Vec<_> = g
-        .tiles(&mut ds, s)
-        .into_iter()
-        .zip(g.tiles(&mut dq, d))
-        .map(|((tile, ds), (_, dq))| (tile, ds, dq))
-        .collect();
-    for_each_item(items, |(tile, ds, dq), serial| {
-        let (first, keys) = g.positions(tile.index);
-        let rows = (keys - first) * per;
-        let row = g.row(tile.block, tile.run, first);
-        let kv = tile.block * s * d..(tile.block * s + keys) * d;
+    let items = g.tile_pairs((&mut ds, s), (&mut dq, d));
+    for_each_item(items, |(span, ds, dq), serial| {
+        let TileSpan {
+            keys,
+            rows,
+            row,
+            kv,
+            ..
+        } = span;
         let (dy, o) = (
             &dy[row * d..(row + rows) * d],
             &o[row * d..(row + rows) * d],
@@ -1005,7 +1038,7 @@ fn attention_backward(
     });
     let mut dk = vec![0f32; blocks * s * d];
     let mut dv = vec![0f32; blocks * s * d];
-    let tile = g.tile.max(1);
+    let tile = g.tile;
     let items: Vec<_> = dk
         .chunks_mut(s * d)
         .zip(dv.chunks_mut(s * d))
